@@ -1,0 +1,36 @@
+"""Strict test set-up: float64 on, NaN checks on, warnings are errors (pyproject), explicit keys."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_debug_nans", True)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "data"
+SHARED = ROOT.parent / "shared" / "reference"
+
+# Relative tolerances per dtype for comparisons against float64 references.
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def nmm():
+    from ase.io import read
+
+    return read(DATA / "nmm.xyz")
+
+
+@pytest.fixture(scope="session")
+def chd():
+    from ase.io import read
+
+    return read(DATA / "chd.xyz")

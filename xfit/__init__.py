@@ -1,0 +1,42 @@
+"""xfit: molecular geometry from gas-phase X-ray scattering patterns.
+
+Conventions everywhere in the API: q = 4 pi sin(theta)/lambda in 1/A (theta is half the scattering angle),
+positions in A, structures as ``ase.Atoms``.
+"""
+
+from xfit._elements import Q_MAX as Q_MAX
+from xfit._elements import compton_function as compton_function
+from xfit._elements import form_factor as form_factor
+from xfit._iam import KINDS as KINDS
+from xfit._iam import intensity as intensity
+from xfit._iam import scattering as scattering
+from xfit._pattern import Pattern as Pattern
+from xfit._pattern import load_pattern as load_pattern
+from xfit._pattern import load_patterns as load_patterns
+from xfit._pattern import save_patterns as save_patterns
+from xfit._signals import difference as difference
+from xfit._signals import gaussian_noise as gaussian_noise
+from xfit._signals import percent_difference as percent_difference
+from xfit._signals import poisson_noise as poisson_noise
+from xfit._structures import read_structures as read_structures
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "Q_MAX",
+    "Pattern",
+    "__version__",
+    "compton_function",
+    "difference",
+    "form_factor",
+    "gaussian_noise",
+    "intensity",
+    "load_pattern",
+    "load_patterns",
+    "percent_difference",
+    "poisson_noise",
+    "read_structures",
+    "save_patterns",
+    "scattering",
+]

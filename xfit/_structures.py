@@ -1,0 +1,57 @@
+"""Structures at the user-facing edge: ``ase.Atoms`` in and out, validated into (numbers, positions) arrays."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from xfit import _elements
+
+__all__ = ["as_arrays", "read_structures"]
+
+
+def as_arrays(atoms: Atoms | Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Atomic numbers and positions of one structure or of a list of structures of the same molecule.
+
+    Returns:
+        numbers (n_atoms,), positions (n_structures, n_atoms, 3) in A (float64), and whether a single
+        ``ase.Atoms`` was given.
+
+    Raises:
+        TypeError: not an ase.Atoms or a sequence of them. ValueError: empty, unknown element, NaN positions,
+        structures whose element lists differ.
+    """
+    single = isinstance(atoms, Atoms)
+    frames = [atoms] if single else list(atoms)
+    if not frames:
+        raise ValueError("no structures given")
+    for k, frame in enumerate(frames):
+        if not isinstance(frame, Atoms):
+            raise TypeError(f"structure {k} is a {type(frame).__name__}, not an ase.Atoms")
+    numbers = _elements.as_numbers(frames[0].numbers)
+    for k, frame in enumerate(frames[1:], start=1):
+        if not np.array_equal(frame.numbers, numbers):
+            raise ValueError(
+                f"structure {k} ({frame.get_chemical_formula()}, {len(frame)} atoms) does not have the same atoms "
+                f"in the same order as structure 0 ({frames[0].get_chemical_formula()}, {len(numbers)} atoms)"
+            )
+    positions = np.stack([np.asarray(frame.positions, dtype=np.float64) for frame in frames])
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions contain NaN or infinite values")
+    return numbers, positions, single
+
+
+def read_structures(path: str | os.PathLike) -> list[Atoms]:
+    """All frames of a structure file that ase.io reads (xyz, extxyz, pdb, cif, ...)."""
+    from ase.io import read
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"structure file not found: {path}")
+    frames = read(path, index=":")
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames or len(frames[0]) == 0:
+        raise ValueError(f"{path}: no atoms found")
+    return frames
