@@ -49,7 +49,9 @@ def _cmd_pattern(args) -> int:
     ]
     if args.noise is not None or args.photons is not None:
         keys = jax.random.split(jax.random.key(args.seed), len(patterns))
-        patterns = [p.with_noise(k, relative=args.noise, photons=args.photons) for p, k in zip(patterns, keys)]
+        patterns = [
+            p.with_noise(k, relative=args.noise, photons=args.photons) for p, k in zip(patterns, keys, strict=True)
+        ]
 
     formula = frames[0].get_chemical_formula()
     print(f"{args.structure}: {formula}, {len(frames[0])} atoms, {len(frames)} frame(s)")
