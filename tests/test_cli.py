@@ -1,0 +1,62 @@
+"""The xfit command line, run as a user would (in-process through main, and once as a subprocess)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xfit
+from xfit.cli import main
+
+from .conftest import DATA
+
+
+def test_pattern_writes_file_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "nmm.txt", tmp_path / "nmm.png"
+    assert main(["pattern", str(DATA / "nmm.xyz"), "--q", "0.5:8:128", "-o", str(out), "--plot", str(png)]) == 0
+    assert "C5H11NO, 18 atoms" in capsys.readouterr().out
+    p = xfit.load_pattern(out)
+    assert len(p) == 128 and p.kind == "total"
+    from ase.io import read
+
+    np.testing.assert_allclose(p.values, xfit.scattering(read(DATA / "nmm.xyz"), p.q), rtol=1e-9)
+    assert png.stat().st_size > 10_000
+
+
+def test_pattern_of_a_trajectory_with_noise(tmp_path):
+    from ase.io import read, write
+
+    frames = [read(DATA / "chd.xyz") for _ in range(3)]
+    for k, frame in enumerate(frames):
+        frame.positions[0] += 0.1 * k
+    write(tmp_path / "traj.xyz", frames)
+    out = tmp_path / "traj.h5"
+    assert main(["pattern", str(tmp_path / "traj.xyz"), "--noise", "0.01", "--seed", "3", "-o", str(out)]) == 0
+    patterns = xfit.load_patterns(out)
+    assert len(patterns) == 3 and all(p.sigma is not None for p in patterns)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pattern", "missing.xyz"], "not found"),
+        (["pattern", str(DATA / "nmm.xyz"), "--q", "0:90:10"], "beyond the form-factor"),
+    ],
+)
+def test_errors_are_reported_not_raised(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_q_syntax_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pattern", str(DATA / "nmm.xyz"), "--q", "8:0.5"])
+    assert exit_info.value.code == 2
+    assert "QMIN:QMAX:NQ" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "xfit.cli", "pattern", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "4 pi sin(theta)/lambda" in " ".join(result.stdout.split())  # argparse wraps lines
