@@ -71,7 +71,7 @@ def test_several_patterns_round_trip(tmp_path):
         with pytest.raises(ValueError, match="holds 3 patterns"):
             xfit.load_pattern(path)
         assert xfit.load_pattern(path, index=1).delay == 0.5
-    with pytest.raises(ValueError, match="need a .npz or .h5"):
+    with pytest.raises(ValueError, match=r"need a \.npz or \.h5"):
         xfit.save_patterns(tmp_path / "series.txt", patterns)
 
 
