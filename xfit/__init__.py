@@ -10,10 +10,16 @@ from xfit._elements import form_factor as form_factor
 from xfit._iam import KINDS as KINDS
 from xfit._iam import intensity as intensity
 from xfit._iam import scattering as scattering
+from xfit._metrics import rmsd as rmsd
 from xfit._pattern import Pattern as Pattern
 from xfit._pattern import load_pattern as load_pattern
 from xfit._pattern import load_patterns as load_patterns
 from xfit._pattern import save_patterns as save_patterns
+from xfit._refine import Restraints as Restraints
+from xfit._refine import covalent_restraints as covalent_restraints
+from xfit._retrieve import Retrieval as Retrieval
+from xfit._retrieve import Uncertainty as Uncertainty
+from xfit._retrieve import retrieve as retrieve
 from xfit._signals import difference as difference
 from xfit._signals import gaussian_noise as gaussian_noise
 from xfit._signals import percent_difference as percent_difference
@@ -26,8 +32,12 @@ __all__ = [
     "KINDS",
     "Q_MAX",
     "Pattern",
+    "Restraints",
+    "Retrieval",
+    "Uncertainty",
     "__version__",
     "compton_function",
+    "covalent_restraints",
     "difference",
     "form_factor",
     "gaussian_noise",
@@ -37,6 +47,8 @@ __all__ = [
     "percent_difference",
     "poisson_noise",
     "read_structures",
+    "retrieve",
+    "rmsd",
     "save_patterns",
     "scattering",
 ]

@@ -80,7 +80,7 @@ def _pair_plan(numbers: tuple[int, ...]) -> _PairPlan:
     unique, starts, counts = np.unique(keys, return_index=True, return_counts=True)
     slices = tuple((int(s), int(s + c)) for s, c in zip(starts, counts, strict=True))
     type_elements = np.stack([unique // 1000, unique % 1000], axis=-1) if len(unique) else np.zeros((0, 2), int)
-    return _PairPlan(z, i, j, type_elements, slices)
+    return _PairPlan(z, i.astype(np.int32), j.astype(np.int32), type_elements, slices)
 
 
 def _q_blocks(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,11 +180,14 @@ def _sinc_sums_bwd(slices, residuals, g):
     q = qa[:, None] + dm[None, :]
     cos_part, sin_part = [], []
     for t, (lo, hi) in enumerate(slices):
-        s_a, c_a = sa[:, lo:hi, :, None], ca[:, lo:hi, :, None]
-        s_m, c_m = sm[:, lo:hi, None, :], cm[:, lo:hi, None, :]
-        g_t = g[:, t, None]  # (B, 1, A, M): the cotangent shared by the pairs of type t
-        cos_part.append(jnp.sum(g_t * q * (c_a * c_m - s_a * s_m), axis=(-2, -1)))
-        sin_part.append(jnp.sum(g_t * (s_a * c_m + c_a * s_m), axis=(-2, -1)))
+        # Contract over the offsets m first (a batched matrix product, (B, P_t, A) out), then over the anchors a:
+        # nothing of size B x P x n_q is formed.
+        g_t = jnp.stack([g[:, t] * q, g[:, t]], axis=1)  # (B, 2, A, M): weights of the cos and of the sin part
+        x_c = jnp.einsum("bkam,bpm->bkpa", g_t, cm[:, lo:hi], precision=_HIGHEST)
+        x_s = jnp.einsum("bkam,bpm->bkpa", g_t, sm[:, lo:hi], precision=_HIGHEST)
+        s_a, c_a = sa[:, lo:hi], ca[:, lo:hi]
+        cos_part.append(jnp.sum(c_a * x_c[:, 0] - s_a * x_s[:, 0], axis=-1))
+        sin_part.append(jnp.sum(s_a * x_c[:, 1] + c_a * x_s[:, 1], axis=-1))
     cos_part, sin_part = jnp.concatenate(cos_part, axis=1), jnp.concatenate(sin_part, axis=1)
     return cos_part / r - sin_part / r**2, jnp.zeros_like(qa), jnp.zeros_like(dm)
 

@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _figure(nrows: int, height: float = 3.0):
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    matplotlib.use("Agg", force=False)  # files, not windows; a no-op where a backend is already chosen
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, 1, figsize=(7, height * nrows), squeeze=False, constrained_layout=True)
+    return plt
+
+
+def _figure(nrows: int, height: float = 3.0):
+    fig, axes = _pyplot().subplots(nrows, 1, figsize=(7, height * nrows), squeeze=False, constrained_layout=True)
     return fig, axes[:, 0]
 
 
@@ -75,4 +79,71 @@ def plot_scattering(q, parts: dict[str, np.ndarray], labels: list[str], title: s
     bottom.set_ylabel(r"q I$_{mol}$ / I$_{at}$ (1/$\AA$)")
     if 1 < n_frames <= 10:
         bottom.legend(fontsize=8, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_retrieval(result, path=None, *, pairs=None):
+    """Four panels: data with the fit, normalised residual, the structure (projection on its principal plane), and
+    heavy-atom distances with their Gauss-Newton error bars."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    pattern, model, atoms = result.pattern, result.model, result.atoms
+    fig = _pyplot().figure(figsize=(11, 6.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1], height_ratios=[2, 1])
+    ax_fit, ax_res = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0])
+    ax_mol, ax_dist = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
+
+    q = pattern.q
+    if pattern.sigma is not None:
+        ax_fit.errorbar(q, pattern.values, pattern.sigma, fmt=".", ms=3, color="k", lw=0.8, label="data")
+        residual = (pattern.values - model.values) / pattern.sigma
+        ax_res.set_ylabel("(data - fit) / sigma")
+    else:
+        ax_fit.plot(q, pattern.values, ".", ms=3, color="k", label="data")
+        residual = pattern.values - model.values
+        ax_res.set_ylabel("data - fit")
+    ax_fit.plot(q, model.values, color="C3", lw=1.5, label="IAM fit")
+    title = f"{atoms.get_chemical_formula()}: chi2_red = {result.chi2_reduced:.3g}"
+    title += "".join(f", {k} = {v:.3g}" for k, v in result.parameters.items())
+    if pattern.delay is not None:
+        title += f", delay {pattern.delay:g} ps"
+    ax_fit.set_title(title, fontsize=9)
+    ax_fit.set_ylabel(pattern.kind.replace("_", " "))
+    if pattern.kind in ("total", "elastic", "atomic", "inelastic") and np.all(pattern.values > 0):
+        ax_fit.set_yscale("log")
+    ax_fit.legend(fontsize=8)
+    ax_res.axhline(0, color="0.6", lw=0.8)
+    ax_res.plot(q, residual, ".-", ms=3, lw=0.6, color="k")
+    ax_res.set_xlabel(r"q = 4$\pi$ sin($\theta$)/$\lambda$ (1/$\AA$)")
+
+    x = atoms.positions - atoms.positions.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
+    for a, b in zip(i, j, strict=True):
+        if a < b:
+            ax_mol.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.5", lw=1.5, zorder=1)
+    colors = {1: "white", 6: "0.3", 7: "C0", 8: "C3", 16: "gold"}
+    for k, z in enumerate(atoms.numbers):
+        ax_mol.scatter(*xy[k], s=40 if z == 1 else 120, color=colors.get(z, "C4"), edgecolor="k", zorder=2)
+        if z > 1:
+            ax_mol.annotate(str(k), xy[k], fontsize=7, ha="center", va="center", color="w", zorder=3)
+    ax_mol.set_aspect("equal")
+    ax_mol.set_axis_off()
+    ax_mol.set_title("best structure (principal plane; atom indices)", fontsize=9)
+
+    if pairs is None:
+        heavy = atoms.numbers > 1
+        pairs = [(a, b) for a, b in zip(i, j, strict=True) if a < b and heavy[a] and heavy[b]]
+    pairs = list(pairs)
+    if pairs:
+        d = [atoms.get_distance(a, b) for a, b in pairs]
+        err = [result.uncertainty.distances[a, b] for a, b in pairs]
+        labels = [f"{atoms.get_chemical_symbols()[a]}{a}-{atoms.get_chemical_symbols()[b]}{b}" for a, b in pairs]
+        ax_dist.errorbar(range(len(pairs)), d, err, fmt="o", ms=4, color="k", capsize=2)
+        ax_dist.set_xticks(range(len(pairs)), labels, rotation=60, fontsize=7)
+        ax_dist.set_ylabel(r"distance ($\AA$)")
+        ax_dist.set_title("distances +- Gauss-Newton standard error", fontsize=9)
+    if path is None:
+        return fig
     return save_figure(fig, path)

@@ -1,0 +1,110 @@
+"""Structure comparison: RMSD after optimal superposition, with reflection and equivalent-atom permutations.
+
+An isotropic scattering pattern is the same for a structure and its mirror image and cannot tell chemically
+equivalent atoms apart (the hydrogens of one methyl group, say), so accuracy is judged after the best rotation,
+translation, optional reflection and the best relabelling of equivalent atoms.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["equivalent_groups", "kabsch", "rmsd"]
+
+
+def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.ndarray, float]:
+    """Best orthogonal map of centred ``b`` onto centred ``a`` (Kabsch, Acta Cryst. A32, 922 (1976)).
+
+    Args:
+        a, b: (n, 3) centred coordinates in A.
+        allow_reflection: allow improper rotations (det = -1).
+
+    Returns:
+        (R (3, 3) such that b @ R approximates a, RMSD in A).
+    """
+    h = b.T @ a
+    u, _, vt = np.linalg.svd(h)
+    if not allow_reflection and np.linalg.det(u @ vt) < 0:
+        u[:, -1] *= -1
+    rotation = u @ vt
+    diff = b @ rotation - a
+    return rotation, float(np.sqrt(np.mean(np.sum(diff * diff, axis=1))))
+
+
+def equivalent_groups(atoms: Atoms) -> list[list[int]]:
+    """Groups of atoms that a pattern cannot tell apart by label: terminal atoms (H, halogens) of one element bonded
+    to the same neighbour, e.g. the three hydrogens of a methyl group. Bonds from covalent radii (ASE)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
+    neighbours = [set() for _ in range(len(atoms))]
+    for a, b in zip(i, j, strict=True):
+        neighbours[a].add(int(b))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, nb in enumerate(neighbours):
+        if len(nb) == 1:  # terminal atom
+            groups.setdefault((next(iter(nb)), int(atoms.numbers[k])), []).append(k)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _best_permutation(a, b, groups) -> np.ndarray:
+    """Relabel b within each group to best match a (brute force: groups are small)."""
+    order = np.arange(len(a))
+    for group in groups:
+        best, best_cost = None, np.inf
+        for perm in itertools.permutations(group):
+            cost = np.sum((b[list(perm)] - a[group]) ** 2)
+            if cost < best_cost:
+                best, best_cost = perm, cost
+        order[group] = best
+    return order
+
+
+def rmsd(
+    a: Atoms,
+    b: Atoms,
+    *,
+    heavy_only: bool = False,
+    allow_reflection: bool = True,
+    permute_equivalent: bool = True,
+) -> float:
+    """Root-mean-square deviation (A) between two structures of one molecule after optimal superposition.
+
+    Args:
+        a, b: structures with the same atoms in the same order.
+        heavy_only: compare only non-hydrogen atoms (the superposition is fitted on them too).
+        allow_reflection: allow mirror images (the default: isotropic patterns cannot tell them apart).
+        permute_equivalent: allow relabelling equivalent terminal atoms (see :func:`equivalent_groups`), found by
+            alternating superposition and assignment until it no longer improves.
+
+    Raises:
+        ValueError: different atoms, or nothing to compare.
+    """
+    if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
+        raise ValueError(
+            f"structures differ: {a.get_chemical_formula()} ({len(a)} atoms) vs "
+            f"{b.get_chemical_formula()} ({len(b)} atoms), or their atoms are in a different order"
+        )
+    mask = a.numbers > 1 if heavy_only else np.ones(len(a), bool)
+    if not mask.any():
+        raise ValueError("no atoms to compare (heavy_only=True on a molecule with only hydrogen)")
+    pa = a.positions - a.positions[mask].mean(axis=0)
+    pb = b.positions - b.positions[mask].mean(axis=0)
+    groups = equivalent_groups(a) if permute_equivalent else []
+    groups = [g for g in groups if mask[g].all()]
+    best = np.inf
+    for mirror in (False, True) if allow_reflection else (False,):
+        qb = pb * np.array([1.0, 1.0, -1.0]) if mirror else pb
+        order = np.arange(len(a))
+        previous = np.inf
+        for _ in range(10):
+            rotation, value = kabsch(pa[mask], qb[order][mask], allow_reflection=False)
+            if not groups or value >= previous - 1e-12:
+                break
+            previous = value
+            order = _best_permutation(pa, qb @ rotation, groups)
+        best = min(best, value, previous)
+    return best
