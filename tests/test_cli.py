@@ -60,3 +60,33 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "xfit.cli", "pattern", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "4 pi sin(theta)/lambda" in " ".join(result.stdout.split())  # argparse wraps lines
+
+
+def test_retrieve_on_the_shipped_example(tmp_path, capsys):
+    out, png = tmp_path / "result.xyz", tmp_path / "fit.png"
+    argv = ["retrieve", str(DATA / "chd_traj001_t12.txt"), "--atoms", str(DATA / "chd.xyz"), "--free-pair", "0,5"]
+    assert main([*argv, "--starts", "4", "--steps", "60", "-o", str(out), "--plot", str(png)]) == 0
+    assert "chi2_red" in capsys.readouterr().out
+    from ase.io import read
+
+    result = read(out)
+    assert len(result) == 14 and "chi2_reduced" in result.info
+    assert png.stat().st_size > 10_000
+
+
+def test_retrieve_a_time_series(tmp_path, capsys):
+    out, png = tmp_path / "series.xyz", tmp_path / "course.png"
+    argv = ["retrieve", str(DATA / "nmm_experiment.mat"), "--atoms", str(DATA / "nmm.xyz"), "--fraction", "0.057"]
+    argv += ["--delays", "1:1.2", "--starts", "2", "--steps", "20", "-o", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    from ase.io import read
+
+    frames = read(out, index=":")
+    assert len(frames) == 5 and frames[0].info["delay_ps"] == pytest.approx(1.0)
+    assert png.stat().st_size > 10_000
+
+
+def test_retrieve_errors(capsys):
+    argv = ["retrieve", str(DATA / "nmm_experiment.mat"), "--atoms", str(DATA / "chd.xyz"), "--delays", "9:10"]
+    assert main(argv) == 2
+    assert "no pattern has a delay" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from xfit._elements import form_factor as form_factor
 from xfit._iam import KINDS as KINDS
 from xfit._iam import intensity as intensity
 from xfit._iam import scattering as scattering
+from xfit._metrics import dihedral as dihedral
+from xfit._metrics import puckering_amplitude as puckering_amplitude
 from xfit._metrics import rmsd as rmsd
 from xfit._pattern import Pattern as Pattern
 from xfit._pattern import load_pattern as load_pattern
@@ -39,6 +41,7 @@ __all__ = [
     "compton_function",
     "covalent_restraints",
     "difference",
+    "dihedral",
     "form_factor",
     "gaussian_noise",
     "intensity",
@@ -46,6 +49,7 @@ __all__ = [
     "load_patterns",
     "percent_difference",
     "poisson_noise",
+    "puckering_amplitude",
     "read_structures",
     "retrieve",
     "rmsd",

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 from ase import Atoms
 
-__all__ = ["equivalent_groups", "kabsch", "rmsd"]
+__all__ = ["dihedral", "equivalent_groups", "kabsch", "puckering_amplitude", "rmsd"]
 
 
 def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.ndarray, float]:
@@ -108,3 +108,30 @@ def rmsd(
             order = _best_permutation(pa, qb @ rotation, groups)
         best = min(best, value, previous)
     return best
+
+
+def dihedral(positions: np.ndarray, i: int, j: int, k: int, m: int) -> float:
+    """Dihedral angle i-j-k-m in degrees, in (-180, 180] (IUPAC sign convention)."""
+    b0 = positions[i] - positions[j]
+    b1 = positions[k] - positions[j]
+    b2 = positions[m] - positions[k]
+    b1 = b1 / np.linalg.norm(b1)
+    v = b0 - np.dot(b0, b1) * b1
+    w = b2 - np.dot(b2, b1) * b1
+    return float(np.degrees(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w))))
+
+
+def puckering_amplitude(positions: np.ndarray, ring: list[int]) -> float:
+    """Cremer-Pople total puckering amplitude Q (A) of a ring (J. Am. Chem. Soc. 97, 1354 (1975), eqs. 2-4, 12).
+
+    Args:
+        positions: (n_atoms, 3) in A. ring: atom indices in ring order.
+    """
+    r = positions[ring] - positions[ring].mean(axis=0)
+    n = len(ring)
+    phase = 2 * np.pi * np.arange(n) / n
+    r1 = np.sum(r * np.sin(phase)[:, None], axis=0)
+    r2 = np.sum(r * np.cos(phase)[:, None], axis=0)
+    normal = np.cross(r1, r2)
+    z = r @ (normal / np.linalg.norm(normal))
+    return float(np.sqrt(np.sum(z * z)))

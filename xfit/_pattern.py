@@ -127,6 +127,14 @@ class Pattern:
         """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def restrict(self, q_min: float = 0.0, q_max: float = np.inf) -> Pattern:
+        """The part of the pattern with q_min <= q <= q_max (1/A)."""
+        keep = (self.q >= q_min) & (self.q <= q_max)
+        if keep.sum() < 2:
+            raise ValueError(f"fewer than 2 points of {self!r} lie in [{q_min:g}, {q_max:g}] 1/A")
+        sigma = None if self.sigma is None else self.sigma[keep]
+        return self.replace(q=self.q[keep], values=self.values[keep], sigma=sigma)
+
     def with_noise(self, key: jax.Array, *, relative: float | None = None, photons: float | None = None) -> Pattern:
         """A noisy copy with sigma set: Gaussian noise of ``relative`` x I, or Poisson noise at ``photons`` per pattern.
 

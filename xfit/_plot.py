@@ -147,3 +147,32 @@ def plot_retrieval(result, path=None, *, pairs=None):
     if path is None:
         return fig
     return save_figure(fig, path)
+
+
+def plot_time_course(results, path, *, pairs, labels=None):
+    """chi2_reduced, the fitted nuisance parameter and chosen distances (with Gauss-Newton error bars) over delay.
+
+    Args:
+        results: list of Retrieval, one per pattern (with delays, else their index is the x axis).
+        path: image file. pairs: atom pairs (i, j) whose distances to follow. labels: their names.
+    """
+    delays = [r.pattern.delay for r in results]
+    x = np.array(delays, float) if all(d is not None for d in delays) else np.arange(len(results), dtype=float)
+    xlabel = "delay (ps)" if all(d is not None for d in delays) else "pattern"
+    n_panels = 2 + len(pairs)
+    fig, axes = _figure(n_panels, height=1.9)
+    axes[0].plot(x, [r.chi2_reduced for r in results], "o-", ms=3, color="k")
+    axes[0].axhline(1.0, color="0.6", lw=0.8)
+    axes[0].set_ylabel(r"$\chi^2_{red}$")
+    name = next(iter(results[0].parameters))
+    axes[1].plot(x, [r.parameters[name] for r in results], "o-", ms=3, color="C0")
+    axes[1].set_ylabel(name.replace("_", " "))
+    symbols = results[0].atoms.get_chemical_symbols()
+    for k, (i, j) in enumerate(pairs):
+        ax = axes[2 + k]
+        d = [r.atoms.get_distance(i, j) for r in results]
+        err = [r.uncertainty.distances[i, j] for r in results]
+        ax.errorbar(x, d, err, fmt="o-", ms=3, lw=0.8, capsize=1.5, color=f"C{(k + 2) % 10}")
+        ax.set_ylabel((labels[k] if labels else f"{symbols[i]}{i}-{symbols[j]}{j}") + r" ($\AA$)", fontsize=8)
+    axes[-1].set_xlabel(xlabel)
+    return save_figure(fig, path)

@@ -177,6 +177,14 @@ def _pair_distances(x):
     return jnp.sqrt(jnp.sum((x[..., i, :] - x[..., j, :]) ** 2, axis=-1) + 1e-12)
 
 
+def restraint_weight(step, steps: int, final: float):
+    """Restraint weight at ``step``: 1 for the first half of the run (the restraints guide the search into the right
+    basin), then a cosine decay to ``final`` (the data set the final geometry: restraints to a ground-state
+    geometry bias structures far from it)."""
+    progress = jnp.clip((step - steps / 2) / (steps / 2), 0.0, 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
 @functools.partial(jax.jit, static_argnames=("data", "steps", "learning_rate"))
 def refine(
     data: Data,
@@ -186,6 +194,7 @@ def refine(
     w,
     i_ref,
     smoothness,
+    final_restraint_weight,
     *,
     steps: int,
     learning_rate: float,
@@ -198,15 +207,16 @@ def refine(
         x0: starts (T, S, n_atoms, 3) in A: S starts for each of T patterns.
         y: patterns (T, n_q); w: weights 1/sigma^2 (T, n_q); i_ref: reference intensity (T, n_q) (difference kinds).
         smoothness: weight (1/A^2, chi^2 units) of the coupling between neighbouring patterns; 0 decouples them.
+        final_restraint_weight: restraint weight at the end of the run (see :func:`restraint_weight`).
         steps: optimisation steps. learning_rate: initial step in A (Adam normalises the gradient).
 
     Returns:
-        (x (T, S, n_atoms, 3), chi2_data (T, S), chi2_restraints (T, S)).
+        (x (T, S, n_atoms, 3), chi2_data (T, S), chi2_restraints (T, S)); chi2_restraints at unit weight.
     """
 
-    def loss(x):
+    def loss(x, weight):
         chi2_data, chi2_restraints = objective(data, restraints, x, y[:, None], w[:, None], i_ref[:, None])
-        total = jnp.sum(chi2_data + chi2_restraints)
+        total = jnp.sum(chi2_data + weight * chi2_restraints)
         if x.shape[0] > 1:
             d = _pair_distances(x)
             total = total + smoothness * jnp.sum((d[1:] - d[:-1]) ** 2)
@@ -215,12 +225,12 @@ def refine(
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3)
     optimizer = optax.adam(schedule)
 
-    def step(carry, _):
+    def step(carry, index):
         x, state = carry
-        grad = jax.grad(loss)(x)
+        grad = jax.grad(loss)(x, restraint_weight(index, steps, final_restraint_weight))
         updates, state = optimizer.update(grad, state, x)
         return (optax.apply_updates(x, updates), state), None
 
-    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), None, length=steps)
+    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), jnp.arange(steps))
     chi2_data, chi2_restraints = objective(data, restraints, x, y[:, None], w[:, None], i_ref[:, None])
     return x, chi2_data, chi2_restraints

@@ -41,16 +41,36 @@ class Uncertainty:
         candidate_spread: standard deviation (A) of each interatomic distance over the candidates whose chi^2 is
             comparable with the best (within 2 standard deviations of a chi^2 variable), (n_atoms, n_atoms).
         n_comparable: how many candidates that spread is taken over.
+        covariance: full covariance (3 n_atoms, 3 n_atoms) of the coordinates (A^2), in the same frame.
+        reference_positions: the coordinates (n_atoms, 3) the covariance belongs to (the best structure, centred).
     """
 
     distances: np.ndarray
     positions: np.ndarray
     candidate_spread: np.ndarray
     n_comparable: int
+    covariance: np.ndarray
+    reference_positions: np.ndarray
 
     def distance(self, i: int, j: int) -> float:
         """Standard error (A) of the distance between atoms i and j."""
         return float(self.distances[i, j])
+
+    def of(self, fn, *, step: float = 1e-4) -> float:
+        """Standard error of any scalar function of the positions, sqrt(g^T C g), g by central differences.
+
+        Args:
+            fn: maps positions (n_atoms, 3) in A to a float (a torsion in degrees, a puckering amplitude, ...).
+            step: finite-difference step in A.
+        """
+        x = self.reference_positions
+        grad = np.zeros(x.size)
+        for k in range(x.size):
+            plus, minus = x.copy().ravel(), x.copy().ravel()
+            plus[k] += step
+            minus[k] -= step
+            grad[k] = (fn(plus.reshape(x.shape)) - fn(minus.reshape(x.shape))) / (2 * step)
+        return float(np.sqrt(max(grad @ self.covariance @ grad, 0.0)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,6 +196,73 @@ def _distinct(structures: np.ndarray, order: np.ndarray, numbers: np.ndarray, to
     return kept
 
 
+STRETCH_MAX = 4.0
+"""Largest extra separation (A) given to a free pair in the stretched starts."""
+
+
+def _starts(atoms: Atoms, n_patterns: int, n_starts: int, perturbation: float, free_pairs, rng) -> np.ndarray:
+    """Starting structures (n_patterns, n_starts, n_atoms, 3): the input geometry, then random Cartesian
+    perturbations of it. With free pairs (bonds that may break), every second perturbed start also pulls each free
+    pair apart by a random 0..STRETCH_MAX A along its axis, shared out over the atoms near each end (weights 1/2,
+    1/4, 1/8 by bond-graph distance), so that the search also begins in broken-bond basins that small
+    perturbations never reach."""
+    start = np.asarray(atoms.positions, np.float64)
+    x0 = np.broadcast_to(start, (n_patterns, n_starts, len(atoms), 3)).copy()
+    x0[:, 1:] += rng.normal(0.0, perturbation, x0[:, 1:].shape)
+    if not free_pairs or n_starts < 3:
+        return x0
+    hops = _graph_distances(atoms, free_pairs)
+    for i, j in free_pairs:
+        axis = start[j] - start[i]
+        axis /= np.linalg.norm(axis)
+        # Positive weight: moves with j; negative: with i. Atoms as near to both ends cancel out.
+        weight = 0.5 ** (1 + hops[j]) - 0.5 ** (1 + hops[i])
+        stretch = rng.uniform(0.0, STRETCH_MAX, (n_patterns, len(range(2, n_starts, 2))))
+        x0[:, 2::2] += stretch[..., None, None] * weight[:, None] * axis
+    return x0
+
+
+def _graph_distances(atoms: Atoms, free_pairs) -> np.ndarray:
+    """Bond-graph distances (n_atoms, n_atoms), free pairs not counted as bonds, capped at 3 hops (4 = farther)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    n = len(atoms)
+    free = {tuple(sorted(p)) for p in free_pairs}
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
+    adjacency = np.zeros((n, n), bool)
+    for a, b in zip(i, j, strict=True):
+        if tuple(sorted((int(a), int(b)))) not in free:
+            adjacency[a, b] = True
+    hops = np.full((n, n), 4)
+    reach = np.eye(n, dtype=bool)
+    np.fill_diagonal(hops, 0)
+    for step in (1, 2, 3):
+        reach = reach | (reach.astype(int) @ adjacency.astype(int) > 0)
+        hops[(hops == 4) & reach] = step
+    return hops
+
+
+def _shard(arrays: list[np.ndarray], dtype) -> list[jax.Array]:
+    """Put arrays whose leading axis runs over patterns on the local devices, split along that axis.
+
+    With one device this is a plain transfer. With several (GPUs, or CPU devices from
+    XLA_FLAGS=--xla_force_host_platform_device_count=N), the pattern axis is padded to a multiple of the device count
+    by repeating the last pattern, and jit partitions the refinement across the devices (jax.sharding).
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return [jnp.asarray(a, dtype) for a in arrays]
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    pad = -len(arrays[0]) % len(devices)
+    sharding = NamedSharding(Mesh(np.array(devices), ("patterns",)), PartitionSpec("patterns"))
+    out = []
+    for a in arrays:
+        a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+        out.append(jax.device_put(jnp.asarray(a, dtype), sharding))
+    return out
+
+
 def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None):
     numbers, _, _ = as_arrays(atoms)
     if reference is not None:
@@ -222,6 +309,7 @@ def retrieve(
     steps: int = 1000,
     learning_rate: float = 0.02,
     smoothness: float = 0.0,
+    final_restraint_weight: float = 0.05,
     duplicate_tolerance: float = 0.02,
     seed: int = 0,
     dtype=jnp.float32,
@@ -247,6 +335,9 @@ def retrieve(
         n_starts: starts per pattern: the input geometry and n_starts - 1 random perturbations of it.
         perturbation: standard deviation (A) of the random Cartesian displacements of the starts.
         steps, learning_rate: Adam iterations and initial step (A), cosine-decayed.
+        final_restraint_weight: the restraints weigh fully in the first half of the run, to guide the search, then
+            decay to this weight, so that the data, not the reference geometry, set the final structure; ranking
+            and error bars use this final weight. 1 keeps them at full weight throughout.
         smoothness: coupling (chi^2 per A^2) of interatomic distances between neighbouring patterns of a sequence.
         duplicate_tolerance: candidates within this heavy-atom RMSD (A) of a better one are merged into it.
         seed: seed of the random starts (the same seed gives the same result).
@@ -278,6 +369,8 @@ def retrieve(
         raise ValueError(f"fraction is for difference patterns; this pattern's kind is {kind!r}")
     if fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not 0 <= final_restraint_weight <= 1:
+        raise ValueError(f"final_restraint_weight must be in [0, 1], got {final_restraint_weight}")
     if n_starts < 1 or steps < 1:
         raise ValueError("n_starts and steps must be at least 1")
 
@@ -308,10 +401,7 @@ def retrieve(
         i_ref = np.asarray(_iam.intensity(numbers, jnp.asarray(reference.positions, dtype), q, kind=data.model_kind))
     i_ref = np.broadcast_to(i_ref, y.shape)
 
-    rng = np.random.default_rng(seed)
-    start = np.asarray(atoms.positions, np.float64)
-    x0 = np.broadcast_to(start, (len(patterns), n_starts, len(atoms), 3)).copy()
-    x0[:, 1:] += rng.normal(0.0, perturbation, x0[:, 1:].shape)
+    x0 = _starts(atoms, len(patterns), n_starts, perturbation, free_pairs, np.random.default_rng(seed))
 
     chunk = chunk or (64 if progress else len(patterns))
     if smoothness and chunk < len(patterns):
@@ -321,38 +411,44 @@ def retrieve(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(patterns), desc="retrieve", unit="pattern")
+    restraints_arrays = (np.asarray(restraint_set.pairs, np.int32), restraint_set.targets, restraint_set.sigmas)
     xs, chi2_data, chi2_restraints = [], [], []
-    rs = _refine.Restraints(*(np.asarray(a, np.float64) for a in restraint_set))
-    rs = rs._replace(pairs=np.asarray(restraint_set.pairs, int))
     with jax.enable_x64(dtype == jnp.float64):
+        rs = _refine.Restraints(restraints_arrays[0], *(jnp.asarray(a, dtype) for a in restraints_arrays[1:]))
         for lo in range(0, len(patterns), chunk):
-            sl = slice(lo, lo + chunk)
-            args = (jnp.asarray(a[sl], dtype) for a in (x0, y, w, i_ref))
+            batch = [a[lo : lo + chunk] for a in (x0, y, w, i_ref)]
             out = _refine.refine(
                 data,
-                _refine.Restraints(rs.pairs, jnp.asarray(rs.targets, dtype), jnp.asarray(rs.sigmas, dtype)),
-                *args,
+                rs,
+                *_shard(batch, dtype),
                 jnp.asarray(smoothness, dtype),
+                jnp.asarray(final_restraint_weight, dtype),
                 steps=steps,
                 learning_rate=learning_rate,
             )
-            xs.append(np.asarray(out[0], np.float64))
-            chi2_data.append(np.asarray(out[1], np.float64))
-            chi2_restraints.append(np.asarray(out[2], np.float64))
+            n = len(batch[0])
+            xs.append(np.asarray(out[0], np.float64)[:n])
+            chi2_data.append(np.asarray(out[1], np.float64)[:n])
+            chi2_restraints.append(np.asarray(out[2], np.float64)[:n])
             if bar is not None:
-                bar.update(min(chunk, len(patterns) - lo))
+                bar.update(n)
     if bar is not None:
         bar.close()
     xs, chi2_data, chi2_restraints = (np.concatenate(a) for a in (xs, chi2_data, chi2_restraints))
 
+    # Ranking and error bars use the objective as it stands at the end of the run: restraints at their final weight.
+    final = restraint_set._replace(sigmas=restraint_set.sigmas / np.sqrt(final_restraint_weight))
+    final = final if final_restraint_weight > 0 else _refine.Restraints.none()
+    chi2_restraints = chi2_restraints * final_restraint_weight
     results = []
     with jax.enable_x64(True):
         for t, p in enumerate(patterns):
             results.append(
                 _assemble(
-                    data, rs, p, atoms, reference if difference_kind else None, xs[t], chi2_data[t],
+                    data, final, p, atoms, reference if difference_kind else None, xs[t], chi2_data[t],
                     chi2_restraints[t], y[t], w[t], i_ref[t], weights[t][1], duplicate_tolerance,
-                    {"n_starts": n_starts, "steps": steps, "restraints": len(rs.targets), "seed": seed},
+                    {"n_starts": n_starts, "steps": steps, "restraints": len(rs.targets), "seed": seed,
+                     "final_restraint_weight": final_restraint_weight},
                 )
             )  # fmt: skip
     return results[0] if single else results
@@ -404,6 +500,8 @@ def _assemble(
             positions=position_errors,
             candidate_spread=d.std(axis=0),
             n_comparable=len(comparable),
+            covariance=covariance,
+            reference_positions=x_best,
         ),
         pattern=pattern,
         reference=reference,

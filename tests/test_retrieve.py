@@ -1,0 +1,218 @@
+"""Retrieval: superposition RMSD, the refinement objective, xfit.retrieve end to end, sharding, bad input."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+import xfit
+
+from .conftest import DATA, ROOT
+
+Q = np.linspace(0.5, 8.0, 76)
+FAST = {"n_starts": 4, "steps": 150, "seed": 0}
+
+
+def perturbed(atoms, scale, seed):
+    out = atoms.copy()
+    out.positions += np.random.default_rng(seed).normal(0, scale, out.positions.shape)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- rmsd
+
+
+def test_rmsd_is_zero_under_rigid_motion_and_reflection(nmm):
+    moved = nmm.copy()
+    moved.positions = nmm.positions @ Rotation.random(random_state=1).as_matrix().T + [1.0, -2.0, 3.0]
+    assert xfit.rmsd(nmm, moved) == pytest.approx(0.0, abs=1e-10)
+    mirror = nmm.copy()
+    mirror.positions = nmm.positions * [1, 1, -1]
+    assert xfit.rmsd(nmm, mirror) == pytest.approx(0.0, abs=1e-10)
+    assert xfit.rmsd(nmm, mirror, allow_reflection=False) > 0.1  # NMM is not planar: its mirror image differs
+
+
+def test_rmsd_permutes_equivalent_hydrogens(nmm):
+    from xfit._metrics import equivalent_groups
+
+    methyl = next(g for g in equivalent_groups(nmm) if len(g) == 3)
+    swapped = nmm.copy()
+    order = np.arange(len(nmm))
+    order[methyl] = np.roll(methyl, 1)
+    swapped.positions = nmm.positions[order]
+    assert xfit.rmsd(nmm, swapped) == pytest.approx(0.0, abs=1e-8)
+    assert xfit.rmsd(nmm, swapped, permute_equivalent=False) > 0.5
+
+
+def test_rmsd_heavy_only_and_known_value(chd):
+    moved = chd.copy()
+    moved.positions[chd.numbers == 1] += [0.3, 0, 0]  # hydrogens only, and not all the same way as a rigid motion
+    moved.positions[0] += [0, 0, 0.2]
+    heavy = xfit.rmsd(chd, moved, heavy_only=True, permute_equivalent=False)
+    assert 0 < heavy < 0.2 / np.sqrt(6) + 1e-9
+    with pytest.raises(ValueError, match="structures differ"):
+        xfit.rmsd(chd, chd[:-1])
+
+
+# ---------------------------------------------------------------------------------------------------- restraints
+
+
+def test_covalent_restraints_leave_a_free_bond_free(chd):
+    restrained = xfit.covalent_restraints(chd)
+    freed = xfit.covalent_restraints(chd, free_pairs=[(5, 0)])
+    pairs = {tuple(p) for p in freed.pairs}
+    assert (0, 5) in {tuple(p) for p in restrained.pairs}
+    assert (0, 5) not in pairs
+    assert (1, 5) not in pairs and (0, 4) not in pairs  # 1-3 distances through C1-C6 are freed too
+    assert (0, 2) in pairs  # ... but not others
+    np.testing.assert_allclose(
+        freed.targets, np.linalg.norm(chd.positions[freed.pairs[:, 0]] - chd.positions[freed.pairs[:, 1]], axis=1)
+    )
+    with pytest.raises(ValueError, match="free pair"):
+        xfit.covalent_restraints(chd, free_pairs=[(0, 99)])
+
+
+# ------------------------------------------------------------------------------------------------------ retrieve
+
+
+def test_retrieves_a_distorted_structure_from_its_pattern(chd):
+    # Five different elements: every pair has its own form-factor product, and 10 distances fix 9 internal
+    # coordinates, so a noiseless pattern identifies the structure locally. (A C6 ring is only fixed up to
+    # relabelling its distances, and CHD with its hydrogens has other structures that reproduce the pattern to
+    # 1e-4: see benchmarks/retrieval.py.)
+    from ase import Atoms
+
+    skeleton = Atoms("CNOSCl", positions=[[0, 0, 0], [1.4, 0.3, 0], [2.2, -0.8, 0.4], [3.9, -0.5, 0.1], [4.6, 1.4, 0]])
+    truth = perturbed(skeleton, 0.08, seed=1)
+    pattern = xfit.Pattern(Q, 3.7 * xfit.scattering(truth, Q))  # unknown overall scale
+    start_error = xfit.rmsd(skeleton, truth)
+    result = xfit.retrieve(pattern, skeleton, restraints=None, n_starts=8, steps=600)
+    assert xfit.rmsd(result.atoms, truth) < 0.1 * start_error
+    assert result.parameters["scale"] == pytest.approx(3.7, rel=1e-3)
+    assert result.chi2_reduced < 1e-3  # noiseless data, relative weights
+    assert result.candidates[0] is result.atoms
+    assert np.all(np.diff(result.chi2) >= 0)
+    np.testing.assert_allclose(result.model.values, pattern.values, rtol=2e-3)
+
+
+def test_percent_difference_fits_the_excitation_fraction(chd):
+    excited = perturbed(chd, 0.1, seed=2)
+    i_ref, i_exc = xfit.scattering(chd, Q), xfit.scattering(excited, Q)
+    signal = np.asarray(xfit.percent_difference(i_exc, i_ref, 0.08))
+    pattern = xfit.Pattern(Q, signal, np.full(len(Q), 1e-4), kind="percent_difference")
+    fitted = xfit.retrieve(pattern, excited, reference=chd, n_starts=1, steps=50, learning_rate=1e-4)
+    assert fitted.parameters["fraction"] == pytest.approx(0.08, rel=0.02)
+    fixed = xfit.retrieve(pattern, excited, reference=chd, fraction=0.08, n_starts=1, steps=50, learning_rate=1e-4)
+    assert fixed.parameters["fraction"] == 0.08
+    assert fixed.reference is chd
+
+
+def test_background_is_solved_in_closed_form(chd):
+    pattern = xfit.Pattern(Q, 2.0 * xfit.scattering(chd, Q) + 15.0)
+    result = xfit.retrieve(pattern, chd, background=True, n_starts=1, steps=5, learning_rate=1e-5)
+    assert result.parameters["scale"] == pytest.approx(2.0, rel=1e-4)
+    assert result.parameters["background"] == pytest.approx(15.0, rel=1e-2)
+
+
+def test_batch_of_patterns_gives_one_result_each_and_is_reproducible(chd):
+    patterns = [
+        xfit.Pattern(Q, xfit.scattering(perturbed(chd, 0.05, seed=k), Q), delay=0.1 * k).with_noise(
+            jax.random.key(k), relative=1e-3
+        )
+        for k in range(3)
+    ]
+    results = xfit.retrieve(patterns, chd, **FAST)
+    assert [r.pattern.delay for r in results] == [0.0, 0.1, 0.2]
+    again = xfit.retrieve(patterns, chd, **FAST)
+    np.testing.assert_array_equal(results[2].atoms.positions, again[2].atoms.positions)
+    single = xfit.retrieve(patterns[2], chd, **FAST)
+    np.testing.assert_allclose(single.atoms.positions, results[2].atoms.positions, atol=1e-4)
+
+
+def test_uncertainty_is_positive_and_scales_with_the_noise(chd):
+    truth = perturbed(chd, 0.03, seed=3)
+    values = xfit.scattering(truth, Q)
+    errors = []
+    for sigma in (1e-3, 2e-3):
+        pattern = xfit.Pattern(Q, values, sigma * values)
+        result = xfit.retrieve(pattern, truth, restraints=None, n_starts=1, steps=20, learning_rate=1e-4)
+        u = result.uncertainty
+        assert u.distances.shape == (len(chd), len(chd)) and u.positions.shape == (len(chd), 3)
+        errors.append(u.distance(0, 1))
+    assert errors[0] > 0 and np.isfinite(errors[0])
+    assert errors[1] == pytest.approx(2 * errors[0], rel=0.05)  # Gauss-Newton errors are linear in sigma
+
+
+def test_smoothness_couples_neighbouring_delays(chd):
+    patterns = [
+        xfit.Pattern(Q, xfit.scattering(perturbed(chd, 0.06, seed=10 + k), Q)).with_noise(
+            jax.random.key(k), relative=1e-2
+        )
+        for k in range(4)
+    ]
+
+    def roughness(results):
+        d = np.stack([r.atoms.get_all_distances() for r in results])
+        return float(np.sum((d[1:] - d[:-1]) ** 2))
+
+    free = xfit.retrieve(patterns, chd, restraints=None, **FAST)
+    coupled = xfit.retrieve(patterns, chd, restraints=None, smoothness=1e6, **FAST)
+    assert roughness(coupled) < 0.5 * roughness(free)
+
+
+def test_plot_writes_an_image(chd, tmp_path):
+    pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(0), relative=1e-3)
+    result = xfit.retrieve(pattern, chd, n_starts=2, steps=10)
+    assert result.plot(tmp_path / "fit.png").stat().st_size > 10_000
+
+
+def test_sharded_across_two_cpu_devices_matches_one_device(tmp_path):
+    script = f"""
+import numpy as np, jax, xfit
+from ase.io import read
+assert len(jax.devices()) == 2, jax.devices()
+chd = read({str(DATA / "chd.xyz")!r})
+q = np.linspace(0.5, 8.0, 76)
+patterns = [xfit.Pattern(q, xfit.scattering(chd, q) * (1 + 0.001 * k)) for k in range(3)]
+results = xfit.retrieve(patterns, chd, n_starts=2, steps=20, dtype=jax.numpy.float64)
+np.save({str(tmp_path / "x.npy")!r}, np.stack([r.atoms.positions for r in results]))
+"""
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    sharded = np.load(tmp_path / "x.npy")
+    from ase.io import read
+
+    chd = read(DATA / "chd.xyz")
+    patterns = [xfit.Pattern(Q, xfit.scattering(chd, Q) * (1 + 0.001 * k)) for k in range(3)]
+    local = xfit.retrieve(patterns, chd, n_starts=2, steps=20, dtype=jax.numpy.float64)
+    np.testing.assert_allclose(sharded, np.stack([r.atoms.positions for r in local]), atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_clear_errors(chd, nmm):
+    good = xfit.Pattern(Q, xfit.scattering(chd, Q))
+    with pytest.raises(ValueError, match="NaN"):
+        xfit.Pattern(Q, np.where(Q > 4, np.nan, 1.0))
+    with pytest.raises(ValueError, match="sigma must be positive"):
+        xfit.Pattern(Q, good.values, np.zeros(len(Q)))
+    far = xfit.Pattern(np.linspace(1, 90, 50), np.ones(50))
+    with pytest.raises(ValueError, match="beyond the form-factor tables"):
+        xfit.retrieve(far, chd, **FAST)
+    with pytest.raises(ValueError, match=r"reference .* does not have the same atoms"):
+        xfit.retrieve(good, chd, reference=nmm, **FAST)
+    with pytest.raises(ValueError, match="fraction is for difference patterns"):
+        xfit.retrieve(good, chd, fraction=0.1, **FAST)
+    other_grid = xfit.Pattern(Q[:-1], good.values[:-1])
+    with pytest.raises(ValueError, match="different q grid"):
+        xfit.retrieve([good, other_grid], chd, **FAST)
+    with pytest.raises(TypeError, match=r"ase\.Atoms"):
+        xfit.retrieve(good, chd.positions, **FAST)
+    with pytest.raises(ValueError, match="restraints must be"):
+        xfit.retrieve(good, chd, restraints="tight", **FAST)
