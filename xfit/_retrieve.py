@@ -5,9 +5,10 @@ gradient descent on chi^2 (see ``xfit._refine``), ranked by chi^2 (data + restra
 the best candidate gets Gauss-Newton standard errors with the rigid-body modes projected out.
 
 Choices where the data say nothing:
-- sigma absent: intensity patterns are weighted as if their noise were proportional to the signal
-  (sigma_k = |y_k| times a common factor), difference patterns with equal weights; the common factor is then set by
-  the best fit's residual, so ``chi2_reduced`` is 1 by construction and uncertainties are scaled to the residual.
+- sigma absent: the fit assumes noise of ``relative_sigma`` (default 0.1 %) of each intensity value (for difference
+  patterns, that noise on both I_on and I_off), which sets how the data weigh against the restraints;
+  ``chi2_reduced`` is then reported against that assumption, and the uncertainties are scaled by it (they are
+  multiplied by sqrt(chi2_reduced), i.e. the noise level is re-estimated from the best fit's residual).
 - ``chi2_reduced`` = chi2_data / (n_q - number of nuisance parameters); structural parameters are not subtracted,
   since the restraints make their effective number ambiguous.
 """
@@ -119,15 +120,25 @@ class Retrieval:
         return _plot.plot_retrieval(self, path, pairs=pairs)
 
 
-def _weights(pattern: Pattern) -> tuple[np.ndarray, bool]:
-    """1/sigma^2, and whether sigma was given (else the documented relative or equal weighting)."""
+def _weights(pattern: Pattern, relative_sigma: float) -> tuple[np.ndarray, bool]:
+    """1/sigma^2, and whether sigma was given.
+
+    Without sigma the noise is assumed to be ``relative_sigma`` of each intensity value, or, for difference
+    patterns, ``relative_sigma`` x 100 sqrt(2) percent (that noise on both I_on and I_off) and relative_sigma x
+    sqrt(2) x the RMS of the signal for plain differences. The scale matters: it sets how the data weigh against
+    the restraints.
+    """
     if pattern.sigma is not None:
         return 1.0 / pattern.sigma**2, True
+    y = np.abs(pattern.values)
     if pattern.kind in _refine.INTENSITY_KINDS:
-        scale = np.abs(pattern.values)
-        scale = np.where(scale > 0, scale, scale[scale > 0].min() if np.any(scale > 0) else 1.0)
-        return 1.0 / scale**2, False
-    return np.ones_like(pattern.values), False
+        floor = y[y > 0].min() if np.any(y > 0) else 1.0
+        sigma = relative_sigma * np.where(y > 0, y, floor)
+    elif pattern.kind == "percent_difference":
+        sigma = np.full_like(y, 100 * np.sqrt(2) * relative_sigma)
+    else:
+        sigma = np.full_like(y, np.sqrt(2) * relative_sigma * max(np.sqrt(np.mean(y * y)), 1e-300))
+    return 1.0 / sigma**2, False
 
 
 def _rigid_body_basis(x: np.ndarray) -> np.ndarray:
@@ -310,6 +321,7 @@ def retrieve(
     learning_rate: float = 0.02,
     smoothness: float = 0.0,
     final_restraint_weight: float = 0.05,
+    relative_sigma: float = 1e-3,
     duplicate_tolerance: float = 0.02,
     seed: int = 0,
     dtype=jnp.float32,
@@ -339,6 +351,8 @@ def retrieve(
             decay to this weight, so that the data, not the reference geometry, set the final structure; ranking
             and error bars use this final weight. 1 keeps them at full weight throughout.
         smoothness: coupling (chi^2 per A^2) of interatomic distances between neighbouring patterns of a sequence.
+        relative_sigma: the noise assumed for patterns without sigma, as a fraction of the intensity (see module
+            notes); it sets how the data weigh against the restraints.
         duplicate_tolerance: candidates within this heavy-atom RMSD (A) of a better one are merged into it.
         seed: seed of the random starts (the same seed gives the same result).
         dtype: float32 (fast) or float64 (needs jax_enable_x64) for the refinement.
@@ -395,7 +409,9 @@ def retrieve(
         background=background and not difference_kind,
     )
     y = np.stack([p.values for p in patterns])
-    weights = [_weights(p) for p in patterns]
+    if not relative_sigma > 0:
+        raise ValueError(f"relative_sigma must be positive, got {relative_sigma}")
+    weights = [_weights(p, relative_sigma) for p in patterns]
     w = np.stack([wt for wt, _ in weights])
     with jax.enable_x64(dtype == jnp.float64):
         i_ref = np.asarray(_iam.intensity(numbers, jnp.asarray(reference.positions, dtype), q, kind=data.model_kind))
