@@ -13,10 +13,16 @@ from xfit._iam import scattering as scattering
 from xfit._metrics import dihedral as dihedral
 from xfit._metrics import puckering_amplitude as puckering_amplitude
 from xfit._metrics import rmsd as rmsd
+from xfit._molecules import bonds as bonds
+from xfit._molecules import molecule as molecule
 from xfit._pattern import Pattern as Pattern
 from xfit._pattern import load_pattern as load_pattern
 from xfit._pattern import load_patterns as load_patterns
 from xfit._pattern import save_patterns as save_patterns
+from xfit._pool import PoolSpec as PoolSpec
+from xfit._pool import build_pool as build_pool
+from xfit._pool import iterate_pool as iterate_pool
+from xfit._pool import pool_summary as pool_summary
 from xfit._refine import Restraints as Restraints
 from xfit._refine import covalent_restraints as covalent_restraints
 from xfit._retrieve import Retrieval as Retrieval
@@ -34,10 +40,13 @@ __all__ = [
     "KINDS",
     "Q_MAX",
     "Pattern",
+    "PoolSpec",
     "Restraints",
     "Retrieval",
     "Uncertainty",
     "__version__",
+    "bonds",
+    "build_pool",
     "compton_function",
     "covalent_restraints",
     "difference",
@@ -45,10 +54,13 @@ __all__ = [
     "form_factor",
     "gaussian_noise",
     "intensity",
+    "iterate_pool",
     "load_pattern",
     "load_patterns",
+    "molecule",
     "percent_difference",
     "poisson_noise",
+    "pool_summary",
     "puckering_amplitude",
     "read_structures",
     "retrieve",

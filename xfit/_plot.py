@@ -176,3 +176,15 @@ def plot_time_course(results, path, *, pairs, labels=None):
         ax.set_ylabel((labels[k] if labels else f"{symbols[i]}{i}-{symbols[j]}{j}") + r" ($\AA$)", fontsize=8)
     axes[-1].set_xlabel(xlabel)
     return save_figure(fig, path)
+
+
+def plot_histograms(distances: dict, path, *, title: str) -> Path:
+    """Histograms of interatomic distances: {(i, j): {"counts", "edges"}} from ``pool_summary``."""
+    fig, axes = _figure(len(distances), height=2.4)
+    for ax, ((i, j), d) in zip(axes, distances.items(), strict=True):
+        centres = 0.5 * (d["edges"][1:] + d["edges"][:-1])
+        ax.bar(centres, d["counts"], width=np.diff(d["edges"]), color="C0", alpha=0.8)
+        ax.set_xlabel(f"distance {i}-{j} (A)")
+        ax.set_ylabel("structures")
+    axes[0].set_title(title)
+    return save_figure(fig, path)

@@ -1,0 +1,209 @@
+"""Molecules, force fields, samplers and HDF5 pools: physics checks, crash safety, reproducibility."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+import xfit
+from xfit import _pool, _sampling
+from xfit._forcefield import calculator, hessian
+from xfit._molecules import bonds, molecule
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def dt_mmff():
+    return molecule("DT", forcefield="mmff")
+
+
+# ------------------------------------------------------------------------------------------------------ molecules
+
+
+@pytest.mark.parametrize(("name", "formula"), [("NMM", "C5H11NO"), ("CHD", "C6H8"), ("DT", "C4H8S2")])
+def test_builtin_molecules_at_a_gfn2_minimum(name, formula):
+    atoms = molecule(name)
+    assert atoms.get_chemical_formula() == formula
+    atoms.calc = calculator(atoms, "gfn2")
+    assert np.abs(atoms.get_forces()).max() < 0.01
+    assert len(bonds(atoms)) == len(atoms)  # one ring: as many bonds as atoms
+
+
+def test_named_atoms_have_fixed_indices():
+    chd, dt = molecule("CHD", forcefield="mmff"), molecule("DT", forcefield="mmff")
+    assert chd.get_distance(0, 5) == pytest.approx(1.53, abs=0.03)  # the sp3-sp3 bond that breaks
+    assert set(chd.get_chemical_symbols()[:6]) == {"C"}
+    assert dt.get_chemical_symbols()[3:5] == ["S", "S"] and dt.get_distance(3, 4) == pytest.approx(2.05, abs=0.08)
+
+
+def test_smiles_and_files_and_a_stable_order(tmp_path):
+    from ase.io import read, write
+
+    thf = molecule("C1CCOC1", forcefield="mmff")
+    again = molecule("C1CCOC1", forcefield="mmff")
+    np.testing.assert_array_equal(thf.numbers, again.numbers)
+    np.testing.assert_allclose(thf.positions, again.positions)
+    write(tmp_path / "thf.xyz", thf, format="extxyz")
+    back = read(tmp_path / "thf.xyz")
+    assert back.info["mapped_smiles"] == thf.info["mapped_smiles"]
+    np.testing.assert_array_equal(bonds(back), bonds(thf))
+    write(tmp_path / "plain.xyz", thf, format="xyz")
+    from_file = molecule(tmp_path / "plain.xyz", forcefield="mmff")
+    np.testing.assert_array_equal(from_file.numbers, thf.numbers)
+    assert from_file.info["smiles"] == thf.info["smiles"]
+    with pytest.raises(ValueError, match="not a built-in molecule"):
+        molecule("this is not a molecule")
+
+
+# ------------------------------------------------------------------------------------------------------- samplers
+
+
+def test_wigner_covariance_matches_the_harmonic_prediction(dt_mmff):
+    modes = _sampling.normal_modes(dt_mmff, hessian(dt_mmff, calculator(dt_mmff, "mmff")))
+    assert len(modes.omega) == 3 * len(dt_mmff) - 6
+    x = _sampling.wigner(jax.random.key(0), modes, 200_000, temperature=300.0)
+    sample = np.cov((x.reshape(len(x), -1) - dt_mmff.positions.ravel()).T)
+    predicted = modes.displacement_covariance(300.0)
+    assert np.abs(sample - predicted).max() < 0.02 * np.abs(predicted).max()
+    # Zero-point limit: at T -> 0 the width tends to hbar/(2 omega), and it grows with temperature.
+    assert np.trace(modes.displacement_covariance(1e-3)) < np.trace(predicted)
+    np.testing.assert_allclose(modes.displacement_covariance(1e-3), modes.displacement_covariance(0.0), rtol=1e-6)
+
+
+def test_langevin_keeps_the_target_temperature(dt_mmff):
+    target = 500.0
+    _, temperatures = _sampling.langevin(
+        dt_mmff, calculator(dt_mmff, "mmff"), 400, temperature=target, seed=1, stride=10, return_temperatures=True
+    )
+    dof = 3 * len(dt_mmff)
+    standard_error = target * np.sqrt(2.0 / dof) / np.sqrt(len(temperatures) / 2)  # frames ~2x correlated
+    assert abs(temperatures.mean() - target) < 3 * standard_error
+
+
+@pytest.mark.parametrize("method", ["wigner", "md", "mc"])
+def test_thermal_pools_keep_bonds_chemical(tmp_path, method):
+    spec = _pool.PoolSpec("DT", method, 64, (0.5, 8.0, 32), forcefield="mmff", chunk=32)
+    path = _pool.build_pool(tmp_path / "p.h5", spec)
+    with h5py.File(path) as f:
+        x, reference = f["positions"][()], f["reference_positions"][()]
+    pairs = bonds(molecule("DT", forcefield="mmff"))
+    d = np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+    d0 = np.linalg.norm(reference[pairs[:, 0]] - reference[pairs[:, 1]], axis=-1)
+    # No broken (or fused) bonds. Measured extremes: MD and MC 0.93-1.09 x d0; Wigner 0.70-1.26 x d0, the
+    # rectilinear normal-coordinate artefact (large-amplitude low-frequency modes move hydrogens on straight lines).
+    assert np.all((d > 0.65 * d0) & (d < 1.35 * d0))
+    assert np.std(x - reference, axis=0).mean() > 0.01  # and they do move
+
+
+def test_sweep_pool_covers_the_requested_range(tmp_path):
+    spec = _pool.PoolSpec("DT", "sweep", 24, (0.5, 8.0, 32), forcefield="mmff", chunk=24, coordinate_range=(2.0, 3.5))
+    path = _pool.build_pool(tmp_path / "sweep.h5", spec)
+    with h5py.File(path) as f:
+        s_s = np.linalg.norm(f["positions"][:, 3] - f["positions"][:, 4], axis=-1)
+    assert s_s.min() < 2.15 and s_s.max() > 3.3
+    assert np.all(np.diff(np.sort(s_s)) < 0.4)  # no gaps along the path
+
+
+# ---------------------------------------------------------------------------------------------------------- pools
+
+
+def test_pool_file_is_self_describing_and_patterns_match_the_model(tmp_path):
+    spec = _pool.PoolSpec("DT", "wigner", 1000, (0.5, 8.0, 64), forcefield="mmff", chunk=300, seed=3)
+    path = _pool.build_pool(tmp_path / "p.h5", spec)
+    with h5py.File(path) as f:
+        assert f["positions"].shape == (1000, 14, 3) and f["positions"].dtype == np.float32
+        assert f["patterns"].shape == (1000, 64) and f["patterns"].compression == "gzip"
+        for name in ("molecule", "smiles", "sampler", "forcefield", "temperature_K", "seed", "probe", "kind",
+                     "xfit_version", "created"):  # fmt: skip
+            assert name in f.attrs, name
+        x, patterns, q, numbers = f["positions"][()], f["patterns"][()], f["q"][()], f["numbers"][()]
+    recomputed = np.asarray(xfit.intensity(numbers, x[::97].astype(np.float64), q))
+    np.testing.assert_allclose(patterns[::97], recomputed, rtol=1e-4)
+
+
+def test_same_seed_same_file_and_other_commands_refused(tmp_path):
+    spec = _pool.PoolSpec("DT", "wigner", 500, (0.5, 8.0, 16), forcefield="mmff", chunk=200, seed=5)
+    a, b = _pool.build_pool(tmp_path / "a.h5", spec), _pool.build_pool(tmp_path / "b.h5", spec)
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        np.testing.assert_array_equal(fa["positions"][()], fb["positions"][()])
+        np.testing.assert_array_equal(fa["patterns"][()], fb["patterns"][()])
+    other = _pool.PoolSpec("DT", "wigner", 500, (0.5, 8.0, 16), forcefield="mmff", chunk=200, seed=6)
+    with pytest.raises(ValueError, match="different pool"):
+        _pool.build_pool(a, other)
+    _pool.build_pool(a, other, overwrite=True)
+    with h5py.File(a) as f:
+        assert f.attrs["seed"] == 6
+
+
+def test_killed_pool_is_readable_and_resumes_to_exactly_n_unique_structures(tmp_path):
+    n, chunk = 6000, 100
+    path = tmp_path / "killed.h5"
+    spec = f"PoolSpec('DT', 'wigner', {n}, (0.5, 8.0, 64), forcefield='mmff', chunk={chunk}, seed=2)"
+    code = f"from xfit._pool import PoolSpec, build_pool\nbuild_pool({str(path)!r}, {spec})\n"
+    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    seen = []
+    for attempt in range(3):  # kill it three times, at different stages
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
+        deadline = time.time() + 120
+        target = (attempt + 1) * 600
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with h5py.File(path, "r") as f:  # readable at any moment, while it is being written
+                    done = int(f.attrs["n_complete"])
+                    if done:
+                        assert np.all(np.isfinite(f["positions"][:done]))
+                if done >= target:
+                    break
+            except (OSError, KeyError):
+                pass
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with h5py.File(path, "r") as f:
+            seen.append(int(f.attrs["n_complete"]))
+            assert f["positions"].shape[0] == seen[-1] and np.all(np.isfinite(f["patterns"][()]))
+    assert 0 < seen[0] < n
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["status"] == "complete"
+        x = f["positions"][()]
+    assert len(x) == n
+    assert len(np.unique(x.reshape(n, -1), axis=0)) == n
+    assert not (tmp_path / "killed.h5.chunks").exists()
+    fresh = _pool.build_pool(
+        tmp_path / "fresh.h5", _pool.PoolSpec("DT", "wigner", n, (0.5, 8.0, 64), forcefield="mmff", chunk=chunk, seed=2)
+    )
+    with h5py.File(fresh) as f:
+        np.testing.assert_array_equal(f["positions"][()], x)  # resumed == uninterrupted
+
+
+def test_streaming_reader_visits_every_row_once_per_epoch(tmp_path):
+    spec = _pool.PoolSpec("DT", "wigner", 5000, (0.5, 8.0, 8), forcefield="mmff", chunk=2000)
+    path = _pool.build_pool(tmp_path / "p.h5", spec)
+    with h5py.File(path) as f:
+        reference = f["positions"][:, 0, 0]
+    batches = list(_pool.iterate_pool(path, 512, seed=1, buffer_blocks=2))
+    seen = np.concatenate([b["positions"][:, 0, 0] for b in batches])
+    assert len(seen) == 5000 and not np.array_equal(seen, reference)  # all rows, shuffled
+    np.testing.assert_array_equal(np.sort(seen), np.sort(reference))
+    again = np.concatenate([b["positions"][:, 0, 0] for b in _pool.iterate_pool(path, 512, seed=1, buffer_blocks=2)])
+    np.testing.assert_array_equal(seen, again)
+
+
+def test_pool_cli_and_info(tmp_path, capsys):
+    from xfit.cli import main
+
+    out = tmp_path / "cli.h5"
+    assert main(["pool", "CCO", "--method", "wigner", "-n", "300", "--q", "0.5:8:16", "--forcefield", "mmff",
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert main(["pool", "info", str(out), "--pair", "0,1", "--plot", str(tmp_path / "h.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "complete pool of 300 structures" in printed and "distance 0-1" in printed
+    assert main(["pool", "CCO", "--method", "md", "-n", "10", "-o", str(out)]) == 2

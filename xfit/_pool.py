@@ -1,0 +1,445 @@
+"""Structure pools on HDF5: sampled geometries with their scattering patterns, crash-safe, resumable, streamable.
+
+A finished pool is one self-describing HDF5 file with datasets
+
+    positions  (N, n_atoms, 3) float32, A          patterns  (N, n_q) float32 (electron units)
+    numbers    (n_atoms,) int                       q         (n_q,) float64, 1/A (q = 4 pi sin(theta)/lambda)
+    reference_positions (n_atoms, 3)                hessian   (3 n_atoms, 3 n_atoms) eV/A^2 (Wigner pools)
+
+and attributes (molecule, SMILES, mapped SMILES, sampler and its parameters, force field, temperature, seed, probe,
+kind, xfit version, creation time, and the JSON ``config`` that identifies the command), chunked and compressed.
+
+Crash safety. The pool is built in chunks. Each finished chunk is written to its own file in ``FILE.h5.chunks/``
+through a temporary name and a rename, and then ``FILE.h5`` itself is replaced (again through a rename) by a small
+file whose virtual datasets (HDF5 VDS) span exactly the finished chunks. So at any moment, a SIGKILL included,
+``FILE.h5`` is a complete, readable pool of every chunk finished so far. Re-running the same command finds the
+finished chunks and computes only the rest; each chunk's samples depend only on (seed, chunk index), so the result
+is identical to an uninterrupted run. When all chunks are done they are copied into one self-contained file,
+which replaces ``FILE.h5``, and the chunk folder is removed. A different command against an existing file is
+refused unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+
+from xfit import _iam
+
+__all__ = ["METHODS", "PoolSpec", "build_pool", "iterate_pool", "pool_summary"]
+
+METHODS = ("wigner", "md", "mc", "sweep")
+DEFAULT_SWEEPS = {
+    # Built-in reaction coordinates (atom indices of xfit.molecule's built-ins).
+    "CHD": ("distance:0,5", 1.5, 5.5),  # ring opening to hexatriene
+    "DT": ("distance:3,4", 2.0, 4.5),  # S-S bond breaking
+    "NMM": ("dihedral:0,1,2,3", 60.0, 180.0),  # ring-methyl torsion: axial to equatorial methyl
+}
+_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """What a pool is: everything that determines its contents (the identity checked on resume).
+
+    q is stored as (q_min, q_max, n_q): q = 4 pi sin(theta)/lambda in 1/A on an even grid.
+    """
+
+    molecule: str
+    method: str
+    n: int
+    q: tuple[float, float, int]
+    seed: int = 0
+    temperature: float = 300.0
+    forcefield: str = "gfn2"
+    kind: str = "total"
+    probe: str = "xray"
+    chunk: int = 0  # structures per chunk; 0 picks a default for the method
+    coordinate: str | None = None  # sweeps: "distance:i,j" or "dihedral:i,j,k,l"
+    coordinate_range: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown sampling method {self.method!r}; choose one of {METHODS}")
+        if self.n < 1:
+            raise ValueError(f"a pool needs n >= 1 structures, got {self.n}")
+        if self.kind not in _iam.KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; choose one of {_iam.KINDS}")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0 K")
+        _iam.check_q(np.linspace(*self.q[:2], int(self.q[2])))
+        if not self.chunk:
+            object.__setattr__(self, "chunk", 16384 if self.method == "wigner" else 256)
+        if self.method == "sweep" and self.coordinate is None:
+            key = self.molecule.upper()
+            if key not in DEFAULT_SWEEPS:
+                raise ValueError(f"a sweep of {self.molecule!r} needs coordinate= and coordinate_range=")
+            coordinate, lo, hi = DEFAULT_SWEEPS[key]
+            object.__setattr__(self, "coordinate", coordinate)
+            object.__setattr__(self, "coordinate_range", self.coordinate_range or (lo, hi))
+        if self.method == "sweep" and self.coordinate_range is None:
+            raise ValueError("a sweep needs coordinate_range=(start, stop)")
+
+    @property
+    def q_grid(self) -> np.ndarray:
+        return np.linspace(self.q[0], self.q[1], int(self.q[2]))
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.chunk)
+
+    def chunk_rows(self, index: int) -> int:
+        return min(self.chunk, self.n - index * self.chunk)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Building.
+
+
+def _atomic_h5(path: Path, write: Callable[[h5py.File], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _chunk_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".chunks")
+
+
+def _chunk_file(path: Path, index: int) -> Path:
+    return _chunk_dir(path) / f"chunk_{index:06d}.h5"
+
+
+class _Context:
+    """Molecule, force field and (for Wigner) normal modes: computed once, stored in the pool, reused on resume."""
+
+    def __init__(self, spec: PoolSpec, path: Path):
+        from xfit._forcefield import calculator, hessian
+        from xfit._molecules import molecule
+
+        self.spec = spec
+        self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
+        stored = _read_reference(path, spec)
+        if stored is not None:  # resume: the exact geometry (and Hessian) of the first run
+            self.atoms.positions = stored["reference_positions"]
+            self.hessian = stored.get("hessian")
+        else:
+            self.hessian = None
+        self.calc = calculator(self.atoms, spec.forcefield)
+        if spec.method == "wigner" and self.hessian is None:
+            self.hessian = hessian(self.atoms, self.calc)
+        self.modes = None
+        if spec.method == "wigner":
+            from xfit._sampling import normal_modes
+
+            self.modes = normal_modes(self.atoms, self.hessian)
+
+    def sample(self, index: int, rows: int) -> np.ndarray:
+        from xfit import _sampling
+
+        spec, seed = self.spec, self.spec.seed * 1_000_003 + index
+        if spec.method == "wigner":
+            key = jax.random.fold_in(jax.random.key(spec.seed), index)
+            return _sampling.wigner(key, self.modes, rows, spec.temperature)
+        if spec.method == "md":
+            return _sampling.langevin(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
+        if spec.method == "mc":
+            return _sampling.metropolis(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
+        coordinate = _sampling.Coordinate.parse(spec.coordinate)
+        lo, hi = spec.coordinate_range
+        return _sampling.sweep(
+            self.atoms,
+            self.calc,
+            rows,
+            coordinate,
+            lo,
+            hi,
+            temperature=spec.temperature,
+            seed=seed,
+            windows=max(2, min(20, rows)),
+        )
+
+
+def _read_reference(path: Path, spec: PoolSpec) -> dict | None:
+    if not path.exists():
+        return None
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("config") != spec.to_json():
+            return None
+        out = {"reference_positions": f["reference_positions"][()]}
+        if "hessian" in f:
+            out["hessian"] = f["hessian"][()]
+        return out
+
+
+def _patterns(numbers, positions: np.ndarray, spec: PoolSpec, batch: int = 8192) -> np.ndarray:
+    q = spec.q_grid
+    out = np.empty((len(positions), len(q)), np.float32)
+    for lo in range(0, len(positions), batch):
+        x = jax.numpy.asarray(positions[lo : lo + batch], jax.numpy.float32)
+        out[lo : lo + batch] = np.asarray(_iam.intensity(numbers, x, q, kind=spec.kind, probe=spec.probe))
+    return out
+
+
+def _attributes(spec: PoolSpec, context: _Context, status: str, n_done: int) -> dict:
+    import xfit
+
+    attrs = {
+        "config": spec.to_json(),
+        "status": status,
+        "n_complete": n_done,
+        "molecule": context.atoms.info.get("name", spec.molecule),
+        "smiles": context.atoms.info.get("smiles", ""),
+        "mapped_smiles": context.atoms.info.get("mapped_smiles", ""),
+        "sampler": spec.method,
+        "sampler_parameters": json.dumps(
+            {
+                "temperature_K": spec.temperature,
+                "chunk": spec.chunk,
+                "coordinate": spec.coordinate,
+                "coordinate_range": spec.coordinate_range,
+            }
+        ),
+        "forcefield": spec.forcefield,
+        "temperature_K": spec.temperature,
+        "seed": spec.seed,
+        "probe": spec.probe,
+        "kind": spec.kind,
+        "q_convention": "q = 4 pi sin(theta)/lambda, 1/A",
+        "units": "positions A, patterns electron units",
+        "xfit_version": xfit.__version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return {k: ("" if v is None else v) for k, v in attrs.items()}
+
+
+def _write_common(f: h5py.File, spec: PoolSpec, context: _Context, status: str, n_done: int) -> None:
+    f["numbers"] = context.atoms.numbers
+    f["q"] = spec.q_grid
+    f["reference_positions"] = context.atoms.positions
+    if context.hessian is not None:
+        f["hessian"] = context.hessian
+    f.attrs.update(_attributes(spec, context, status, n_done))
+
+
+def _write_index(path: Path, spec: PoolSpec, context: _Context, done: int) -> None:
+    """Replace FILE.h5 by a file whose virtual datasets span the first ``done`` chunks."""
+    rows = sum(spec.chunk_rows(k) for k in range(done))
+    n_atoms, n_q = len(context.atoms), int(spec.q[2])
+
+    def write(f):
+        _write_common(f, spec, context, "building", rows)
+        for name, shape in (("positions", (n_atoms, 3)), ("patterns", (n_q,))):
+            layout = h5py.VirtualLayout(shape=(rows, *shape), dtype=np.float32)
+            start = 0
+            for k in range(done):
+                count = spec.chunk_rows(k)
+                relative = os.path.relpath(_chunk_file(path, k), path.parent)
+                layout[start : start + count] = h5py.VirtualSource(relative, name, shape=(count, *shape))
+                start += count
+            f.create_virtual_dataset(name, layout, fillvalue=np.nan)
+
+    _atomic_h5(path, write)
+
+
+def _consolidate(path: Path, spec: PoolSpec, context: _Context) -> None:
+    """Copy all chunks into one self-contained compressed file that replaces FILE.h5."""
+    n_atoms, n_q = len(context.atoms), int(spec.q[2])
+    rows_per_h5_chunk = min(1024, spec.n)
+
+    def write(f):
+        _write_common(f, spec, context, "complete", spec.n)
+        pos = f.create_dataset(
+            "positions", (spec.n, n_atoms, 3), np.float32, chunks=(rows_per_h5_chunk, n_atoms, 3), **_COMPRESSION
+        )
+        pat = f.create_dataset("patterns", (spec.n, n_q), np.float32, chunks=(rows_per_h5_chunk, n_q), **_COMPRESSION)
+        start = 0
+        for k in range(spec.n_chunks):
+            with h5py.File(_chunk_file(path, k), "r") as c:
+                count = c["positions"].shape[0]
+                pos[start : start + count] = c["positions"][()]
+                pat[start : start + count] = c["patterns"][()]
+            start += count
+
+    _atomic_h5(path, write)
+    shutil.rmtree(_chunk_dir(path), ignore_errors=True)
+
+
+def _check_existing(path: Path, spec: PoolSpec, overwrite: bool) -> str:
+    """'new', 'resume' or 'complete' for the file at path; raises if it belongs to another command."""
+    if not path.exists():
+        if _chunk_dir(path).exists():
+            shutil.rmtree(_chunk_dir(path))  # chunks without an index: nothing was ever published
+        return "new"
+    try:
+        with h5py.File(path, "r") as f:
+            config, status = f.attrs.get("config"), f.attrs.get("status")
+    except OSError as err:
+        if not overwrite:
+            raise ValueError(f"{path} exists and is not a readable xfit pool ({err}); pass overwrite=True") from None
+        config, status = None, None
+    if config == spec.to_json():
+        return "complete" if status == "complete" else "resume"
+    if not overwrite:
+        raise ValueError(
+            f"{path} already holds a different pool (made by another command: {config}); refusing to touch it. "
+            "Use another file name or overwrite=True (CLI: --overwrite)"
+        )
+    path.unlink()
+    shutil.rmtree(_chunk_dir(path), ignore_errors=True)
+    return "new"
+
+
+def build_pool(
+    path: str | os.PathLike,
+    spec: PoolSpec,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Build (or finish) the pool described by ``spec`` at ``path``; see the module notes on crash safety.
+
+    Args:
+        path: the HDF5 file to write.
+        spec: what to build.
+        overwrite: replace a file that holds a different pool.
+        progress: called as progress(structures_done, n) after each chunk (the CLI draws a bar with it).
+
+    Returns:
+        The path of the finished pool.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = _check_existing(path, spec, overwrite)
+    if state == "complete":
+        if progress:
+            progress(spec.n, spec.n)
+        return path
+    context = _Context(spec, path)
+    _chunk_dir(path).mkdir(exist_ok=True)
+    done = 0
+    while done < spec.n_chunks and _chunk_file(path, done).exists():
+        done += 1  # finished chunks of an interrupted run: a chunk file exists only once it is complete
+    for stale in _chunk_dir(path).glob("chunk_*.h5"):
+        if int(stale.stem.split("_")[1]) >= done:
+            stale.unlink()  # beyond a gap: recomputed, so the pool stays one contiguous run of chunks
+    if state == "new" or done == 0:
+        _write_index(path, spec, context, done)
+    if progress:
+        progress(sum(spec.chunk_rows(k) for k in range(done)), spec.n)
+    numbers = context.atoms.numbers
+    for index in range(done, spec.n_chunks):
+        rows = spec.chunk_rows(index)
+        positions = context.sample(index, rows).astype(np.float32)
+        patterns = _patterns(numbers, positions, spec)
+
+        def write(f, positions=positions, patterns=patterns):
+            f.create_dataset("positions", data=positions, **_COMPRESSION)
+            f.create_dataset("patterns", data=patterns, **_COMPRESSION)
+
+        _atomic_h5(_chunk_file(path, index), write)
+        _write_index(path, spec, context, index + 1)
+        if progress:
+            progress(sum(spec.chunk_rows(k) for k in range(index + 1)), spec.n)
+    _consolidate(path, spec, context)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def iterate_pool(
+    path: str | os.PathLike,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    fields: tuple[str, ...] = ("positions", "patterns"),
+    buffer_blocks: int = 8,
+    epochs: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield batches {field: array} from a pool without loading it: memory stays flat whatever its size.
+
+    Shuffling is two-level: the order of storage blocks (1024 rows) is shuffled, and rows are shuffled within a
+    buffer of ``buffer_blocks`` blocks. The same seed gives the same batches. The last batch may be smaller.
+    """
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs.get("n_complete", f["positions"].shape[0]))
+        block = 1024
+        starts = np.arange(0, n, block)
+        for _ in range(epochs):
+            order = rng.permutation(starts) if shuffle else starts
+            for group in range(0, len(order), buffer_blocks):
+                pieces = {name: [] for name in fields}
+                for start in np.sort(order[group : group + buffer_blocks]):
+                    for name in fields:
+                        pieces[name].append(f[name][start : min(start + block, n)])
+                buffer = {name: np.concatenate(parts) for name, parts in pieces.items()}
+                rows = rng.permutation(len(buffer[fields[0]])) if shuffle else np.arange(len(buffer[fields[0]]))
+                for lo in range(0, len(rows), batch_size):
+                    take = rows[lo : lo + batch_size]
+                    yield {name: buffer[name][take] for name in fields}
+
+
+def pool_summary(path: str | os.PathLike, pairs: list[tuple[int, int]] | None = None, bins: int = 60) -> dict:
+    """Counts, attributes, coordinate ranges and streamed histograms of chosen interatomic distances."""
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        numbers = f["numbers"][()]
+        q = f["q"][()]
+        n = int(attrs.get("n_complete", f["positions"].shape[0]))
+    if pairs is None:
+        config = json.loads(attrs["config"])
+        coordinate = config.get("coordinate")
+        if coordinate and coordinate.startswith("distance:"):
+            pairs = [tuple(int(v) for v in coordinate.split(":")[1].split(","))]
+        else:
+            heavy = np.flatnonzero(numbers > 1)
+            pairs = [(int(heavy[0]), int(heavy[-1]))] if len(heavy) > 1 else [(0, 1)]
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    distances = {pair: [] for pair in pairs}
+    for batch in iterate_pool(path, 65536, shuffle=False, fields=("positions",)):
+        x = batch["positions"]
+        lo, hi = np.minimum(lo, x.min(axis=(0, 1))), np.maximum(hi, x.max(axis=(0, 1)))
+        for i, j in pairs:
+            distances[(i, j)].append(np.linalg.norm(x[:, i] - x[:, j], axis=-1))
+    stats = {}
+    for pair, parts in distances.items():
+        d = np.concatenate(parts) if parts else np.zeros(0)
+        counts, edges = np.histogram(d, bins=bins) if len(d) else (np.zeros(bins), np.linspace(0, 1, bins + 1))
+        stats[pair] = {
+            "min": float(d.min()) if len(d) else np.nan,
+            "max": float(d.max()) if len(d) else np.nan,
+            "mean": float(d.mean()) if len(d) else np.nan,
+            "counts": counts,
+            "edges": edges,
+        }
+    return {
+        "attrs": attrs,
+        "n": n,
+        "numbers": numbers,
+        "q": q,
+        "coordinate_min": lo,
+        "coordinate_max": hi,
+        "distances": stats,
+    }
