@@ -4,7 +4,8 @@ Question: from the ground-state geometry (chd_reference), how close does ``xfit.
 frame, how fast, and how does that depend on noise, q range and the kind of pattern?
 
 For each configuration (noise 0 / 0.1 % / 1 % of I; q_max 4 or 8 1/A, 76 points from 0.5; total intensity with
-unknown scale, or percent difference against chd_reference with the excitation fraction fitted) every selected
+unknown scale, or percent difference against chd_reference of fully excited frames, with the excitation fraction
+fitted or given) every selected
 frame of ../shared/reference/chd_trajectories is simulated with xfit's IAM, noised with a fixed key, and retrieved
 independently (C1-C6 left free to break). Reported: carbon and all-atom RMSD after superposition (reflection and
 equivalent-H permutations allowed), |C1-C6 error|, for frames with C1-C6 <= 2.3 A ("closed") and > 2.3 A
@@ -58,9 +59,10 @@ def simulate(frames, reference, q, noise: float, kind: str, seed: int):
             patterns.append(p.with_noise(key, relative=noise) if noise else p)
         else:
             # Percent difference of the fully excited frame (fraction 1): noise of `noise` x I on both the "on" and
-            # the "off" intensities gives sigma = 100 sqrt(2) noise in percent.
+            # the "off" intensities gives sigma = 100 sqrt(2) noise in percent. Noiseless patterns carry no sigma
+            # (retrieve then assumes its default relative_sigma), like the intensity patterns.
             signal = np.asarray(xfit.percent_difference(intensity, i_ref, 1.0))
-            sigma = np.full_like(signal, 100 * np.sqrt(2) * max(noise, 1e-6))
+            sigma = np.full_like(signal, 100 * np.sqrt(2) * noise) if noise else None
             if noise:
                 signal = signal + sigma * np.asarray(jax.random.normal(key, signal.shape))
             patterns.append(xfit.Pattern(q, signal, sigma, kind="percent_difference"))
@@ -106,7 +108,12 @@ def main(argv=None) -> int:
     parser.add_argument("--stride", type=int, default=3, help="use every STRIDE-th frame of each trajectory")
     parser.add_argument("--noise", default="0,0.001,0.01", help="relative noise levels")
     parser.add_argument("--qmax", default="8,4", help="q_max values (1/A)")
-    parser.add_argument("--kinds", default="total,percent_difference", help="pattern kinds")
+    parser.add_argument(
+        "--kinds",
+        default="total,percent_difference,percent_difference_known_fraction",
+        help="total (unknown scale); percent_difference (fraction fitted); ..._known_fraction (fraction given)",
+    )
+    parser.add_argument("--difference-qmax", default="8", help="q_max values for the percent-difference kinds")
     parser.add_argument("--starts", type=int, default=32)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--final-restraint-weight", type=float, default=1.0)
@@ -141,22 +148,25 @@ def main(argv=None) -> int:
     }
     print(f"# {header['date']}  {header['device']} ({header['cpu_count']} CPUs)  {len(frames)} frames  {options}")
     print(
-        f"{'kind':>18} {'noise':>6} {'qmax':>4} {'frames':>7} {'n':>3} {'med C-RMSD':>10} {'C<=0.1':>6} "
+        f"{'kind':>34} {'noise':>6} {'qmax':>4} {'frames':>7} {'n':>3} {'med C-RMSD':>10} {'C<=0.1':>6} "
         f"{'med all':>8} {'C1C6 err':>8} {'chi2_red':>8} {'s/retr':>7} {'latency':>8}"
     )
     configs = []
     for kind in args.kinds.split(","):
-        for q_max in (float(v) for v in args.qmax.split(",")):
+        q_maxes = args.qmax if kind == "total" else args.difference_qmax
+        for q_max in (float(v) for v in q_maxes.split(",")):
             for noise in (float(v) for v in args.noise.split(",")):
                 q = np.linspace(0.5, q_max, 76)
-                patterns = simulate(frames, reference, q, noise, kind, seed=0)
-                xfit.retrieve(patterns[0], reference, **options)  # compile the single-pattern shape
+                pattern_kind = "total" if kind == "total" else "percent_difference"
+                patterns = simulate(frames, reference, q, noise, pattern_kind, seed=0)
+                opts = options | ({"fraction": 1.0} if kind.endswith("known_fraction") else {})
+                xfit.retrieve(patterns[0], reference, **opts)  # compile the single-pattern shape
                 t0 = time.perf_counter()
-                xfit.retrieve(patterns[0], reference, **options)
+                xfit.retrieve(patterns[0], reference, **opts)
                 latency = time.perf_counter() - t0
-                xfit.retrieve(patterns, reference, **options)  # compile the batched shape
+                xfit.retrieve(patterns, reference, **opts)  # compile the batched shape
                 t0 = time.perf_counter()
-                results = xfit.retrieve(patterns, reference, **options)
+                results = xfit.retrieve(patterns, reference, **opts)
                 per_retrieval = (time.perf_counter() - t0) / len(patterns)
                 rows = evaluate(results, frames)
                 config = {"kind": kind, "noise": noise, "q_max": q_max, "seconds_per_retrieval_batched": per_retrieval,
@@ -167,7 +177,7 @@ def main(argv=None) -> int:
                     if s is None:
                         continue
                     print(
-                        f"{kind:>18} {noise:>6.3g} {q_max:>4g} {which:>7} {s['n']:>3} "
+                        f"{kind:>34} {noise:>6.3g} {q_max:>4g} {which:>7} {s['n']:>3} "
                         f"{s['median_rmsd_carbon']:>10.3f} {s['fraction_carbon_le_0.10']:>6.0%} "
                         f"{s['median_rmsd_all']:>8.3f} {s['median_c1c6_error']:>8.3f} "
                         f"{s['median_chi2_reduced']:>8.2f} {per_retrieval:>7.3f} {latency:>8.3f}",
