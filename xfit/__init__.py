@@ -4,8 +4,15 @@ Conventions everywhere in the API: q = 4 pi sin(theta)/lambda in 1/A (theta is h
 positions in A, structures as ``ase.Atoms``.
 """
 
+from xfit._anisotropy import anisotropic_intensity as anisotropic_intensity
+from xfit._anisotropy import anisotropic_scattering as anisotropic_scattering
+from xfit._anisotropy import oriented_intensity as oriented_intensity
+from xfit._electron import modified_scattering as modified_scattering
+from xfit._electron import pair_distribution as pair_distribution
 from xfit._elements import Q_MAX as Q_MAX
 from xfit._elements import compton_function as compton_function
+from xfit._elements import electron_form_factor as electron_form_factor
+from xfit._elements import electron_wavelength as electron_wavelength
 from xfit._elements import form_factor as form_factor
 from xfit._iam import KINDS as KINDS
 from xfit._iam import intensity as intensity
@@ -45,19 +52,26 @@ __all__ = [
     "Retrieval",
     "Uncertainty",
     "__version__",
+    "anisotropic_intensity",
+    "anisotropic_scattering",
     "bonds",
     "build_pool",
     "compton_function",
     "covalent_restraints",
     "difference",
     "dihedral",
+    "electron_form_factor",
+    "electron_wavelength",
     "form_factor",
     "gaussian_noise",
     "intensity",
     "iterate_pool",
     "load_pattern",
     "load_patterns",
+    "modified_scattering",
     "molecule",
+    "oriented_intensity",
+    "pair_distribution",
     "percent_difference",
     "poisson_noise",
     "pool_summary",

@@ -46,7 +46,7 @@ from xfit import _elements
 __all__ = ["KINDS", "intensity"]
 
 KINDS = ("atomic", "molecular", "elastic", "inelastic", "total")
-PROBES = ("xray",)
+PROBES = ("xray", "electron")
 R_MIN = 1e-6
 """Floor on interatomic distances (A): keeps 1/r and gradients finite for coincident atoms."""
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32/bf16 passes for the pair-sum matrix products on GPUs
@@ -203,10 +203,18 @@ def _distances(positions, i, j):
     return jnp.where(far, jnp.sqrt(jnp.where(far, d2, 1.0)), R_MIN)
 
 
-def _type_form_factors(plan: _PairPlan, q):
+def _form_factors(numbers: np.ndarray, q, probe: tuple):
+    """Per-atom scattering factors (n, n_q): X-ray f0 (electrons) or electron f_e (A), by ``probe`` =
+    ("xray",) or ("electron", energy_kev, model)."""
+    if probe[0] == "xray":
+        return _elements.form_factor(numbers, q)
+    return _elements.electron_form_factor(numbers, q, energy_kev=probe[1], electron_model=probe[2])
+
+
+def _type_form_factors(plan: _PairPlan, q, probe: tuple):
     """F_t(q) = f_a(q) f_b(q) for each pair type, (T, n_q)."""
     unique = np.unique(plan.numbers)
-    f = _elements.form_factor(unique, q)
+    f = _form_factors(unique, q, probe)
     index = np.searchsorted(unique, plan.type_elements)
     return f[index[:, 0]] * f[index[:, 1]]
 
@@ -217,7 +225,7 @@ def _chunk_size() -> int | None:
     return 32 if jax.default_backend() == "cpu" else None
 
 
-def _molecular_fast(plan: _PairPlan, positions, q, qa, dm):
+def _molecular_fast(plan: _PairPlan, positions, q, qa, dm, probe: tuple):
     """I_molecular (B, n_q) through the blocked kernel; q (n_q,) is the grid qa + dm flattened and trimmed."""
     n_q = q.shape[0]
     r = _distances(positions, plan.i, plan.j)
@@ -230,34 +238,34 @@ def _molecular_fast(plan: _PairPlan, positions, q, qa, dm):
         y = jax.lax.map(lambda rc: _sinc_sums(rc, qa, dm, plan.slices), padded.reshape(-1, chunk, r.shape[1]))
         y = y.reshape(-1, *y.shape[2:])[:batch]
     y = y.reshape(*y.shape[:2], -1)[..., :n_q]  # (B, T, n_q)
-    weights = _type_form_factors(plan, q)
+    weights = _type_form_factors(plan, q, probe)
     inv_q = jnp.where(q > 0, 1.0 / jnp.where(q > 0, q, 1.0), 0.0)
     counts = jnp.asarray([hi - lo for lo, hi in plan.slices], q.dtype)
     at_zero = jnp.where(q == 0, counts @ weights, 0.0)  # sin(q r)/(q r) -> 1 at q = 0
     return 2.0 * (jnp.einsum("btq,tq->bq", y, weights * inv_q, precision=_HIGHEST) + at_zero)
 
 
-def _molecular_direct(plan: _PairPlan, positions, q):
+def _molecular_direct(plan: _PairPlan, positions, q, probe: tuple):
     """Reference: the textbook double sum over pairs i < j, (B, n_q), plain autodiff."""
-    f = _elements.form_factor(plan.numbers, q)
+    f = _form_factors(plan.numbers, q, probe)
     r = _distances(positions, plan.i, plan.j)
     sinc = jnp.sinc(r[..., None] * q / jnp.pi)  # jnp.sinc(x) = sin(pi x)/(pi x)
     return 2.0 * jnp.einsum("bpq,pq->bq", sinc, f[plan.i] * f[plan.j], precision=_HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "kind", "method"))
-def _intensity_flat(positions, q, qa, dm, *, plan: _PairPlan, kind: str, method: str):
+@functools.partial(jax.jit, static_argnames=("plan", "kind", "method", "probe"))
+def _intensity_flat(positions, q, qa, dm, *, plan: _PairPlan, kind: str, method: str, probe: tuple):
     batch = positions.shape[0]
     terms = jnp.zeros((batch, q.shape[0]), positions.dtype)
     if kind in ("atomic", "elastic", "total"):
-        f = _elements.form_factor(plan.numbers, q)
+        f = _form_factors(plan.numbers, q, probe)
         terms = terms + jnp.sum(f * f, axis=0)
     if kind in ("molecular", "elastic", "total") and plan.slices:
         if method == "direct":
-            terms = terms + _molecular_direct(plan, positions, q)
+            terms = terms + _molecular_direct(plan, positions, q, probe)
         else:
-            terms = terms + _molecular_fast(plan, positions, q, qa, dm)
-    if kind in ("inelastic", "total"):
+            terms = terms + _molecular_fast(plan, positions, q, qa, dm, probe)
+    if kind in ("inelastic", "total") and probe[0] == "xray":
         terms = terms + jnp.sum(_elements.compton_function(plan.numbers, q), axis=0)
     return terms
 
@@ -293,8 +301,10 @@ def intensity(
     q,
     *,
     kind: Kind = "total",
-    probe: Literal["xray"] = "xray",
+    probe: Literal["xray", "electron"] = "xray",
     method: Literal["auto", "direct"] = "auto",
+    energy_kev: float | None = None,
+    electron_model: str = "mott-bethe",
 ) -> jax.Array:
     """Orientation-averaged IAM scattering intensity of one molecule or a batch of conformations.
 
@@ -309,12 +319,16 @@ def intensity(
             uniformly spaced grid takes the fast angle-addition path.
         kind: "atomic" (sum_i f_i^2), "molecular" (sum_{i != j} f_i f_j sinc), "elastic" (atomic + molecular),
             "inelastic" (sum_i S_i, Compton) or "total" (elastic + inelastic).
-        probe: "xray".
+        probe: "xray" (form factors f0, electron units) or "electron" (scattering factors f_e in A, first Born
+            approximation, so intensities in A^2; see ``xfit._elements.electron_form_factor``). Electron inelastic
+            scattering is not modelled: for electrons "total" equals "elastic" and "inelastic" is an error.
         method: "auto" (blocked angle-addition kernel with low-memory gradients) or "direct" (the textbook formula
             with plain autodiff, the reference path).
+        energy_kev: electron kinetic energy in keV (probe="electron" only; required there).
+        electron_model: "mott-bethe" (from the X-ray form factors, default) or "kirkland" (Kirkland's fit).
 
     Returns:
-        Intensity in electron units, shape (..., n_q), dtype of ``positions``.
+        Intensity, shape (..., n_q), dtype of ``positions``: electron units (X-rays) or A^2 (electrons).
 
     Raises:
         ValueError: unknown element, empty molecule, positions of the wrong shape or not finite, q outside
@@ -333,6 +347,19 @@ def intensity(
         raise ValueError(f"unknown probe {probe!r}; choose one of {PROBES}")
     if method not in ("auto", "direct"):
         raise ValueError(f"unknown method {method!r}; choose 'auto' or 'direct'")
+    if probe == "electron":
+        if energy_kev is None:
+            raise ValueError("probe='electron' needs energy_kev (the electrons' kinetic energy, keV)")
+        _elements.relativistic_factor(energy_kev)  # validates energy > 0
+        if electron_model not in _elements.ELECTRON_MODELS:
+            raise ValueError(f"unknown electron_model {electron_model!r}; choose one of {_elements.ELECTRON_MODELS}")
+        if kind == "inelastic":
+            raise ValueError("electron inelastic scattering is not modelled; use kind='elastic' (or 'total')")
+        probe_spec = ("electron", float(energy_kev), electron_model)
+    else:
+        if energy_kev is not None:
+            raise ValueError("energy_kev is for probe='electron'; X-ray patterns do not depend on the photon energy")
+        probe_spec = ("xray",)
     z = _elements.as_numbers(numbers)
     plan = _pair_plan(tuple(int(v) for v in z))
 
@@ -360,25 +387,44 @@ def intensity(
 
     batch_shape = positions.shape[:-2]
     flat = positions.reshape(-1, len(z), 3)
-    out = _intensity_flat(flat, q_arr, qa, dm, plan=plan, kind=kind, method=method)
+    out = _intensity_flat(flat, q_arr, qa, dm, plan=plan, kind=kind, method=method, probe=probe_spec)
     return out.reshape(*batch_shape, q_arr.shape[0])
 
 
-def scattering(atoms, q, *, kind: Kind = "total", probe: Literal["xray"] = "xray") -> np.ndarray:
+def scattering(
+    atoms,
+    q,
+    *,
+    kind: Kind = "total",
+    probe: Literal["xray", "electron"] = "xray",
+    energy_kev: float | None = None,
+    electron_model: str = "mott-bethe",
+) -> np.ndarray:
     """IAM scattering of an ``ase.Atoms`` (or a list of conformations of one molecule), in float64, as NumPy.
 
     Args:
         atoms: an ``ase.Atoms``, or a sequence of them with the same atoms in the same order.
         q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, shape (n_q,).
-        kind, probe: as in :func:`intensity`.
+        kind, probe, energy_kev, electron_model: as in :func:`intensity`.
 
     Returns:
-        float64 array (n_q,) for one structure, (n_structures, n_q) for a sequence; electron units.
+        float64 array (n_q,) for one structure, (n_structures, n_q) for a sequence; electron units (X-rays) or A^2
+        (electrons).
     """
     from xfit._structures import as_arrays
 
     numbers, positions, single = as_arrays(atoms)
     q = check_q(q)
     with jax.enable_x64(True):
-        out = np.asarray(intensity(numbers, jnp.asarray(positions, jnp.float64), q, kind=kind, probe=probe))
+        out = np.asarray(
+            intensity(
+                numbers,
+                jnp.asarray(positions, jnp.float64),
+                q,
+                kind=kind,
+                probe=probe,
+                energy_kev=energy_kev,
+                electron_model=electron_model,
+            )
+        )
     return out[0] if single else out
