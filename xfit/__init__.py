@@ -7,6 +7,9 @@ positions in A, structures as ``ase.Atoms``.
 from xfit._anisotropy import anisotropic_intensity as anisotropic_intensity
 from xfit._anisotropy import anisotropic_scattering as anisotropic_scattering
 from xfit._anisotropy import oriented_intensity as oriented_intensity
+from xfit._detector import Detector as Detector
+from xfit._detector import radial_average as radial_average
+from xfit._detector import simulate_image as simulate_image
 from xfit._electron import modified_scattering as modified_scattering
 from xfit._electron import pair_distribution as pair_distribution
 from xfit._elements import Q_MAX as Q_MAX
@@ -46,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "Q_MAX",
+    "Detector",
     "Pattern",
     "PoolSpec",
     "Restraints",
@@ -76,9 +80,11 @@ __all__ = [
     "poisson_noise",
     "pool_summary",
     "puckering_amplitude",
+    "radial_average",
     "read_structures",
     "retrieve",
     "rmsd",
     "save_patterns",
     "scattering",
+    "simulate_image",
 ]

@@ -188,3 +188,20 @@ def plot_histograms(distances: dict, path, *, title: str) -> Path:
         ax.set_ylabel("structures")
     axes[0].set_title(title)
     return save_figure(fig, path)
+
+
+def plot_image(image, detector, pattern, path) -> Path:
+    """A detector image (log scale) beside its radial average with error bars."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    shown = np.where(image > 0, image, np.nan)
+    art = left.imshow(np.log10(shown), origin="lower", cmap="magma")
+    fig.colorbar(art, ax=left, label="log10 intensity")
+    left.set_title(f"detector image, {detector.shape[0]} x {detector.shape[1]} pixels")
+    left.set_xlabel("pixel (fast axis, 2)")
+    left.set_ylabel("pixel (slow axis, 1)")
+    right.errorbar(pattern.q, pattern.values, pattern.sigma, fmt=".", ms=2, lw=0.6)
+    right.set_yscale("log")
+    right.set_xlabel(r"q = 4$\pi$ sin($\theta$)/$\lambda$ (1/$\AA$)")
+    right.set_ylabel("radial average / (polarisation x solid angle)")
+    return save_figure(fig, path)

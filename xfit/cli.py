@@ -46,11 +46,27 @@ def _cmd_pattern(args) -> int:
     from xfit import _plot
 
     frames = xfit.read_structures(args.structure)
+    if args.detector:
+        return _pattern_image(args, frames)
     q = args.q
-    parts = {kind: xfit.scattering(frames, q, kind=kind) for kind in ("total", "atomic", "molecular", "inelastic")}
-    values = parts["total"] if args.kind == "total" else xfit.scattering(frames, q, kind=args.kind)
+    probe = {"probe": args.probe}
+    if args.probe == "electron":
+        if args.energy_kev is None:
+            raise ValueError("--probe electron needs --energy-kev (e.g. 90 for keV UED, 3000 for MeV UED)")
+        probe["energy_kev"] = args.energy_kev
+    elif args.energy_kev is not None:
+        raise ValueError("--energy-kev is for --probe electron")
+    kinds = (
+        ("total", "atomic", "molecular", "inelastic") if args.probe == "xray" else ("elastic", "atomic", "molecular")
+    )
+    parts = {kind: xfit.scattering(frames, q, kind=kind, **probe) for kind in kinds}
+    parts["total"] = parts.pop("elastic", parts.get("total"))
+    if args.probe == "electron":
+        parts["inelastic"] = np.zeros_like(parts["atomic"])
+    kind = args.kind if args.probe == "xray" or args.kind != "total" else "elastic"
+    values = parts["total"] if kind in ("total", "elastic") else xfit.scattering(frames, q, kind=kind, **probe)
     patterns = [
-        xfit.Pattern(q, v, kind=args.kind, metadata={"structure": str(args.structure), "frame": k})
+        xfit.Pattern(q, v, kind=kind, probe=args.probe, metadata={"structure": str(args.structure), "frame": k})
         for k, v in enumerate(values)
     ]
     if args.noise is not None or args.photons is not None:
@@ -60,8 +76,9 @@ def _cmd_pattern(args) -> int:
         ]
 
     formula = frames[0].get_chemical_formula()
+    units = "electron units" if args.probe == "xray" else f"A^2, {args.energy_kev:g} keV electrons"
     print(f"{args.structure}: {formula}, {len(frames[0])} atoms, {len(frames)} frame(s)")
-    print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; kind = {args.kind} (X-ray, IAM, electron units)")
+    print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; kind = {kind} ({args.probe}, IAM, {units})")
     print(f"{'frame':>5}  {'I(q_min)':>12}  {'I(q_max)':>12}  {'max |q I_mol/I_at|':>18}")
     for k, p in enumerate(patterns[:10]):
         smax = np.max(np.abs(q * parts["molecular"][k] / parts["atomic"][k]))
@@ -73,7 +90,49 @@ def _cmd_pattern(args) -> int:
         print(f"wrote {args.output}")
     if args.plot:
         labels = [f"frame {k}" for k in range(len(frames))]
-        _plot.plot_scattering(q, parts, labels, f"{formula}: IAM X-ray scattering", args.plot)
+        probe_name = "X-ray" if args.probe == "xray" else f"electron ({args.energy_kev:g} keV)"
+        _plot.plot_scattering(q, parts, labels, f"{formula}: IAM {probe_name} scattering", args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _pattern_image(args, frames) -> int:
+    import jax
+
+    from xfit import _detector, _plot
+
+    if args.probe != "xray":
+        raise ValueError("--detector images are X-ray images; drop --probe electron")
+    detector = _detector.Detector.from_poni(args.detector, polarization=args.polarization)
+    dipole = None if args.dipole is None else np.array([float(v) for v in args.dipole.split(",")])
+    key = jax.random.key(args.seed) if args.photons is not None else None
+    image = _detector.simulate_image(frames[0], detector, dipole=dipole, photons=args.photons, key=key)
+    pattern = _detector.radial_average(image, detector, n_bins=args.bins)
+    print(
+        f"{args.structure}: {frames[0].get_chemical_formula()} on a {detector.shape[0]} x {detector.shape[1]} "
+        f"detector at {detector.distance * 1e3:g} mm, lambda = {detector.wavelength_angstrom:.4g} A, "
+        f"q = {detector.q().min():.3g}..{detector.q().max():.3g} 1/A"
+        + ("" if dipole is None else f", photoselected along dipole {args.dipole}")
+    )
+    if args.output:
+        path = Path(args.output)
+        if path.suffix.lower() == ".npy":
+            np.save(path, image)
+        else:
+            import h5py
+
+            from xfit._pattern import _atomic_write
+
+            def write(handle):
+                with h5py.File(handle, "w") as f:
+                    f["image"] = image
+                    f["q"] = detector.q()
+                    f.attrs["poni"] = str(args.detector)
+
+            _atomic_write(path, write)
+        print(f"wrote {path}")
+    if args.plot:
+        _plot.plot_image(image, detector, pattern, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
@@ -284,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", type=Path, help="write the pattern(s): .txt/.dat/.csv (one frame), .npz, .h5")
     p.add_argument("--plot", type=Path, metavar="PNG", help="plot I(q) and q I_mol/I_at to this image")
+    p.add_argument("--probe", choices=("xray", "electron"), default="xray", help="X-rays (default) or electrons")
+    p.add_argument("--energy-kev", type=float, help="electron kinetic energy in keV (with --probe electron)")
+    p.add_argument(
+        "--detector",
+        type=Path,
+        metavar="GEOMETRY.poni",
+        help="simulate a 2D detector image for this pyFAI PONI geometry, and plot it with its radial average",
+    )
+    p.add_argument("--dipole", metavar="X,Y,Z", help="with --detector: photoselect along this transition dipole")
+    p.add_argument("--polarization", type=float, default=0.99, help="with --detector: degree of linear polarisation")
+    p.add_argument("--bins", type=int, default=200, help="with --detector: q bins of the radial average")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("--noise", type=float, metavar="REL", help="add Gaussian noise of REL x I (e.g. 0.001)")
     noise.add_argument("--photons", type=float, metavar="N", help="add Poisson noise at N photons per pattern")
