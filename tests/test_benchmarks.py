@@ -50,3 +50,17 @@ def test_retrieval_benchmark_smoke(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["configs"][0]["closed"]["n"] >= 1
+
+
+def test_images_benchmark_smoke(tmp_path):
+    out = tmp_path / "images.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "images.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["images"]["photoselected"]["images_per_second"] > 0
+    assert [row["batch"] for row in data["anisotropic"]] == [1, 8]

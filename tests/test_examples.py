@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import ROOT, SHARED
 
-NOTEBOOKS = ["chd_retrieval.py", "nmm_time_series.py"]
+NOTEBOOKS = ["chd_retrieval.py", "nmm_time_series.py", "detector_and_ued.py"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -302,22 +302,47 @@ def simulate_image(
 
 
 def radial_average(
-    image: np.ndarray, detector: Detector, *, n_bins: int = 200, mask: np.ndarray | None = None, kind: str = "total"
+    image: np.ndarray,
+    detector: Detector,
+    *,
+    n_bins: int = 200,
+    mask: np.ndarray | None = None,
+    kind: str = "total",
+    method: str = "xfit",
 ):
     """Azimuthal (radial) average of an image to an ``xfit.Pattern`` over q, with standard errors.
 
     Each pixel is divided by its polarisation factor and solid angle, then pixels are binned in |q| (uniform bins
-    over the detector's range); a bin's value is the mean and its sigma the standard error of the mean (empty
-    bins are dropped).
+    over the detector's range); a bin's value is the mean and its sigma the standard error of the mean (bins with
+    fewer than two pixels are dropped). ``method="pyfai"`` lets pyFAI's ``integrate1d`` do the same (histogram,
+    azimuthal error model), scaled to the same absolute solid angle.
 
     Args:
         image: (n1, n2). detector: its geometry. n_bins: number of q bins. mask: True where pixels are bad.
+        kind: the kind of the returned Pattern. method: "xfit" or "pyfai" (needs pyFAI).
     """
     from xfit._pattern import Pattern
 
     image = np.asarray(image, float)
     if image.shape != tuple(detector.shape):
         raise ValueError(f"image shape {image.shape} does not match the detector's {detector.shape}")
+    if method == "pyfai":
+        result = detector.to_pyfai().integrate1d(
+            image,
+            n_bins,
+            unit="q_A^-1",
+            correctSolidAngle=True,
+            polarization_factor=detector.polarization,
+            mask=mask,
+            error_model="azimuthal",
+            method=("no", "histogram", "cython"),
+        )
+        omega_poni = detector.pixel1 * detector.pixel2 / detector.distance**2  # pyFAI's solid angles are relative
+        keep = np.isfinite(result.intensity) & (result.sigma > 0)
+        values, sigma = result.intensity[keep] / omega_poni, result.sigma[keep] / omega_poni
+        return Pattern(result.radial[keep], values, sigma, kind=kind, metadata={"source": "pyFAI integrate1d"})
+    if method != "xfit":
+        raise ValueError(f"unknown method {method!r}; choose 'xfit' or 'pyfai'")
     corrected = image / (detector.polarization_factor() * detector.solid_angle())
     q = detector.q()
     good = np.isfinite(corrected) if mask is None else (~np.asarray(mask, bool) & np.isfinite(corrected))

@@ -1,0 +1,95 @@
+"""Detector images and anisotropic patterns: how many per second.
+
+Question: how fast does xfit simulate a 1-Mpixel detector image (isotropic, and photoselected with I0 + I2 P2),
+and how many anisotropic patterns (I0, I2) per second does ``xfit.anisotropic_intensity`` give for NMM (18 atoms,
+512 q points, float32) at growing batch sizes, forward and with the gradient with respect to positions and dipole?
+
+    python benchmarks/images.py                  # 1024 x 1024 pixels
+    python benchmarks/images.py --smoke          # seconds, as in the test suite
+    python benchmarks/images.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--pixels", type=int, default=1024, help="detector side in pixels")
+    parser.add_argument("--batches", default="1,64,1024")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.pixels, args.batches = 64, "1,8"
+
+    import jax
+    import jax.numpy as jnp
+    from ase.io import read
+
+    import xfit
+
+    nmm = read(ROOT / "examples" / "data" / "nmm.xyz")
+    device = jax.devices()[0]
+    header = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{device.platform}: {device.device_kind}",
+        "cpu_count": os.cpu_count(),
+    }
+    print(f"# {header['date']}  {header['device']} ({header['cpu_count']} CPUs)")
+    detector = xfit.Detector.from_beam_center(
+        distance_m=0.07, pixel_m=100e-6 * 1024 / args.pixels, shape=(args.pixels, args.pixels), energy_kev=9.5
+    )
+    dipole = np.array([0.0, 0.0, 1.0])
+    images = {}
+    for label, kwargs in (("isotropic", {}), ("photoselected", {"dipole": dipole})):
+        seconds = timed(lambda kwargs=kwargs: xfit.simulate_image(nmm, detector, **kwargs))
+        images[label] = {"pixels": args.pixels**2, "seconds": seconds, "images_per_second": 1 / seconds}
+        print(f"{label:>14} image, {args.pixels} x {args.pixels} pixels: {seconds:.3f} s ({1 / seconds:.3g} images/s)")
+
+    q = np.linspace(0.5, 8.0, 512)
+    forward = jax.jit(lambda x, mu: xfit.anisotropic_intensity(nmm.numbers, x, q, mu))
+    grad = jax.jit(
+        jax.grad(lambda x, mu: jnp.sum(xfit.anisotropic_intensity(nmm.numbers, x, q, mu)[1] ** 2), argnums=(0, 1))
+    )
+    rows = []
+    print(f"\n{'batch':>7} {'(I0, I2)/s':>12} {'with grad/s':>12}   NMM, 512 q, float32")
+    for batch in (int(b) for b in args.batches.split(",")):
+        x = jnp.asarray(np.broadcast_to(nmm.positions, (batch, len(nmm), 3)), jnp.float32)
+        mu = jnp.asarray(np.broadcast_to(dipole, (batch, 3)), jnp.float32)
+        t_forward = timed(lambda x=x, mu=mu: jax.block_until_ready(forward(x, mu)))
+        t_grad = timed(lambda x=x, mu=mu: jax.block_until_ready(grad(x, mu)))
+        rows.append({"batch": batch, "forward_per_second": batch / t_forward, "grad_per_second": batch / t_grad})
+        print(f"{batch:>7} {batch / t_forward:>12.4g} {batch / t_grad:>12.4g}", flush=True)
+    results = header | {"images": images, "anisotropic": rows}
+    if args.json:
+        tmp = args.json.with_suffix(".part")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
