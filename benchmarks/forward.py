@@ -19,9 +19,6 @@ both its exact ``pair_sum='direct'`` and its default, approximate ``pair_sum='gr
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import platform
 import sys
 import time
@@ -30,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header  # noqa: E402
+from _common import write_json  # noqa: E402
+
 Q = np.linspace(0.5, 8.0, 512)
 
 
@@ -200,22 +201,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
-    import jax
-
     if args.smoke:
         args.batches, args.molecules, args.min_time, args.no_debyecalculator = "1,8", "NMM", 0.01, True
     batches = [int(b) for b in args.batches.split(",")]
     molecules = args.molecules.split(",")
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
-        "dtype": "float32",
-        "n_q": len(Q),
-    }
+    header = run_header() | {"machine": platform.machine(), "dtype": "float32", "n_q": len(Q)}
     print(
         f"# {header['date']}  {header['device']}  ({header['cpu_count']} CPUs)  jax {header['jax']}  float32, "
         f"{len(Q)} q points"
@@ -240,11 +230,7 @@ def main(argv=None) -> int:
         for pair_sum, rate in rates.items():
             ratio = f", xfit at batch {big[-1]['batch']} is {big[-1]['xfit_forward'] / rate:.1f}x" if big else ""
             print(f"# DebyeCalculator ({pair_sum}, biso=0) {name}: {rate:.4g} patterns/s{ratio}")
-    if args.json:
-        tmp = args.json.with_suffix(".part")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -12,9 +12,6 @@ and how many anisotropic patterns (I0, I2) per second does ``xfit.anisotropic_in
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header  # noqa: E402
+from _common import write_json  # noqa: E402
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -51,12 +51,7 @@ def main(argv=None) -> int:
     import xfit
 
     nmm = read(ROOT / "examples" / "data" / "nmm.xyz")
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-    }
+    header = run_header()
     print(f"# {header['date']}  {header['device']} ({header['cpu_count']} CPUs)")
     detector = xfit.Detector.from_beam_center(
         distance_m=0.07, pixel_m=100e-6 * 1024 / args.pixels, shape=(args.pixels, args.pixels), energy_kev=9.5
@@ -83,11 +78,7 @@ def main(argv=None) -> int:
         rows.append({"batch": batch, "forward_per_second": batch / t_forward, "grad_per_second": batch / t_grad})
         print(f"{batch:>7} {batch / t_forward:>12.4g} {batch / t_grad:>12.4g}", flush=True)
     results = header | {"images": images, "anisotropic": rows}
-    if args.json:
-        tmp = args.json.with_suffix(".part")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -16,14 +16,15 @@ resident memory (ru_maxrss) is reported. Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header
+from _common import write_json
 
 STREAM = """
 import resource, sys, time, xfit
@@ -71,17 +72,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.sizes, args.stream_sizes, args.forcefield = "wigner=2000,md=8,mc=8,sweep=8", "2000,4000", "mmff"
 
-    import jax
-
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-        "molecule": args.molecule,
-        "forcefield": args.forcefield,
-        "n_q": 256,
-    }
+    header = run_header() | {"molecule": args.molecule, "forcefield": args.forcefield, "n_q": 256}
     print(f"# {header['date']}  {header['device']} ({header['cpu_count']} CPUs)  {args.molecule}, {args.forcefield}")
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.dir or Path(tmp)
@@ -107,11 +98,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
     results = header | {"build": rates, "streaming": streaming}
-    if args.json:
-        tmp = args.json.with_suffix(".part")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -21,9 +21,6 @@ compilation. Targets (issue): closed frames at 0.1 % noise, q <= 8: median carbo
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header  # noqa: E402
+from _common import write_json  # noqa: E402
+
 CHD = ROOT.parent / "shared" / "reference" / "chd_trajectories"
 
 
@@ -123,7 +124,6 @@ def main(argv=None) -> int:
         print(f"CHD reference frames not found at {CHD}", file=sys.stderr)
         return 1
 
-    import jax
     from ase.io import read
 
     import xfit
@@ -138,14 +138,8 @@ def main(argv=None) -> int:
         steps=args.steps,
         final_restraint_weight=args.final_restraint_weight,
     )
-    device = jax.devices()[0]
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"{device.platform}: {device.device_kind}",
-        "cpu_count": os.cpu_count(),
-        "frames": len(frames),
-        "options": {k: v for k, v in options.items() if k != "free_pairs"} | {"free_pairs": "C1-C6"},
-    }
+    options_shown = {k: v for k, v in options.items() if k != "free_pairs"} | {"free_pairs": "C1-C6"}
+    header = run_header() | {"frames": len(frames), "options": options_shown}
     print(f"# {header['date']}  {header['device']} ({header['cpu_count']} CPUs)  {len(frames)} frames  {options}")
     print(
         f"{'kind':>34} {'noise':>6} {'qmax':>4} {'frames':>7} {'n':>3} {'med C-RMSD':>10} {'C<=0.1':>6} "
@@ -184,11 +178,7 @@ def main(argv=None) -> int:
                         flush=True,
                     )
                 configs.append(config)
-    if args.json:
-        tmp = args.json.with_suffix(".part")
-        tmp.write_text(json.dumps(header | {"configs": configs}, indent=1))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    write_json(args.json, header | {"configs": configs})
     return 0
 
 
