@@ -1,5 +1,7 @@
 """Pattern validation, readers and writers, difference signals and noise models."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -50,7 +52,10 @@ def test_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(back.values, p.values, rtol=1e-10)
     np.testing.assert_allclose(back.sigma, p.sigma, rtol=1e-10)
     assert (back.kind, back.probe, back.delay) == ("percent_difference", "xray", 1.25)
-    assert not list(tmp_path.glob("*.part"))
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would have made it
 
 
 def test_two_column_text_without_header(tmp_path):

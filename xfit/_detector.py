@@ -184,9 +184,10 @@ class Detector:
             f"Poni1: {self.poni1!r}\nPoni2: {self.poni2!r}\nRot1: {self.rot1!r}\nRot2: {self.rot2!r}\n"
             f"Rot3: {self.rot3!r}\nWavelength: {self.wavelength!r}\n"
         )
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        from xfit._io import atomic_path
+
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
         return path
 
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -205,15 +204,11 @@ class Pattern:
 
 
 def _atomic_write(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call writer(binary handle) on a temporary file that replaces ``path`` only once complete."""
+    from xfit._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer(handle)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -110,14 +109,11 @@ class PoolSpec:
 
 
 def _atomic_h5(path: Path, write: Callable[[h5py.File], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    from xfit._io import atomic_path
+
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             write(f)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _chunk_dir(path: Path) -> Path:

@@ -117,19 +117,19 @@ def _pattern_image(args, frames) -> int:
     if args.output:
         path = Path(args.output)
         if path.suffix.lower() == ".npy":
-            np.save(path, image)
+            from xfit._io import atomic_path
+
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, image)
         else:
             import h5py
 
-            from xfit._pattern import _atomic_write
+            from xfit._io import atomic_path
 
-            def write(handle):
-                with h5py.File(handle, "w") as f:
-                    f["image"] = image
-                    f["q"] = detector.q()
-                    f.attrs["poni"] = str(args.detector)
-
-            _atomic_write(path, write)
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+                f["image"] = image
+                f["q"] = detector.q()
+                f.attrs["poni"] = str(args.detector)
         print(f"wrote {path}")
     if args.plot:
         _plot.plot_image(image, detector, pattern, args.plot)
@@ -154,20 +154,13 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def _write_xyz(path: Path, frames) -> None:
-    """Multi-frame extended xyz through a temporary file and a rename (never a half-written file)."""
-    import os
-    import tempfile
-
+    """Multi-frame extended xyz, written atomically (never a half-written file)."""
     from ase.io import write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    from xfit._io import atomic_path
+
+    with atomic_path(path) as tmp:
         write(tmp, frames, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _cmd_retrieve(args) -> int:
