@@ -233,6 +233,26 @@ def _starts(atoms: Atoms, n_patterns: int, n_starts: int, perturbation: float, f
     return x0
 
 
+def _extra_starts(starts, atoms: Atoms) -> np.ndarray:
+    """User-given starting structures as (n_extra, n_atoms, 3), validated against ``atoms``."""
+    if isinstance(starts, Atoms):
+        starts = [starts]
+    if isinstance(starts, np.ndarray | jax.Array):
+        extra = np.asarray(starts, np.float64).reshape(-1, len(atoms), 3) if np.size(starts) else None
+        if extra is None or np.shape(starts)[-2:] != (len(atoms), 3):
+            raise ValueError(f"starts must have shape (n, {len(atoms)}, 3), got {np.shape(starts)}")
+    else:
+        starts = list(starts)
+        if not starts:
+            raise ValueError("starts is empty")
+        numbers, extra, _ = as_arrays(starts)
+        if not np.array_equal(numbers, atoms.numbers):
+            raise ValueError("starts do not have the same atoms in the same order as atoms")
+    if not np.all(np.isfinite(extra)):
+        raise ValueError("starts contain NaN or infinite positions")
+    return extra
+
+
 def _graph_distances(atoms: Atoms, free_pairs) -> np.ndarray:
     """Bond-graph distances (n_atoms, n_atoms), free pairs not counted as bonds, capped at 3 hops (4 = farther)."""
     from ase.neighborlist import natural_cutoffs, neighbor_list
@@ -316,6 +336,7 @@ def retrieve(
     bond_sigma: float = 0.03,
     angle_sigma: float = 0.1,
     n_starts: int = 32,
+    starts=None,
     perturbation: float = 0.15,
     steps: int = 1000,
     learning_rate: float = 0.02,
@@ -345,6 +366,8 @@ def retrieve(
         free_pairs: atom pairs (i, j) whose bond may break: not restrained, nor any 1-3 distance through them.
         bond_sigma, angle_sigma: restraint widths in A for bonds and 1-3 distances.
         n_starts: starts per pattern: the input geometry and n_starts - 1 random perturbations of it.
+        starts: extra starting structures tried for every pattern besides those (e.g. a learned prior's
+            proposals): ``ase.Atoms`` of this molecule, or an array (n_extra, n_atoms, 3) in A.
         perturbation: standard deviation (A) of the random Cartesian displacements of the starts.
         steps, learning_rate: Adam iterations and initial step (A), cosine-decayed.
         final_restraint_weight: the restraints weigh fully in the first half of the run, to guide the search, then
@@ -418,6 +441,9 @@ def retrieve(
     i_ref = np.broadcast_to(i_ref, y.shape)
 
     x0 = _starts(atoms, len(patterns), n_starts, perturbation, free_pairs, np.random.default_rng(seed))
+    if starts is not None:
+        extra = _extra_starts(starts, atoms)
+        x0 = np.concatenate([x0, np.broadcast_to(extra, (len(patterns), *extra.shape))], axis=1)
 
     chunk = chunk or (64 if progress else len(patterns))
     if smoothness and chunk < len(patterns):
@@ -463,7 +489,7 @@ def retrieve(
                 _assemble(
                     data, final, p, atoms, reference if difference_kind else None, xs[t], chi2_data[t],
                     chi2_restraints[t], y[t], w[t], i_ref[t], weights[t][1], duplicate_tolerance,
-                    {"n_starts": n_starts, "steps": steps, "restraints": len(rs.targets), "seed": seed,
+                    {"n_starts": x0.shape[1], "steps": steps, "restraints": len(rs.targets), "seed": seed,
                      "final_restraint_weight": final_restraint_weight},
                 )
             )  # fmt: skip
