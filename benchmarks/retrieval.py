@@ -163,8 +163,14 @@ def main(argv=None) -> int:
                 results = xfit.retrieve(patterns, reference, **opts)
                 per_retrieval = (time.perf_counter() - t0) / len(patterns)
                 rows = evaluate(results, frames)
-                config = {"kind": kind, "noise": noise, "q_max": q_max, "seconds_per_retrieval_batched": per_retrieval,
-                          "latency_single_s": latency, "rows": rows}  # fmt: skip
+                config = {
+                    "kind": kind,
+                    "noise": noise,
+                    "q_max": q_max,
+                    "seconds_per_retrieval_batched": per_retrieval,
+                    "latency_single_s": latency,
+                    "rows": rows,
+                }
                 for which in ("closed", "opened"):
                     s = summarise(rows, which)
                     config[which] = s

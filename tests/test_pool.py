@@ -120,8 +120,18 @@ def test_pool_file_is_self_describing_and_patterns_match_the_model(tmp_path):
     with h5py.File(path) as f:
         assert f["positions"].shape == (1000, 14, 3) and f["positions"].dtype == np.float32
         assert f["patterns"].shape == (1000, 64) and f["patterns"].compression == "gzip"
-        for name in ("molecule", "smiles", "sampler", "forcefield", "temperature_K", "seed", "probe", "kind",
-                     "xfit_version", "created"):  # fmt: skip
+        for name in (
+            "molecule",
+            "smiles",
+            "sampler",
+            "forcefield",
+            "temperature_K",
+            "seed",
+            "probe",
+            "kind",
+            "xfit_version",
+            "created",
+        ):
             assert name in f.attrs, name
         x, patterns, q, numbers = f["positions"][()], f["patterns"][()], f["q"][()], f["numbers"][()]
     recomputed = np.asarray(xfit.intensity(numbers, x[::97].astype(np.float64), q))
@@ -201,8 +211,25 @@ def test_pool_cli_and_info(tmp_path, capsys):
     from xfit.cli import main
 
     out = tmp_path / "cli.h5"
-    assert main(["pool", "CCO", "--method", "wigner", "-n", "300", "--q", "0.5:8:16", "--forcefield", "mmff",
-                 "-o", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pool",
+                "CCO",
+                "--method",
+                "wigner",
+                "-n",
+                "300",
+                "--q",
+                "0.5:8:16",
+                "--forcefield",
+                "mmff",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["pool", "info", str(out), "--pair", "0,1", "--plot", str(tmp_path / "h.png")]) == 0
     printed = capsys.readouterr().out
     assert "complete pool of 300 structures" in printed and "distance 0-1" in printed

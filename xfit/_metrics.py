@@ -37,12 +37,12 @@ def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.
 def equivalent_groups(atoms: Atoms) -> list[list[int]]:
     """Groups of atoms that a pattern cannot tell apart by label: terminal atoms (H, halogens) of one element bonded
     to the same neighbour, e.g. the three hydrogens of a methyl group. Bonds from covalent radii (ASE)."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from xfit._structures import covalent_bonds
 
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
     neighbours = [set() for _ in range(len(atoms))]
-    for a, b in zip(i, j, strict=True):
+    for a, b in covalent_bonds(atoms):
         neighbours[a].add(int(b))
+        neighbours[b].add(int(a))
     groups: dict[tuple[int, int], list[int]] = {}
     for k, nb in enumerate(neighbours):
         if len(nb) == 1:  # terminal atom

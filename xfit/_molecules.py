@@ -78,14 +78,11 @@ def rdkit_molecule(atoms: Atoms):
 
 def bonds(atoms: Atoms) -> np.ndarray:
     """Bonded atom pairs (n_bonds, 2), i < j: from the molecule's SMILES when known, else from covalent radii."""
-    if atoms.info.get("mapped_smiles"):
-        mol = rdkit_molecule(atoms)
-        pairs = [sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in mol.GetBonds()]
-    else:
-        from ase.neighborlist import natural_cutoffs, neighbor_list
+    if not atoms.info.get("mapped_smiles"):
+        from xfit._structures import covalent_bonds
 
-        i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
-        pairs = [(a, b) for a, b in zip(i, j, strict=True) if a < b]
+        return covalent_bonds(atoms)
+    pairs = [sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in rdkit_molecule(atoms).GetBonds()]
     return np.array(sorted(map(tuple, pairs)), dtype=int).reshape(-1, 2)
 
 

@@ -82,7 +82,7 @@ def plot_scattering(q, parts: dict[str, np.ndarray], labels: list[str], title: s
 def plot_retrieval(result, path=None, *, pairs=None):
     """Four panels: data with the fit, normalised residual, the structure (projection on its principal plane), and
     heavy-atom distances with their Gauss-Newton error bars."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from xfit._structures import covalent_bonds
 
     pattern, model, atoms = result.pattern, result.model, result.atoms
     fig = _pyplot().figure(figsize=(11, 6.5), constrained_layout=True)
@@ -116,10 +116,8 @@ def plot_retrieval(result, path=None, *, pairs=None):
     x = atoms.positions - atoms.positions.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     xy = x @ vt[:2].T
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
-    for a, b in zip(i, j, strict=True):
-        if a < b:
-            ax_mol.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.5", lw=1.5, zorder=1)
+    for a, b in covalent_bonds(atoms):
+        ax_mol.plot(xy[[a, b], 0], xy[[a, b], 1], color="0.5", lw=1.5, zorder=1)
     colors = {1: "white", 6: "0.3", 7: "C0", 8: "C3", 16: "gold"}
     for k, z in enumerate(atoms.numbers):
         ax_mol.scatter(*xy[k], s=40 if z == 1 else 120, color=colors.get(z, "C4"), edgecolor="k", zorder=2)
@@ -130,8 +128,7 @@ def plot_retrieval(result, path=None, *, pairs=None):
     ax_mol.set_title("best structure (principal plane; atom indices)", fontsize=9)
 
     if pairs is None:
-        heavy = atoms.numbers > 1
-        pairs = [(a, b) for a, b in zip(i, j, strict=True) if a < b and heavy[a] and heavy[b]]
+        pairs = covalent_bonds(atoms, heavy_only=True).tolist()
     pairs = list(pairs)
     if pairs:
         d = [atoms.get_distance(a, b) for a, b in pairs]

@@ -71,15 +71,14 @@ def covalent_restraints(
         angle_sigma: width of 1-3 distance restraints (A), which hold bond angles.
         bond_scale: multiple of the covalent-radius sum that counts as a bond.
     """
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from xfit._structures import covalent_bonds
 
     n = len(atoms)
     free = {tuple(sorted((int(i), int(j)))) for i, j in free_pairs}
     for i, j in free:
         if not (0 <= i < n and 0 <= j < n) or i == j:
             raise ValueError(f"free pair ({i}, {j}) is not a pair of distinct atoms of this {n}-atom molecule")
-    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=bond_scale))
-    bonds = {tuple(sorted((int(i), int(j)))) for i, j in zip(first, second, strict=True) if i < j} - free
+    bonds = {(int(i), int(j)) for i, j in covalent_bonds(atoms, scale=bond_scale)} - free
     neighbours = [set() for _ in range(n)]
     for i, j in bonds:
         neighbours[i].add(j)

@@ -255,15 +255,14 @@ def _extra_starts(starts, atoms: Atoms) -> np.ndarray:
 
 def _graph_distances(atoms: Atoms, free_pairs) -> np.ndarray:
     """Bond-graph distances (n_atoms, n_atoms), free pairs not counted as bonds, capped at 3 hops (4 = farther)."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
+    from xfit._structures import covalent_bonds
 
     n = len(atoms)
     free = {tuple(sorted(p)) for p in free_pairs}
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
     adjacency = np.zeros((n, n), bool)
-    for a, b in zip(i, j, strict=True):
-        if tuple(sorted((int(a), int(b)))) not in free:
-            adjacency[a, b] = True
+    for a, b in covalent_bonds(atoms):
+        if (a, b) not in free:
+            adjacency[a, b] = adjacency[b, a] = True
     hops = np.full((n, n), 4)
     reach = np.eye(n, dtype=bool)
     np.fill_diagonal(hops, 0)
@@ -453,10 +452,13 @@ def retrieve(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(patterns), desc="retrieve", unit="pattern")
-    restraints_arrays = (np.asarray(restraint_set.pairs, np.int32), restraint_set.targets, restraint_set.sigmas)
     xs, chi2_data, chi2_restraints = [], [], []
     with jax.enable_x64(dtype == jnp.float64):
-        rs = _refine.Restraints(restraints_arrays[0], *(jnp.asarray(a, dtype) for a in restraints_arrays[1:]))
+        rs = _refine.Restraints(
+            np.asarray(restraint_set.pairs, np.int32),
+            jnp.asarray(restraint_set.targets, dtype),
+            jnp.asarray(restraint_set.sigmas, dtype),
+        )
         for lo in range(0, len(patterns), chunk):
             batch = [a[lo : lo + chunk] for a in (x0, y, w, i_ref)]
             out = _refine.refine(
@@ -487,12 +489,28 @@ def retrieve(
         for t, p in enumerate(patterns):
             results.append(
                 _assemble(
-                    data, final, p, atoms, reference if difference_kind else None, xs[t], chi2_data[t],
-                    chi2_restraints[t], y[t], w[t], i_ref[t], weights[t][1], duplicate_tolerance,
-                    {"n_starts": x0.shape[1], "steps": steps, "restraints": len(rs.targets), "seed": seed,
-                     "final_restraint_weight": final_restraint_weight},
+                    data,
+                    final,
+                    p,
+                    atoms,
+                    reference if difference_kind else None,
+                    xs[t],
+                    chi2_data[t],
+                    chi2_restraints[t],
+                    y[t],
+                    w[t],
+                    i_ref[t],
+                    weights[t][1],
+                    duplicate_tolerance,
+                    {
+                        "n_starts": x0.shape[1],
+                        "steps": steps,
+                        "restraints": len(rs.targets),
+                        "seed": seed,
+                        "final_restraint_weight": final_restraint_weight,
+                    },
                 )
-            )  # fmt: skip
+            )
     return results[0] if single else results
 
 
@@ -520,9 +538,14 @@ def _assemble(
     d = np.stack([np.linalg.norm(x[k][:, None] - x[k][None], axis=-1) for k in comparable])
     sigma = None if not has_sigma else pattern.sigma
     model_pattern = Pattern(
-        pattern.q, np.asarray(model, np.float64), sigma, kind=pattern.kind, probe=pattern.probe, delay=pattern.delay,
+        pattern.q,
+        np.asarray(model, np.float64),
+        sigma,
+        kind=pattern.kind,
+        probe=pattern.probe,
+        delay=pattern.delay,
         metadata={"model": "IAM", "model_kind": data.model_kind},
-    )  # fmt: skip
+    )
 
     def to_atoms(k):
         out = atoms.copy()

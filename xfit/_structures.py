@@ -10,7 +10,7 @@ from ase import Atoms
 
 from xfit import _elements
 
-__all__ = ["as_arrays", "read_structures"]
+__all__ = ["as_arrays", "covalent_bonds", "read_structures"]
 
 
 def as_arrays(atoms: Atoms | Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -55,3 +55,20 @@ def read_structures(path: str | os.PathLike) -> list[Atoms]:
     if not frames or len(frames[0]) == 0:
         raise ValueError(f"{path}: no atoms found")
     return frames
+
+
+BOND_SCALE = 1.15
+"""Two atoms are bonded when closer than this multiple of the sum of their covalent radii."""
+
+
+def covalent_bonds(atoms: Atoms, *, scale: float = BOND_SCALE, heavy_only: bool = False) -> np.ndarray:
+    """Bonded atom pairs (n_bonds, 2), i < j, sorted: pairs closer than ``scale`` x the sum of their covalent radii
+    (ASE's natural cutoffs); with ``heavy_only`` just the bonds between non-hydrogen atoms."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=scale))
+    keep = i < j
+    if heavy_only:
+        keep &= (atoms.numbers[i] > 1) & (atoms.numbers[j] > 1)
+    pairs = np.stack([i[keep], j[keep]], axis=1).astype(int)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs.reshape(0, 2)

@@ -219,13 +219,9 @@ def _cmd_retrieve(args) -> int:
         if len(results) == 1:
             results[0].plot(args.plot)
         else:
-            from ase.neighborlist import natural_cutoffs, neighbor_list
+            from xfit._structures import covalent_bonds
 
-            pairs = args.track
-            if not pairs:
-                i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.15))
-                heavy = atoms.numbers > 1
-                pairs = [(a, b) for a, b in zip(i, j, strict=True) if a < b and heavy[a] and heavy[b]][:6]
+            pairs = args.track or covalent_bonds(atoms, heavy_only=True)[:6].tolist()
             _plot.plot_time_course(results, args.plot, pairs=pairs)
         print(f"wrote {args.plot}")
     return 0
