@@ -11,6 +11,7 @@ resident memory (ru_maxrss) is reported. Usage:
     python benchmarks/pools.py                                  # rates + streaming of 1e5 and 1e6 structures
     python benchmarks/pools.py --smoke                          # seconds, as in the test suite
     python benchmarks/pools.py --json results.json
+    python benchmarks/pools.py --matrix                         # every sampler x NMM, CHD, DT and a SMILES (THF)
 """
 
 from __future__ import annotations
@@ -59,6 +60,39 @@ def stream(path: str) -> dict:
     return {"rows": int(rows), "seconds": float(seconds), "peak_rss_MB": float(peak_mb)}
 
 
+def matrix(args) -> int:
+    """Build a small pool with every sampler for NMM, CHD, DT and THF (SMILES C1CCOC1) and report what finished."""
+    import h5py
+
+    import xfit
+
+    rows = []
+    print(f"{'molecule':>10} {'sampler':>8} {'status':>9} {'n':>3} {'seconds':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for molecule in ("NMM", "CHD", "DT", "C1CCOC1"):
+            for method in ("wigner", "md", "mc", "sweep"):
+                extra = {}
+                if molecule == "C1CCOC1" and method == "sweep":  # no built-in coordinate: pull the C-O ring bond
+                    extra = {"coordinate": "distance:0,4", "coordinate_range": (1.4, 2.4)}
+                spec = xfit.PoolSpec(molecule, method, 6, (0.5, 8.0, 32), forcefield=args.forcefield, chunk=3, **extra)
+                path = Path(tmp) / f"{molecule}_{method}.h5"
+                t0 = time.perf_counter()
+                xfit.build_pool(path, spec)
+                seconds = time.perf_counter() - t0
+                with h5py.File(path) as f:
+                    row = {
+                        "molecule": molecule,
+                        "method": method,
+                        "status": str(f.attrs["status"]),
+                        "n": int(f["positions"].shape[0]),
+                        "seconds": seconds,
+                    }
+                rows.append(row)
+                print(f"{molecule:>10} {method:>8} {row['status']:>9} {row['n']:>3} {seconds:>8.1f}", flush=True)
+    write_json(args.json, run_header() | {"forcefield": args.forcefield, "matrix": rows})
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
@@ -67,8 +101,11 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="wigner=100000,md=256,mc=256,sweep=256", help="method=n,...")
     parser.add_argument("--stream-sizes", default="100000,1000000")
     parser.add_argument("--dir", type=Path, help="where to write the pools (default: a temporary folder)")
+    parser.add_argument("--matrix", action="store_true", help="only: every sampler for every built-in and a SMILES")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.matrix:
+        return matrix(args)
     if args.smoke:
         args.sizes, args.stream_sizes, args.forcefield = "wigner=2000,md=8,mc=8,sweep=8", "2000,4000", "mmff"
 
