@@ -144,6 +144,9 @@ def test_same_seed_same_file_and_other_commands_refused(tmp_path):
     with h5py.File(a) as fa, h5py.File(b) as fb:
         np.testing.assert_array_equal(fa["positions"][()], fb["positions"][()])
         np.testing.assert_array_equal(fa["patterns"][()], fb["patterns"][()])
+    (tmp_path / "a.h5.chunks").mkdir()  # as a kill between the final rename and the cleanup would leave it
+    _pool.build_pool(a, spec)
+    assert not (tmp_path / "a.h5.chunks").exists()
     other = _pool.PoolSpec("DT", "wigner", 500, (0.5, 8.0, 16), forcefield="mmff", chunk=200, seed=6)
     with pytest.raises(ValueError, match="different pool"):
         _pool.build_pool(a, other)

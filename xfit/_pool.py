@@ -326,6 +326,7 @@ def build_pool(
     path.parent.mkdir(parents=True, exist_ok=True)
     state = _check_existing(path, spec, overwrite)
     if state == "complete":
+        shutil.rmtree(_chunk_dir(path), ignore_errors=True)  # left by a kill between consolidation and cleanup
         if progress:
             progress(spec.n, spec.n)
         return path
