@@ -15,6 +15,7 @@ in 1/A, the solid angle it subtends and the polarisation factor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -105,8 +106,11 @@ class Detector:
     def wavelength_angstrom(self) -> float:
         return self.wavelength * 1e10
 
-    def _positions(self) -> np.ndarray:
-        """Pixel centres in the lab frame (n1, n2, 3) in m: pyFAI's t1, t2, t3 as (x, y, z) = (t2, t1, t3)."""
+    @functools.cached_property
+    def _pixel_positions(self) -> np.ndarray:
+        """Pixel centres in the lab frame (n1, n2, 3) in m: pyFAI's t1, t2, t3 as (x, y, z) = (t2, t1, t3).
+
+        Computed once per geometry (the dataclass is frozen) and read-only: every map below derives from it."""
         d1 = (np.arange(self.shape[0]) + 0.5) * self.pixel1 - self.poni1
         d2 = (np.arange(self.shape[1]) + 0.5) * self.pixel2 - self.poni2
         p1, p2 = np.meshgrid(d1, d2, indexing="ij")
@@ -116,12 +120,20 @@ class Detector:
         t1 = c2 * c3 * p1 + (c3 * s1 * s2 - c1 * s3) * p2 - (c1 * c3 * s2 + s1 * s3) * big_l
         t2 = c2 * s3 * p1 + (c1 * c3 + s1 * s2 * s3) * p2 - (c1 * s2 * s3 - c3 * s1) * big_l
         t3 = s2 * p1 - c2 * s1 * p2 + c1 * c2 * big_l
-        return np.stack([t2, t1, t3], axis=-1)
+        out = np.stack([t2, t1, t3], axis=-1)
+        out.setflags(write=False)
+        return out
+
+    @functools.cached_property
+    def _directions(self) -> np.ndarray:
+        x = self._pixel_positions
+        out = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        out.setflags(write=False)
+        return out
 
     def directions(self) -> np.ndarray:
-        """Unit vectors k_hat of the scattered beam to each pixel, (n1, n2, 3)."""
-        x = self._positions()
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+        """Unit vectors k_hat of the scattered beam to each pixel, (n1, n2, 3) (read-only)."""
+        return self._directions
 
     def two_theta(self) -> np.ndarray:
         """Scattering angle 2 theta of each pixel, rad."""
@@ -143,7 +155,7 @@ class Detector:
 
     def solid_angle(self) -> np.ndarray:
         """Solid angle subtended by each pixel, sr: pixel area x cos(incidence) / r^2 (small-pixel limit)."""
-        x = self._positions()
+        x = self._pixel_positions
         r = np.linalg.norm(x, axis=-1)
         cos_incidence = np.abs(x @ self._normal()) / r
         return self.pixel1 * self.pixel2 * cos_incidence / r**2
@@ -151,7 +163,7 @@ class Detector:
     def _normal(self) -> np.ndarray:
         """Unit normal of the detector plane in the lab frame: the image of the PONI direction (p1 = p2 = 0)."""
         probe = dataclasses.replace(self, shape=(1, 1), poni1=0.5 * self.pixel1, poni2=0.5 * self.pixel2)
-        x = probe._positions()[0, 0]
+        x = probe._pixel_positions[0, 0]
         return x / np.linalg.norm(x)
 
     def polarization_factor(self) -> np.ndarray:

@@ -110,15 +110,22 @@ def rmsd(
     return best
 
 
-def dihedral(positions: np.ndarray, i: int, j: int, k: int, m: int) -> float:
-    """Dihedral angle i-j-k-m in degrees, in (-180, 180] (IUPAC sign convention)."""
-    b0 = positions[i] - positions[j]
-    b1 = positions[k] - positions[j]
-    b2 = positions[m] - positions[k]
-    b1 = b1 / np.linalg.norm(b1)
-    v = b0 - np.dot(b0, b1) * b1
-    w = b2 - np.dot(b2, b1) * b1
-    return float(np.degrees(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w))))
+def dihedral(positions: np.ndarray, i: int, j: int, k: int, m: int) -> float | np.ndarray:
+    """Dihedral angle i-j-k-m in degrees, in (-180, 180] (IUPAC sign convention).
+
+    Args:
+        positions: (n, 3), or (..., n, 3) for a batch of structures.
+
+    Returns:
+        A float for one structure, an array (...) for a batch.
+    """
+    x = np.asarray(positions)
+    b0, b1, b2 = x[..., i, :] - x[..., j, :], x[..., k, :] - x[..., j, :], x[..., m, :] - x[..., k, :]
+    b1 = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
+    v = b0 - np.sum(b0 * b1, -1, keepdims=True) * b1
+    w = b2 - np.sum(b2 * b1, -1, keepdims=True) * b1
+    angle = np.degrees(np.arctan2(np.sum(np.cross(b1, v) * w, -1), np.sum(v * w, -1)))
+    return float(angle) if x.ndim == 2 else angle
 
 
 def puckering_amplitude(positions: np.ndarray, ring: list[int]) -> float:

@@ -26,7 +26,7 @@ from ase import Atoms
 
 from xfit import _iam, _metrics, _refine
 from xfit._pattern import Pattern
-from xfit._structures import as_arrays
+from xfit._structures import as_arrays, rigid_body_modes
 
 __all__ = ["Retrieval", "Uncertainty", "retrieve"]
 
@@ -141,18 +141,6 @@ def _weights(pattern: Pattern, relative_sigma: float) -> tuple[np.ndarray, bool]
     return 1.0 / sigma**2, False
 
 
-def _rigid_body_basis(x: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (3n, 6) of infinitesimal translations and rotations of structure x (n, 3)."""
-    n = len(x)
-    centred = x - x.mean(axis=0)
-    modes = []
-    for axis in np.eye(3):
-        modes.append(np.tile(axis, n))
-        modes.append(np.cross(axis, centred).ravel())
-    basis, s, _ = np.linalg.svd(np.stack(modes, axis=1), full_matrices=False)
-    return basis[:, s > 1e-8 * s.max()]
-
-
 def _gauss_newton(data, restraints, x, y, w, i_ref, scale_covariance):
     """Covariance (3n, 3n) of the coordinates from the Gauss-Newton Hessian J^T J of the weighted residuals."""
     sqrt_w = jnp.sqrt(w)
@@ -169,7 +157,7 @@ def _gauss_newton(data, restraints, x, y, w, i_ref, scale_covariance):
 
     jac = np.asarray(jax.jacrev(residuals)(jnp.asarray(x.ravel())))
     hessian = jac.T @ jac
-    rigid = _rigid_body_basis(x)
+    rigid = rigid_body_modes(x).T
     projector = np.eye(len(hessian)) - rigid @ rigid.T
     covariance = np.linalg.pinv(projector @ hessian @ projector, rcond=1e-10, hermitian=True)
     covariance = projector @ covariance @ projector

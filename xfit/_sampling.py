@@ -16,6 +16,9 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
+from xfit._metrics import dihedral
+from xfit._structures import rigid_body_modes
+
 __all__ = [
     "Coordinate",
     "NormalModes",
@@ -56,19 +59,6 @@ class NormalModes:
         return cart.T @ (sigma2[:, None] * cart)
 
 
-def _rigid_body_vectors(positions: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Orthonormal mass-weighted translations and rotations, (k <= 6, 3n)."""
-    sqrt_m = np.sqrt(masses)
-    centred = positions - (masses[:, None] * positions).sum(0) / masses.sum()
-    vectors = []
-    for axis in np.eye(3):
-        vectors.append((sqrt_m[:, None] * axis).ravel())
-        vectors.append((sqrt_m[:, None] * np.cross(axis, centred)).ravel())
-    q, r = np.linalg.qr(np.array(vectors).T)
-    keep = np.abs(np.diag(r)) > 1e-6 * np.abs(np.diag(r)).max()
-    return q[:, keep].T
-
-
 def normal_modes(atoms: Atoms, hessian: np.ndarray) -> NormalModes:
     """Normal modes from a Cartesian Hessian (eV/A^2), with the rigid-body modes projected out exactly.
 
@@ -78,7 +68,7 @@ def normal_modes(atoms: Atoms, hessian: np.ndarray) -> NormalModes:
     masses = atoms.get_masses()
     inv_sqrt_m = 1.0 / np.sqrt(np.repeat(masses, 3))
     h = hessian * inv_sqrt_m[:, None] * inv_sqrt_m[None, :]
-    rigid = _rigid_body_vectors(atoms.positions, masses)
+    rigid = rigid_body_modes(atoms.positions, masses)
     projector = np.eye(len(h)) - rigid.T @ rigid
     values, vectors = np.linalg.eigh(projector @ h @ projector)
     internal = np.argsort(np.abs(vectors.T @ rigid.T).sum(axis=1))[: len(h) - len(rigid)]  # least rigid-body overlap
@@ -151,12 +141,7 @@ class Coordinate:
         if self.kind == "distance":
             i, j = self.atoms
             return np.linalg.norm(x[..., i, :] - x[..., j, :], axis=-1)
-        i, j, k, m = self.atoms
-        b0, b1, b2 = x[..., i, :] - x[..., j, :], x[..., k, :] - x[..., j, :], x[..., m, :] - x[..., k, :]
-        b1 = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
-        v = b0 - np.sum(b0 * b1, -1, keepdims=True) * b1
-        w = b2 - np.sum(b2 * b1, -1, keepdims=True) * b1
-        return np.degrees(np.arctan2(np.sum(np.cross(b1, v) * w, -1), np.sum(v * w, -1)))
+        return dihedral(x, *self.atoms)
 
     def gradient(self, positions: np.ndarray, step: float = 1e-5) -> np.ndarray:
         """d value / d positions (n, 3) by central differences."""

@@ -72,3 +72,22 @@ def covalent_bonds(atoms: Atoms, *, scale: float = BOND_SCALE, heavy_only: bool 
         keep &= (atoms.numbers[i] > 1) & (atoms.numbers[j] > 1)
     pairs = np.stack([i[keep], j[keep]], axis=1).astype(int)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs.reshape(0, 2)
+
+
+def rigid_body_modes(positions: np.ndarray, masses: np.ndarray | None = None) -> np.ndarray:
+    """Orthonormal infinitesimal translations and rotations of a structure, as rows (k <= 6, 3n).
+
+    Args:
+        positions: (n, 3) in A.
+        masses: (n,) in amu for mass-weighted coordinates (normal modes); None for plain Cartesians.
+    """
+    masses = np.ones(len(positions)) if masses is None else np.asarray(masses, float)
+    sqrt_m = np.sqrt(masses)
+    centred = positions - (masses[:, None] * positions).sum(0) / masses.sum()
+    vectors = []
+    for axis in np.eye(3):
+        vectors.append((sqrt_m[:, None] * axis).ravel())
+        vectors.append((sqrt_m[:, None] * np.cross(axis, centred)).ravel())
+    q, r = np.linalg.qr(np.array(vectors).T)
+    keep = np.abs(np.diag(r)) > 1e-6 * np.abs(np.diag(r)).max()  # a linear molecule has 5 modes
+    return q[:, keep].T
