@@ -24,6 +24,18 @@ def test_pattern_writes_file_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 10_000
 
 
+def test_pattern_writes_the_kind_asked_for(tmp_path):
+    from ase.io import read
+
+    nmm = read(DATA / "nmm.xyz")
+    for kind in ("elastic", "molecular", "inelastic"):
+        out = tmp_path / f"{kind}.txt"
+        assert main(["pattern", str(DATA / "nmm.xyz"), "--q", "0.5:8:64", "--kind", kind, "-o", str(out)]) == 0
+        p = xfit.load_pattern(out)
+        assert p.kind == kind
+        np.testing.assert_allclose(p.values, xfit.scattering(nmm, p.q, kind=kind), rtol=1e-9, atol=1e-9)
+
+
 def test_pattern_of_a_trajectory_with_noise(tmp_path):
     from ase.io import read, write
 

@@ -56,15 +56,16 @@ def _cmd_pattern(args) -> int:
         probe["energy_kev"] = args.energy_kev
     elif args.energy_kev is not None:
         raise ValueError("--energy-kev is for --probe electron")
-    kinds = (
-        ("total", "atomic", "molecular", "inelastic") if args.probe == "xray" else ("elastic", "atomic", "molecular")
-    )
-    parts = {kind: xfit.scattering(frames, q, kind=kind, **probe) for kind in kinds}
-    parts["total"] = parts.pop("elastic", parts.get("total"))
-    if args.probe == "electron":
-        parts["inelastic"] = np.zeros_like(parts["atomic"])
-    kind = args.kind if args.probe == "xray" or args.kind != "total" else "elastic"
-    values = parts["total"] if kind in ("total", "elastic") else xfit.scattering(frames, q, kind=kind, **probe)
+    xray = args.probe == "xray"
+    if not xray and args.kind == "inelastic":
+        raise ValueError("electron inelastic scattering is not modelled; use --kind elastic")
+    # Every kind is a sum of three parts, each computed once (for electrons total = elastic: no Compton term).
+    atomic = xfit.scattering(frames, q, kind="atomic", **probe)
+    molecular = xfit.scattering(frames, q, kind="molecular", **probe)
+    inelastic = xfit.scattering(frames, q, kind="inelastic") if xray else np.zeros_like(atomic)
+    parts = {"total": atomic + molecular + inelastic, "atomic": atomic, "molecular": molecular, "inelastic": inelastic}
+    kind = args.kind if xray or args.kind != "total" else "elastic"
+    values = {**parts, "elastic": atomic + molecular}[kind]
     patterns = [
         xfit.Pattern(q, v, kind=kind, probe=args.probe, metadata={"structure": str(args.structure), "frame": k})
         for k, v in enumerate(values)
