@@ -87,10 +87,11 @@ def bonds(atoms: Atoms) -> np.ndarray:
 
 
 def _embed(smiles: str, seed: int) -> Atoms:
-    from rdkit import Chem
+    from rdkit import Chem, rdBase
     from rdkit.Chem import AllChem
 
-    mol = Chem.MolFromSmiles(smiles)
+    with rdBase.BlockLogs():  # our error below names the problem; RDKit's parser would add five lines to stderr
+        mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(
             f"{smiles!r} is not a built-in molecule ({', '.join(BUILTIN)}), an existing file, or valid SMILES"
