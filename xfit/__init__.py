@@ -33,6 +33,9 @@ from xfit._pool import PoolSpec as PoolSpec
 from xfit._pool import build_pool as build_pool
 from xfit._pool import iterate_pool as iterate_pool
 from xfit._pool import pool_summary as pool_summary
+from xfit._prior import Prior as Prior
+from xfit._prior import PriorConfig as PriorConfig
+from xfit._prior import load_prior as load_prior
 from xfit._refine import Restraints as Restraints
 from xfit._refine import covalent_restraints as covalent_restraints
 from xfit._retrieve import Retrieval as Retrieval
@@ -43,6 +46,8 @@ from xfit._signals import gaussian_noise as gaussian_noise
 from xfit._signals import percent_difference as percent_difference
 from xfit._signals import poisson_noise as poisson_noise
 from xfit._structures import read_structures as read_structures
+from xfit._train import TrainConfig as TrainConfig
+from xfit._train import train as train
 
 __version__ = "0.1.0"
 
@@ -52,8 +57,11 @@ __all__ = [
     "Detector",
     "Pattern",
     "PoolSpec",
+    "Prior",
+    "PriorConfig",
     "Restraints",
     "Retrieval",
+    "TrainConfig",
     "Uncertainty",
     "__version__",
     "anisotropic_intensity",
@@ -72,6 +80,7 @@ __all__ = [
     "iterate_pool",
     "load_pattern",
     "load_patterns",
+    "load_prior",
     "modified_scattering",
     "molecule",
     "oriented_intensity",
@@ -87,4 +96,5 @@ __all__ = [
     "save_patterns",
     "scattering",
     "simulate_image",
+    "train",
 ]

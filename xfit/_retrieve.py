@@ -16,6 +16,7 @@ Choices where the data say nothing:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from xfit import _iam, _metrics, _refine
+from xfit import _iam, _metrics, _prior, _refine
 from xfit._pattern import Pattern
 from xfit._structures import as_arrays, rigid_body_modes
 
@@ -281,6 +282,40 @@ def _shard(arrays: list[np.ndarray], dtype) -> list[jax.Array]:
     return out
 
 
+PRIOR_FRACTIONS = (0.025, 0.05, 0.1, 0.2, 0.4, 1.0)
+"""Excitation fractions at which the prior reads a percent difference whose fraction is unknown."""
+
+PRIOR_KINDS = ("total", "elastic", "molecular", "percent_difference")
+
+
+@functools.cache
+def _shipped_prior():
+    return _prior.load_prior()
+
+
+def _resolve_prior(prior, atoms: Atoms, kind: str):
+    """The prior to use, or None (see ``retrieve``)."""
+    if prior is None or prior is False:
+        return None
+    if isinstance(prior, str) and prior == "auto":
+        model = _shipped_prior()
+        return model if kind in PRIOR_KINDS and model.fits(atoms) else None
+    model = prior if isinstance(prior, _prior.Prior) else _prior.load_prior(prior)
+    if kind not in PRIOR_KINDS:
+        raise ValueError(f"the prior reads {PRIOR_KINDS} patterns, not {kind!r}; pass prior=None")
+    if len(atoms) > model.config.max_atoms:
+        raise ValueError(f"the prior takes molecules of at most {model.config.max_atoms} atoms, not {len(atoms)}")
+    return model
+
+
+def _prior_starts(model, patterns: list[Pattern], reference: Atoms, fraction, model_kind: str) -> np.ndarray:
+    """The prior's proposals as starts (n_patterns, n_proposals, n_atoms, 3)."""
+    q, y, kind = patterns[0].q, np.stack([p.values for p in patterns]), patterns[0].kind
+    fractions = [None] if kind != "percent_difference" else ([fraction] if fraction else list(PRIOR_FRACTIONS))
+    proposals = [model.propose(q, y, kind, reference, fraction=f, model_kind=model_kind)[0] for f in fractions]
+    return np.concatenate(proposals, axis=1)
+
+
 def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None):
     numbers, _, _ = as_arrays(atoms)
     if reference is not None:
@@ -335,6 +370,7 @@ def retrieve(
     dtype=jnp.float32,
     progress: bool = False,
     chunk: int | None = None,
+    prior="auto",
 ) -> Retrieval | list[Retrieval]:
     """Retrieve the molecular structure behind a scattering pattern (or a batch of them).
 
@@ -368,6 +404,13 @@ def retrieve(
         dtype: float32 (fast) or float64 (needs jax_enable_x64) for the refinement.
         progress: show a progress bar (stderr) over chunks of a batch.
         chunk: patterns refined per compiled call (default: all of them, or 64 with ``progress``).
+        prior: the learned prior whose K proposals per pattern join the starts. "auto" (default) uses the prior
+            shipped with xfit when it was trained on this molecule (``Prior.fits``) and the pattern is one it reads
+            (X-ray total, elastic, molecular or percent difference), and nothing otherwise; a folder written by
+            ``xfit train`` or an ``xfit.Prior`` uses that one (an error if it cannot read the pattern); None or
+            False switches it off. For a percent difference with the fraction unknown, the prior proposes at
+            fractions 2.5 % to 100 % (PRIOR_FRACTIONS) and all proposals join. ``info["prior"]`` says which was
+            used.
 
     Returns:
         A :class:`Retrieval` (one pattern) or a list of them (a sequence of patterns).
@@ -428,6 +471,9 @@ def retrieve(
     i_ref = np.broadcast_to(i_ref, y.shape)
 
     x0 = _starts(atoms, len(patterns), n_starts, perturbation, free_pairs, np.random.default_rng(seed))
+    prior_model = _resolve_prior(prior, atoms, kind)
+    if prior_model is not None:
+        x0 = np.concatenate([x0, _prior_starts(prior_model, patterns, reference, fraction, model_kind)], axis=1)
     if starts is not None:
         extra = _extra_starts(starts, atoms)
         x0 = np.concatenate([x0, np.broadcast_to(extra, (len(patterns), *extra.shape))], axis=1)
@@ -496,6 +542,7 @@ def retrieve(
                         "restraints": len(rs.targets),
                         "seed": seed,
                         "final_restraint_weight": final_restraint_weight,
+                        "prior": None if prior_model is None else prior_model.path,
                     },
                 )
             )

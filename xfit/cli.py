@@ -200,7 +200,10 @@ def _cmd_retrieve(args) -> int:
         smoothness=args.smoothness,
         seed=args.seed,
         progress=len(patterns) > 1 and sys.stderr.isatty(),
+        prior=None if args.no_prior else (args.prior or "auto"),
     )
+    used = results[0].info.get("prior")
+    print(f"prior: {used}" if used else "prior: none (no trained prior fits this molecule and pattern, or --no-prior)")
     param = next(iter(results[0].parameters))
     print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>10} {'candidates':>10}")
     for k, r in enumerate(results):
@@ -268,6 +271,35 @@ def _cmd_pool(args) -> int:
     finally:
         bar.close()
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from xfit import _prior, _train
+
+    config = _prior.PriorConfig(
+        n_hypotheses=args.hypotheses,
+        encoder=args.encoder,
+        width=args.width,
+        blocks=args.blocks,
+        max_atoms=args.max_atoms,
+    )
+    train_config = _train.TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        physics_weight=args.physics_weight,
+        checkpoint_every=args.checkpoint_every,
+    )
+    print(f"train: {len(args.pools)} pool(s) -> {args.output}; {config}")
+    prior = _train.train(args.pools, args.output, config=config, train_config=train_config, progress=True)
+    last = prior.metadata["history"][-1] if prior.metadata["history"] else {}
+    print(
+        f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; "
+        f"last winner distance RMSD {last.get('rmsd', float('nan')):.3f} A; "
+        f"{prior.metadata['examples_per_second']:.0f} examples/s"
+    )
     return 0
 
 
@@ -388,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
     r.add_argument("--smoothness", type=float, default=0.0, help="couple neighbouring delays (chi^2 per A^2)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
+    prior = r.add_mutually_exclusive_group()
+    prior.add_argument("--prior", type=Path, metavar="FOLDER", help="prior folder from 'xfit train' (default: shipped)")
+    prior.add_argument("--no-prior", action="store_true", help="do not add the learned prior's proposals as starts")
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
     r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
@@ -447,6 +482,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", type=_pair, action="append", default=[], metavar="I,J", help="info: distances to show")
     p.add_argument("--plot", type=Path, metavar="PNG", help="info: histogram of the chosen distances")
     p.set_defaults(run=_cmd_pool)
+
+    t = sub.add_parser(
+        "train",
+        help="train a learned prior (Flax network proposing K structures per pattern) on pools",
+        description=textwrap.fill(
+            "Train the prior network on one or more pools from 'xfit pool' (total X-ray patterns): winner-take-all "
+            "over K hypotheses with a distance-matrix loss invariant to rotation, reflection and equivalent-atom "
+            "labels, plus a physics term (the IAM pattern of the winner against the input). Writes OUTPUT/prior.json "
+            "and OUTPUT/params.msgpack at the end, and a checkpoint every --checkpoint-every steps: the same command "
+            "resumes an interrupted run exactly. Use the result with 'xfit retrieve --prior OUTPUT'.",
+            width=100,
+        ),
+        epilog="example:\n  xfit train pools/chd_*.h5 pools/dt_*.h5 -o my_prior --steps 20000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("pools", nargs="+", type=Path, metavar="POOL.h5", help="training pools")
+    t.add_argument("-o", "--output", type=Path, required=True, help="folder for the prior and its checkpoint")
+    t.add_argument("--steps", type=int, default=20000, help="optimisation steps (default 20000)")
+    t.add_argument("--batch-size", type=int, default=64, help="patterns per step (default 64)")
+    t.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation (default 0)")
+    t.add_argument("--hypotheses", type=int, default=8, help="K, candidate structures per pattern (default 8)")
+    t.add_argument("--encoder", choices=("cnn", "gru"), default="cnn", help="pattern encoder (default cnn)")
+    t.add_argument("--width", type=int, default=64, help="network width (default 64)")
+    t.add_argument("--blocks", type=int, default=3, help="attention blocks (default 3)")
+    t.add_argument("--max-atoms", type=int, default=32, help="largest molecule the network takes (default 32)")
+    t.add_argument("--physics-weight", type=float, default=0.1, help="weight of the IAM consistency term")
+    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    t.set_defaults(run=_cmd_train)
     return parser
 
 
