@@ -46,3 +46,25 @@ def test_images_benchmark_smoke(tmp_path):
     data = run_smoke("images", tmp_path)
     assert data["images"]["photoselected"]["images_per_second"] > 0
     assert [row["batch"] for row in data["anisotropic"]] == [1, 8]
+
+
+def test_prior_benchmark_smoke(tmp_path):
+    out = tmp_path / "prior.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "prior.py"),
+            "--smoke",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data["held_out"]) == {"CHD", "DT", "NMM"}
+    assert "prior + refinement" in data["held_out"]["CHD"] and data["speed"]["inference_latency_s"] > 0

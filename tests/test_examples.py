@@ -8,7 +8,7 @@ import pytest
 
 from .conftest import ROOT, SHARED
 
-NOTEBOOKS = ["chd_retrieval.py", "nmm_time_series.py", "detector_and_ued.py"]
+NOTEBOOKS = ["chd_retrieval.py", "nmm_time_series.py", "detector_and_ued.py", "prior_training.py"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
