@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import jax
+    from ase import Atoms
     from ase.io import read
 
     import xfit
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
         patterns = []
         for k, t in enumerate(truths):
             key = jax.random.fold_in(jax.random.key(7), k)
-            patterns.append(xfit.Pattern(q, xfit.scattering(reference.__class__(numbers, t), q)).with_noise(key, 1e-3))
+            structure = Atoms(numbers=numbers, positions=t)
+            patterns.append(xfit.Pattern(q, xfit.scattering(structure, q)).with_noise(key, relative=1e-3))
         y = np.stack([p.values for p in patterns])
         methods = {}
         if args.pools:
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
         best = [
             np.argmin(
                 [
-                    xfit.rmsd(reference.__class__(numbers, p), reference.__class__(numbers, t), heavy_only=True)
+                    xfit.rmsd(Atoms(numbers=numbers, positions=p), Atoms(numbers=numbers, positions=t), heavy_only=True)
                     for p in ps
                 ]
             )
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
             frames += [read(p) for p in paths[:: 40 if args.smoke else args.stride]]
         reference = read(chd_dir / "chd_reference.xyz")
         patterns = [
-            xfit.Pattern(q, xfit.scattering(t, q)).with_noise(jax.random.fold_in(jax.random.key(0), k), 1e-3)
+            xfit.Pattern(q, xfit.scattering(t, q)).with_noise(jax.random.fold_in(jax.random.key(0), k), relative=1e-3)
             for k, t in enumerate(frames)
         ]
         opened = np.array([t.get_distance(0, 5) > 2.3 for t in frames])

@@ -189,7 +189,7 @@ def test_bad_inputs_name_the_problem(tmp_path, tiny_pool):
     small = _prior.PriorConfig(q_min=0.1, max_atoms=16, width=16, heads=2, blocks=1)
     with pytest.raises(ValueError, match="does not cover"):
         xfit.train([tiny_pool], tmp_path / "out", config=small)
-    with pytest.raises(ValueError, match="at most 4 atoms"):
+    with pytest.raises(ValueError, match="takes at most 4"):
         _prior.molecule_inputs(xfit.molecule("CCO", forcefield="mmff"), 4)
     with pytest.raises(ValueError, match="encoder"):
         _prior.PriorConfig(encoder="lstm")
