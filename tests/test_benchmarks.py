@@ -67,4 +67,4 @@ def test_prior_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["held_out"]) == {"CHD", "DT", "NMM"}
-    assert "prior + refinement" in data["held_out"]["CHD"] and data["speed"]["inference_latency_s"] > 0
+    assert "(d) prior + refinement" in data["held_out"]["CHD"] and data["speed"]["inference_latency_s"] > 0

@@ -170,7 +170,9 @@ def test_extra_starts_join_the_search(chd):
     opened = chd.copy()
     opened.positions[5] += 1.2 * (chd.positions[5] - chd.positions[0]) / chd.get_distance(0, 5)
     pattern = xfit.Pattern(Q, xfit.scattering(opened, Q)).with_noise(jax.random.key(3), relative=1e-3)
-    result = xfit.retrieve(pattern, chd, restraints=None, n_starts=2, steps=200, starts=[opened], learning_rate=5e-3)
+    result = xfit.retrieve(
+        pattern, chd, restraints=None, n_starts=2, steps=200, starts=[opened], learning_rate=5e-3, prior=None
+    )
     assert result.atoms.get_distance(0, 5) == pytest.approx(opened.get_distance(0, 5), abs=0.05)
     assert result.info["n_starts"] == 3
     with pytest.raises(ValueError, match="shape"):
