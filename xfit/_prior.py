@@ -86,20 +86,6 @@ class PriorConfig:
 # Inputs
 
 
-def _hops(n: int, bonds: np.ndarray) -> np.ndarray:
-    """Bond-graph distances (n, n), capped at MAX_HOPS."""
-    adjacency = np.zeros((n, n), bool)
-    if len(bonds):
-        adjacency[bonds[:, 0], bonds[:, 1]] = adjacency[bonds[:, 1], bonds[:, 0]] = True
-    hops = np.full((n, n), MAX_HOPS)
-    reach = np.eye(n, dtype=bool)
-    np.fill_diagonal(hops, 0)
-    for step in range(1, MAX_HOPS):
-        reach = reach | (reach.astype(int) @ adjacency.astype(int) > 0)
-        hops[(hops == MAX_HOPS) & reach] = step
-    return hops
-
-
 def _connectivity_mol(numbers: np.ndarray, bonds: np.ndarray):
     """An RDKit molecule of elements and single bonds only: the bond graph, whatever the bond orders."""
     from rdkit import Chem
@@ -143,7 +129,7 @@ def automorphisms(atoms: Atoms, limit: int = 256) -> np.ndarray:
 def molecule_inputs(atoms: Atoms, max_atoms: int) -> dict[str, np.ndarray]:
     """The atom-side inputs of the network, padded to ``max_atoms``: numbers (N,), reference positions (N, 3) in A
     centred on their mean, bond-graph hops (N, N) and the atom mask (N,)."""
-    from xfit._structures import covalent_bonds
+    from xfit._structures import covalent_bonds, graph_hops
 
     n = len(atoms)
     if n > max_atoms:
@@ -153,7 +139,7 @@ def molecule_inputs(atoms: Atoms, max_atoms: int) -> dict[str, np.ndarray]:
     positions = np.zeros((max_atoms, 3), np.float32)
     positions[:n] = atoms.positions - atoms.positions.mean(axis=0)
     hops = np.full((max_atoms, max_atoms), MAX_HOPS, np.int32)
-    hops[:n, :n] = _hops(n, np.asarray(covalent_bonds(atoms)).reshape(-1, 2))
+    hops[:n, :n] = graph_hops(n, covalent_bonds(atoms), MAX_HOPS)
     mask = np.zeros(max_atoms, bool)
     mask[:n] = True
     return {"numbers": numbers, "reference": positions, "hops": hops, "atom_mask": mask}

@@ -244,21 +244,11 @@ def _extra_starts(starts, atoms: Atoms) -> np.ndarray:
 
 def _graph_distances(atoms: Atoms, free_pairs) -> np.ndarray:
     """Bond-graph distances (n_atoms, n_atoms), free pairs not counted as bonds, capped at 3 hops (4 = farther)."""
-    from xfit._structures import covalent_bonds
+    from xfit._structures import covalent_bonds, graph_hops
 
-    n = len(atoms)
     free = {tuple(sorted(p)) for p in free_pairs}
-    adjacency = np.zeros((n, n), bool)
-    for a, b in covalent_bonds(atoms):
-        if (a, b) not in free:
-            adjacency[a, b] = adjacency[b, a] = True
-    hops = np.full((n, n), 4)
-    reach = np.eye(n, dtype=bool)
-    np.fill_diagonal(hops, 0)
-    for step in (1, 2, 3):
-        reach = reach | (reach.astype(int) @ adjacency.astype(int) > 0)
-        hops[(hops == 4) & reach] = step
-    return hops
+    bonds = [(a, b) for a, b in covalent_bonds(atoms) if (a, b) not in free]
+    return graph_hops(len(atoms), bonds, 4)
 
 
 def _shard(arrays: list[np.ndarray], dtype) -> list[jax.Array]:

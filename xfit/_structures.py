@@ -10,7 +10,7 @@ from ase import Atoms
 
 from xfit import _elements
 
-__all__ = ["as_arrays", "covalent_bonds", "read_structures"]
+__all__ = ["as_arrays", "covalent_bonds", "graph_hops", "read_structures"]
 
 
 def as_arrays(atoms: Atoms | Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -91,3 +91,17 @@ def rigid_body_modes(positions: np.ndarray, masses: np.ndarray | None = None) ->
     q, r = np.linalg.qr(np.array(vectors).T)
     keep = np.abs(np.diag(r)) > 1e-6 * np.abs(np.diag(r)).max()  # a linear molecule has 5 modes
     return q[:, keep].T
+
+
+def graph_hops(n_atoms: int, bonds, cap: int = 4) -> np.ndarray:
+    """Bond-graph distances (n_atoms, n_atoms) for bonds (n_bonds, 2), capped at ``cap`` (= cap or farther)."""
+    bonds = np.asarray(bonds, int).reshape(-1, 2)
+    adjacency = np.zeros((n_atoms, n_atoms), bool)
+    adjacency[bonds[:, 0], bonds[:, 1]] = adjacency[bonds[:, 1], bonds[:, 0]] = True
+    hops = np.full((n_atoms, n_atoms), cap)
+    reach = np.eye(n_atoms, dtype=bool)
+    np.fill_diagonal(hops, 0)
+    for step in range(1, cap):
+        reach = reach | (reach.astype(int) @ adjacency.astype(int) > 0)
+        hops[(hops == cap) & reach] = step
+    return hops
