@@ -68,6 +68,21 @@ def test_fast_and_direct_paths_agree(chd):
     np.testing.assert_allclose(fast, direct, rtol=1e-12)
 
 
+def test_padded_intensity_with_factors_as_data_matches_intensity(chd, nmm):
+    """One function for every molecule (the prior's physics loss): padding atoms add nothing, gradients finite."""
+    q = np.linspace(0.2, 8.0, 40)
+    rng = np.random.default_rng(3)
+    for atoms in (chd, nmm):
+        n = len(atoms)
+        factors, incoherent = _iam.padded_factors(atoms.numbers, q, 24)
+        x = np.zeros((3, 24, 3))
+        x[:, :n] = atoms.positions + rng.normal(0.0, 0.1, (3, n, 3))
+        got = _iam.padded_intensity(x, q, factors, incoherent)
+        np.testing.assert_allclose(got, _iam.intensity(atoms.numbers, x[:, :n], q), rtol=RTOL[np.float64])
+        grad = jax.grad(lambda x: _iam.padded_intensity(x, q, factors, incoherent).sum())(x)
+        assert np.all(np.isfinite(grad)) and not np.any(grad[:, n:])
+
+
 def test_forward_limit_is_squared_electron_count(nmm):
     # q -> 0: every wave scatters in phase, I_elastic(0) = (sum_i f_i(0))^2; Compton vanishes there.
     f0 = np.asarray(xfit.form_factor(nmm.numbers, np.array([0.0])))[:, 0]

@@ -155,6 +155,25 @@ def test_same_seed_same_file_and_other_commands_refused(tmp_path):
         assert f.attrs["seed"] == 6
 
 
+def test_prepared_wigner_pool_finishes_without_rdkit_or_force_field(tmp_path, monkeypatch):
+    spec = _pool.PoolSpec("DT", "wigner", 300, (0.5, 8.0, 16), forcefield="mmff", chunk=128, seed=2)
+    straight = _pool.build_pool(tmp_path / "straight.h5", spec)
+    prepared = _pool.build_pool(tmp_path / "prepared.h5", spec, prepare_only=True)
+    with h5py.File(prepared) as f:
+        assert f.attrs["status"] == "building" and f.attrs["n_complete"] == 0
+        assert f["positions"].shape == (0, 14, 3) and "hessian" in f  # C4H8S2
+    # The machine that finishes it has neither RDKit nor a force field.
+    monkeypatch.setitem(sys.modules, "rdkit", None)
+    monkeypatch.setitem(sys.modules, "xfit._forcefield", None)
+    monkeypatch.setitem(sys.modules, "xfit._molecules", None)
+    _pool.build_pool(prepared, spec)
+    with h5py.File(straight) as fa, h5py.File(prepared) as fb:
+        assert fb.attrs["status"] == "complete" and fb.attrs["molecule"] == fa.attrs["molecule"]
+        assert fb.attrs["smiles"] == fa.attrs["smiles"]
+        np.testing.assert_array_equal(fa["positions"][()], fb["positions"][()])
+        np.testing.assert_array_equal(fa["patterns"][()], fb["patterns"][()])
+
+
 def test_killed_pool_is_readable_and_resumes_to_exactly_n_unique_structures(tmp_path):
     n, chunk = 6000, 100
     path = tmp_path / "killed.h5"

@@ -270,6 +270,50 @@ def _intensity_flat(positions, q, qa, dm, *, plan: _PairPlan, kind: str, method:
     return terms
 
 
+def padded_factors(numbers, q: np.ndarray, max_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scattering factors as data, for :func:`padded_intensity` (total X-ray intensities).
+
+    Args:
+        numbers: atomic numbers (n_atoms,), n_atoms <= max_atoms.
+        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,).
+        max_atoms: padded length.
+
+    Returns:
+        factors (max_atoms, n_q): f0 of each atom in electrons, zero rows for padding atoms; incoherent (n_q,):
+        the structure-independent part sum_i (f_i^2 + S_i), Compton included, in electron units.
+    """
+    numbers = _elements.as_numbers(numbers)
+    if len(numbers) > max_atoms:
+        raise ValueError(f"{len(numbers)} atoms do not fit max_atoms={max_atoms}")
+    q = check_q(np.asarray(q, np.float64))
+    f = np.asarray(_elements.form_factor(numbers, jnp.asarray(q)), np.float64)
+    factors = np.zeros((max_atoms, len(q)))
+    factors[: len(numbers)] = f
+    compton = np.asarray(_elements.compton_function(numbers, jnp.asarray(q)), np.float64)
+    return factors, np.sum(f * f, axis=0) + np.sum(compton, axis=0)
+
+
+def padded_intensity(positions, q, factors, incoherent):
+    """Total X-ray intensity with the atoms' scattering factors passed as arrays: one compiled function serves
+    every molecule up to N atoms (the learned prior's physics loss trains on many molecules at once this way).
+
+    Args:
+        positions: (..., N, 3) in A; padding atoms anywhere (their factors are zero).
+        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,).
+        factors, incoherent: (N, n_q) and (n_q,) from :func:`padded_factors` (or with leading batch axes).
+
+    Returns:
+        (..., n_q) in electron units: incoherent + 2 sum_{i<j} f_i f_j sin(q r_ij)/(q r_ij), the same as
+        ``intensity(numbers, positions, q, kind="total")``. Textbook pair sum: O(N^2 n_q) memory per structure.
+    """
+    n = positions.shape[-2]
+    i, j = np.triu_indices(n, k=1)
+    r = _distances(positions, i, j)  # (..., P)
+    sinc = jnp.sinc(r[..., None] * q / jnp.pi)  # (..., P, n_q)
+    weights = factors[..., i, :] * factors[..., j, :]
+    return incoherent + 2.0 * jnp.sum(sinc * weights, axis=-2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public entry point.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import h5py
 import jax
 import numpy as np
+from ase import Atoms
 
 from xfit import _iam
 
@@ -125,28 +126,43 @@ def _chunk_file(path: Path, index: int) -> Path:
 
 
 class _Context:
-    """Molecule, force field and (for Wigner) normal modes: computed once, stored in the pool, reused on resume."""
+    """Molecule, force field and (for Wigner) normal modes: computed once, stored in the pool, reused on resume.
+
+    A pool file that already holds its reference geometry (and Hessian) is resumed from those alone: no SMILES
+    embedding and no force field, so a Wigner pool prepared on one machine (``prepare_only``) can be sampled on
+    another, e.g. a GPU machine without RDKit or tblite. The force field is built only when a sampler needs it.
+    """
 
     def __init__(self, spec: PoolSpec, path: Path):
-        from xfit._forcefield import calculator, hessian
-        from xfit._molecules import molecule
-
         self.spec = spec
-        self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
         stored = _read_reference(path, spec)
         if stored is not None:  # resume: the exact geometry (and Hessian) of the first run
-            self.atoms.positions = stored["reference_positions"]
+            self.atoms = Atoms(numbers=stored["numbers"], positions=stored["reference_positions"])
+            self.atoms.info.update(stored["info"])
             self.hessian = stored.get("hessian")
         else:
+            from xfit._molecules import molecule
+
+            self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
-        self.calc = calculator(self.atoms, spec.forcefield)
+        self._calc = None
         if spec.method == "wigner" and self.hessian is None:
+            from xfit._forcefield import hessian
+
             self.hessian = hessian(self.atoms, self.calc)
         self.modes = None
         if spec.method == "wigner":
             from xfit._sampling import normal_modes
 
             self.modes = normal_modes(self.atoms, self.hessian)
+
+    @property
+    def calc(self):
+        if self._calc is None:
+            from xfit._forcefield import calculator
+
+            self._calc = calculator(self.atoms, self.spec.forcefield)
+        return self._calc
 
     def sample(self, index: int, rows: int) -> np.ndarray:
         from xfit import _sampling
@@ -180,7 +196,12 @@ def _read_reference(path: Path, spec: PoolSpec) -> dict | None:
     with h5py.File(path, "r") as f:
         if f.attrs.get("config") != spec.to_json():
             return None
-        out = {"reference_positions": f["reference_positions"][()]}
+        out = {
+            "numbers": f["numbers"][()],
+            "reference_positions": f["reference_positions"][()],
+            "info": {k: str(f.attrs.get(k, "")) for k in ("name", "smiles", "mapped_smiles")},
+        }
+        out["info"]["name"] = str(f.attrs.get("molecule", spec.molecule))
         if "hessian" in f:
             out["hessian"] = f["hessian"][()]
         return out
@@ -310,6 +331,7 @@ def build_pool(
     *,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    prepare_only: bool = False,
 ) -> Path:
     """Build (or finish) the pool described by ``spec`` at ``path``; see the module notes on crash safety.
 
@@ -318,6 +340,10 @@ def build_pool(
         spec: what to build.
         overwrite: replace a file that holds a different pool.
         progress: called as progress(structures_done, n) after each chunk (the CLI draws a bar with it).
+        prepare_only: stop after the force-field work (the optimised reference geometry and, for Wigner pools, the
+            Hessian): ``path`` is then a valid, empty pool (``status`` 'building', 0 structures). Running the same
+            spec again samples the structures and their patterns from what is stored, without RDKit or the force
+            field for Wigner pools: prepare on a CPU machine, carry the small file to a GPU machine, finish there.
 
     Returns:
         The path of the finished pool.
@@ -340,6 +366,8 @@ def build_pool(
             stale.unlink()  # beyond a gap: recomputed, so the pool stays one contiguous run of chunks
     if state == "new" or done == 0:
         _write_index(path, spec, context, done)
+    if prepare_only:
+        return path
     if progress:
         progress(sum(spec.chunk_rows(k) for k in range(done)), spec.n)
     numbers = context.atoms.numbers

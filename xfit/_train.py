@@ -87,6 +87,8 @@ class _Source:
     inputs: dict
     perms: np.ndarray
     weights: np.ndarray
+    factors: np.ndarray  # (max_atoms, n_q) X-ray f0 on the network's grid, for the physics term
+    incoherent: np.ndarray  # (n_q,)
     attrs: dict
     stream: Iterator | None = None
     drawn: int = 0
@@ -123,6 +125,7 @@ def _open_sources(paths: Sequence[str | os.PathLike], config: _prior.PriorConfig
                 f"{path}: its q grid {q.min():.3g}..{q.max():.3g} 1/A does not cover the network's "
                 f"{config.q_min:.3g}..{config.q_max:.3g} 1/A"
             )
+        factors, incoherent = _iam.padded_factors(atoms.numbers, config.q, config.max_atoms)
         sources.append(
             _Source(
                 path=path,
@@ -132,6 +135,8 @@ def _open_sources(paths: Sequence[str | os.PathLike], config: _prior.PriorConfig
                 inputs=_prior.molecule_inputs(atoms, config.max_atoms),
                 perms=_prior.automorphisms(atoms, limit),
                 weights=_pair_weights(atoms.numbers, config.max_atoms),
+                factors=factors.astype(np.float32),
+                incoherent=incoherent.astype(np.float32),
                 attrs=attrs,
             )
         )
@@ -227,23 +232,24 @@ def invariant_costs(predicted, target, perms, weights):
     return jnp.sum(weights * (dp - chosen) ** 2, axis=(-2, -1)) / jnp.sum(weights)
 
 
-def _loss(params, batch, perms, weights, *, config, train: TrainConfig, numbers):
+def _loss(params, batch, molecule, *, config, train: TrainConfig):
     x, logits = _prior.PriorNet(config).apply({"params": params}, batch["features"], **batch["mol"])
     mask = batch["mol"]["atom_mask"][:, None, :, None]
     if train.loss == "coordinates":
         cost = jnp.sum(mask * (x - batch["targets"][:, None]) ** 2, axis=(-2, -1)) / jnp.sum(mask[:, 0])
         fit = cost[:, 0]
         return jnp.mean(fit), {"loss": jnp.mean(fit), "rmsd": jnp.mean(jnp.sqrt(fit)), "physics": 0.0}
-    cost = invariant_costs(x, batch["targets"], perms, weights)
+    cost = invariant_costs(x, batch["targets"], molecule["perms"], molecule["weights"])
     winner = jnp.argmin(cost, axis=-1)
     fit = jnp.min(cost, axis=-1)
     loss = jnp.mean(fit + train.spread_weight * jnp.mean(cost, axis=-1))
     score = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jax.lax.stop_gradient(winner)))
     loss = loss + train.score_weight * score
     physics = jnp.zeros(())
-    if numbers is not None and train.physics_weight > 0:
-        best = jnp.take_along_axis(x, winner[:, None, None, None], axis=1)[:, 0, : len(numbers)]
-        i = _iam.intensity(numbers, best, config.q, kind="total")
+    if train.physics_weight > 0:
+        # Factors as data (padded_intensity), so that one compiled step serves every molecule.
+        best = jnp.take_along_axis(x, winner[:, None, None, None], axis=1)[:, 0]
+        i = _iam.padded_intensity(best, jnp.asarray(config.q, x.dtype), molecule["factors"], molecule["incoherent"])
         w = batch["window"] / batch["i_ref"] ** 2
         s = jnp.sum(w * i * batch["i_ref"], -1, keepdims=True) / jnp.sum(w * i * i, -1, keepdims=True)
         rel = (s * i - batch["i_ref"]) / batch["i_ref"]
@@ -263,10 +269,10 @@ def _optimizer(train: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=train.weight_decay))
 
 
-@partial(jax.jit, static_argnames=("config", "train", "numbers"), donate_argnums=(0, 1))
-def _step(params, opt_state, batch, perms, weights, *, config, train, numbers):
+@partial(jax.jit, static_argnames=("config", "train"), donate_argnums=(0, 1))
+def _step(params, opt_state, batch, molecule, *, config, train):
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(params, batch, perms, weights, config=config, train=train, numbers=numbers)
+    (_, metrics), grads = grad_fn(params, batch, molecule, config=config, train=train)
     updates, opt_state = _optimizer(train).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -349,10 +355,15 @@ def train(
     output = Path(output)
     sources = _open_sources(pools, config, max_automorphisms)
     n_perm = int(2 ** np.ceil(np.log2(max(len(s.perms) for s in sources))))
-    perms = [jnp.asarray(_padded_perms(s.perms, n_perm, config.max_atoms)) for s in sources]
-    weights = [jnp.asarray(s.weights) for s in sources]
-    physics = train_config.physics_weight > 0 and train_config.loss == "invariant"
-    static_numbers = [tuple(int(z) for z in s.atoms.numbers) if physics else None for s in sources]
+    molecule_data = [
+        {
+            "perms": jnp.asarray(_padded_perms(s.perms, n_perm, config.max_atoms)),
+            "weights": jnp.asarray(s.weights),
+            "factors": jnp.asarray(s.factors),
+            "incoherent": jnp.asarray(s.incoherent),
+        }
+        for s in sources
+    ]
 
     params = _prior.init_params(config, jax.random.key(train_config.seed))
     opt_state = _optimizer(train_config).init(params)
@@ -384,16 +395,7 @@ def train(
         raw = next(source.stream)
         source.drawn += 1
         batch = _host_batch(source, raw, config, train_config, rng)
-        params, opt_state, out = _step(
-            params,
-            opt_state,
-            batch,
-            perms[k],
-            weights[k],
-            config=config,
-            train=train_config,
-            numbers=static_numbers[k],
-        )
+        params, opt_state, out = _step(params, opt_state, batch, molecule_data[k], config=config, train=train_config)
         examples += train_config.batch_size
         logged = (step + 1) % 50 == 0 or step + 1 == train_config.steps
         if logged or callable(progress):

@@ -267,10 +267,18 @@ def _cmd_pool(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        path = _pool.build_pool(args.output, spec, overwrite=args.overwrite, progress=progress)
+        path = _pool.build_pool(
+            args.output, spec, overwrite=args.overwrite, progress=progress, prepare_only=args.prepare_only
+        )
     finally:
         bar.close()
-    print(f"wrote {path}")
+    if args.prepare_only:
+        print(
+            f"prepared {path} (reference geometry{' and Hessian' if spec.method == 'wigner' else ''}); run the same "
+            "command without --prepare-only to sample it, on any machine"
+        )
+    else:
+        print(f"wrote {path}")
     return 0
 
 
@@ -479,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range", type=_range, metavar="START:STOP", help="sweep range in A or degrees")
     p.add_argument("-o", "--output", type=Path, help="pool file (.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace a file that holds a different pool")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only the force-field work (minimum, Hessian); the same command without it samples the rest, "
+        "e.g. a Wigner pool on a GPU machine without RDKit or tblite",
+    )
     p.add_argument("--pair", type=_pair, action="append", default=[], metavar="I,J", help="info: distances to show")
     p.add_argument("--plot", type=Path, metavar="PNG", help="info: histogram of the chosen distances")
     p.set_defaults(run=_cmd_pool)
