@@ -136,6 +136,16 @@ def test_batches_larger_than_a_chunk_are_exact(chd):
     np.testing.assert_allclose(batched[[0, 40, 76]], singles, rtol=1e-12)
 
 
+def test_accelerator_chunks_bound_memory_and_stay_exact(chd, monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _iam._chunk_size(5050) == 256 and _iam._chunk_size(153) == 8192 and _iam._chunk_size(10**8) == 1
+    monkeypatch.setattr(_iam, "ACCELERATOR_PAIR_BUDGET", 91 * 64)  # CHD: 91 pairs -> chunks of 64 structures
+    positions = chd.positions + np.random.default_rng(5).normal(0, 0.1, (301, len(chd), 3))
+    chunked = xfit.intensity(chd.numbers, positions, Q)
+    one_by_one = np.stack([xfit.intensity(chd.numbers, x, Q) for x in positions[:5]])
+    np.testing.assert_allclose(chunked[:5], one_by_one, rtol=1e-12)
+
+
 def test_traced_q_under_jit(chd):
     f = jax.jit(lambda q: xfit.intensity(chd.numbers, chd.positions, q))
     np.testing.assert_allclose(f(Q_IRREGULAR), xfit.intensity(chd.numbers, chd.positions, Q_IRREGULAR), rtol=1e-12)

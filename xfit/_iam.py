@@ -219,18 +219,30 @@ def _type_form_factors(plan: _PairPlan, q, probe: tuple):
     return f[index[:, 0]] * f[index[:, 1]]
 
 
-def _chunk_size() -> int | None:
-    """Structures per chunk of the pair sum: on CPU small chunks keep the (chunk, P, A + M) trigonometric tables
-    in cache (2x faster at batch 1024, measured in benchmarks/forward.py); accelerators take the whole batch."""
-    return 32 if jax.default_backend() == "cpu" else None
+ACCELERATOR_PAIR_BUDGET = 1 << 21
+"""On accelerators, structures x pairs per chunk of the pair sum (see ``_chunk_size``)."""
+
+
+def _chunk_size(n_pairs: int) -> int:
+    """Structures per chunk of the pair sum.
+
+    On CPU small chunks keep the (chunk, P, A + M) trigonometric tables in cache (2x faster at batch 1024, measured
+    in benchmarks/forward.py). On accelerators a chunk holds up to ACCELERATOR_PAIR_BUDGET structure-pairs (a power
+    of two structures): when the whole batch went at once, a 101-atom molecule (5,050 pairs) on an H100 fell from
+    8e4 patterns/s at batch 16-256 to 1.5e4 at 4,096, and its gradient ran out of memory (53 GB) at 16,384
+    (benchmarks/results/forward_gpu.txt). NMM (153 pairs) keeps whole batches up to 8,192.
+    """
+    if jax.default_backend() == "cpu":
+        return 32
+    return 1 << max(0, int(np.log2(max(1, ACCELERATOR_PAIR_BUDGET // max(n_pairs, 1)))))
 
 
 def _molecular_fast(plan: _PairPlan, positions, q, qa, dm, probe: tuple):
     """I_molecular (B, n_q) through the blocked kernel; q (n_q,) is the grid qa + dm flattened and trimmed."""
     n_q = q.shape[0]
     r = _distances(positions, plan.i, plan.j)
-    chunk = _chunk_size()
-    if chunk is None or r.shape[0] <= chunk:
+    chunk = _chunk_size(r.shape[1])
+    if r.shape[0] <= chunk:
         y = _sinc_sums(r, qa, dm, plan.slices)
     else:
         batch = r.shape[0]
