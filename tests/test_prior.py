@@ -163,8 +163,15 @@ def test_a_trained_prior_proposes_and_retrieve_uses_it(tiny_pool, tmp_path):
     assert used.info["prior"] == str(tmp_path / "p") and used.info["n_starts"] == 2 + TINY.n_hypotheses
     off = xfit.retrieve(pattern, ethanol, prior=None, **common)
     assert off.info["prior"] is None and off.info["n_starts"] == 2
-    # "auto" uses the shipped prior only for molecules it was trained on.
-    assert xfit.retrieve(pattern, ethanol, **common).info["prior"] is None
+    # "auto": the NMM/CHD/DT prior only for those; the broad one for small H/C/N/O/S molecules; else nothing.
+    assert xfit.retrieve(pattern, ethanol, **common).info["prior"].endswith("broad")
+    hcl = Atoms("HCl", positions=[[0, 0, 0], [1.27, 0, 0]])
+    assert xfit.retrieve(xfit.Pattern(q, xfit.scattering(hcl, q)), hcl, **common).info["prior"] is None
+    # A prior trained with any_molecule=True serves any molecule of its elements (here H, C, O).
+    broad = xfit.train([tiny_pool], tmp_path / "b", config=TINY, train_config=train, any_molecule=True)
+    assert broad.any_molecule_of == (1, 6, 8) and xfit.load_prior(tmp_path / "b").any_molecule_of == (1, 6, 8)
+    acetone = xfit.molecule("CC(C)=O", forcefield="mmff")
+    assert broad.fits(acetone) and not prior.fits(acetone) and not broad.fits(xfit.molecule("DT", forcefield="mmff"))
     percent = xfit.Pattern(q, np.zeros_like(q) + 0.01, kind="percent_difference")
     unknown = xfit.retrieve(percent, ethanol, prior=prior, **common)
     assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit._retrieve.PRIOR_FRACTIONS)
@@ -179,6 +186,12 @@ def test_shipped_prior_loads_fits_its_molecules_and_is_small(chd, nmm):
     assert prior.fits(chd) and prior.fits(nmm) and prior.fits(xfit.molecule("DT", forcefield="mmff"))
     assert not prior.fits(Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
     assert (folder / "README.md").is_file() and "make_pools.sh" in (folder / "README.md").read_text()
+    broad = xfit.load_prior("broad")
+    folder = Path(broad.path)
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 20e6
+    assert broad.any_molecule_of == (1, 6, 7, 8, 16) and len(broad.molecules) == 32
+    assert broad.fits(nmm) and broad.fits(chd) and not any(_prior.graph_key(m) in broad.molecules for m in (nmm, chd))
+    assert "make_broad_pools.sh" in (folder / "README.md").read_text()
 
 
 def test_bad_inputs_name_the_problem(tmp_path, tiny_pool):

@@ -367,6 +367,8 @@ def build_pool(
     if state == "new" or done == 0:
         _write_index(path, spec, context, done)
     if prepare_only:
+        if not any(_chunk_dir(path).iterdir()):
+            _chunk_dir(path).rmdir()
         return path
     if progress:
         progress(sum(spec.chunk_rows(k) for k in range(done)), spec.n)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -316,6 +317,9 @@ class Prior:
     """A trained prior: its network config, weights and the molecules it was trained on.
 
     ``molecules`` maps graph keys (see ``graph_key``) to names; ``metadata`` records how it was trained.
+    ``any_molecule_of``: for a broad prior, the atomic numbers of the molecules it claims to serve beyond those it
+    was trained on (any molecule of these elements up to ``config.max_atoms`` atoms); None for a prior of its
+    training molecules only.
     """
 
     config: PriorConfig
@@ -323,10 +327,16 @@ class Prior:
     molecules: dict[str, str]
     metadata: dict
     path: str | None = None
+    any_molecule_of: tuple[int, ...] | None = None
 
     def fits(self, atoms: Atoms) -> bool:
-        """Whether the prior was trained on this molecule (same bond graph; atom order does not matter)."""
-        return len(atoms) <= self.config.max_atoms and graph_key(atoms) in self.molecules
+        """Whether the prior serves this molecule: one it was trained on (same bond graph; atom order does not
+        matter), or, for a broad prior, any molecule of its elements that is small enough."""
+        if len(atoms) > self.config.max_atoms:
+            return False
+        if self.any_molecule_of is not None:
+            return set(int(z) for z in atoms.numbers) <= set(self.any_molecule_of)
+        return graph_key(atoms) in self.molecules
 
     def propose(
         self,
@@ -392,9 +402,17 @@ WEIGHTS_FILE = "params.msgpack"
 CONFIG_FILE = "prior.json"
 
 
-def save_prior(directory: str | os.PathLike, config: PriorConfig, params, molecules: dict, metadata: dict) -> None:
-    """Write a prior as ``directory/prior.json`` (config, molecules, metadata) and ``params.msgpack``
-    (flax serialisation), each replaced atomically."""
+def save_prior(
+    directory: str | os.PathLike,
+    config: PriorConfig,
+    params,
+    molecules: dict,
+    metadata: dict,
+    *,
+    any_molecule_of: Sequence[int] | None = None,
+) -> None:
+    """Write a prior as ``directory/prior.json`` (config, molecules, metadata, and ``any_molecule_of`` for a broad
+    prior, see :class:`Prior`) and ``params.msgpack`` (flax serialisation), each replaced atomically."""
     from flax import serialization
 
     from xfit._io import atomic_path
@@ -403,18 +421,27 @@ def save_prior(directory: str | os.PathLike, config: PriorConfig, params, molecu
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         Path(tmp).write_bytes(serialization.to_bytes(jax.device_get(params)))
-    text = json.dumps(
-        {"config": dataclasses.asdict(config), "molecules": molecules, "metadata": metadata}, indent=1, sort_keys=True
-    )
+    info = {"config": dataclasses.asdict(config), "molecules": molecules, "metadata": metadata}
+    if any_molecule_of is not None:
+        info["any_molecule_of"] = sorted(int(z) for z in any_molecule_of)
+    text = json.dumps(info, indent=1, sort_keys=True)
     with atomic_path(directory / CONFIG_FILE) as tmp:
         Path(tmp).write_text(text + "\n")
 
 
+SHIPPED = ("nmm_chd_dt", "broad")
+"""The priors shipped in ``xfit/weights``: NMM, CHD and DT; and a broad one (32 small molecules of H, C, N, O, S)."""
+
+
 def load_prior(path: str | os.PathLike | None = None) -> Prior:
-    """Load a prior directory written by ``xfit train`` (default: the one shipped with xfit)."""
+    """Load a prior directory written by ``xfit train``, or a shipped prior by name (see ``SHIPPED``; default
+    "nmm_chd_dt")."""
     from flax import serialization
 
-    directory = Path(path) if path is not None else Path(__file__).parent / "weights" / "nmm_chd_dt"
+    if path is None or (str(path) in SHIPPED and not Path(path).is_dir()):
+        directory = Path(__file__).parent / "weights" / str(path or SHIPPED[0])
+    else:
+        directory = Path(path)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a prior: {name} is missing")
@@ -422,4 +449,7 @@ def load_prior(path: str | os.PathLike | None = None) -> Prior:
     config = PriorConfig(**info["config"])
     template = jax.device_get(init_params(config, jax.random.key(0)))
     params = serialization.from_bytes(template, (directory / WEIGHTS_FILE).read_bytes())
-    return Prior(config, params, info["molecules"], info["metadata"], str(directory))
+    broad = info.get("any_molecule_of")
+    return Prior(
+        config, params, info["molecules"], info["metadata"], str(directory), None if broad is None else tuple(broad)
+    )

@@ -279,8 +279,8 @@ PRIOR_KINDS = ("total", "elastic", "molecular", "percent_difference")
 
 
 @functools.cache
-def _shipped_prior():
-    return _prior.load_prior()
+def _shipped_prior(name: str):
+    return _prior.load_prior(name)
 
 
 def _resolve_prior(prior, atoms: Atoms, kind: str):
@@ -288,8 +288,14 @@ def _resolve_prior(prior, atoms: Atoms, kind: str):
     if prior is None or prior is False:
         return None
     if isinstance(prior, str) and prior == "auto":
-        model = _shipped_prior()
-        return model if kind in PRIOR_KINDS and model.fits(atoms) else None
+        if kind not in PRIOR_KINDS:
+            return None
+        # The molecule-specific prior first, then the broad one (any small molecule of its elements).
+        for name in _prior.SHIPPED:
+            model = _shipped_prior(name)
+            if model.fits(atoms):
+                return model
+        return None
     model = prior if isinstance(prior, _prior.Prior) else _prior.load_prior(prior)
     if kind not in PRIOR_KINDS:
         raise ValueError(f"the prior reads {PRIOR_KINDS} patterns, not {kind!r}; pass prior=None")
@@ -394,9 +400,10 @@ def retrieve(
         dtype: float32 (fast) or float64 (needs jax_enable_x64) for the refinement.
         progress: show a progress bar (stderr) over chunks of a batch.
         chunk: patterns refined per compiled call (default: all of them, or 64 with ``progress``).
-        prior: the learned prior whose K proposals per pattern join the starts. "auto" (default) uses the prior
-            shipped with xfit when it was trained on this molecule (``Prior.fits``) and the pattern is one it reads
-            (X-ray total, elastic, molecular or percent difference), and nothing otherwise; a folder written by
+        prior: the learned prior whose K proposals per pattern join the starts. "auto" (default) uses a prior
+            shipped with xfit when it fits the molecule (``Prior.fits``) and the pattern is one it reads (X-ray
+            total, elastic, molecular or percent difference): the NMM/CHD/DT prior for those molecules, else the
+            broad prior for a molecule of H, C, N, O, S up to 24 atoms, else none; a name ("nmm_chd_dt", "broad"), a folder written by
             ``xfit train`` or an ``xfit.Prior`` uses that one (an error if it cannot read the pattern); None or
             False switches it off. For a percent difference with the fraction unknown, the prior proposes at
             fractions 2.5 % to 100 % (PRIOR_FRACTIONS) and all proposals join. ``info["prior"]`` says which was

@@ -330,6 +330,7 @@ def train(
     train_config: TrainConfig | None = None,
     max_automorphisms: int = 256,
     progress: bool | Callable[[int, dict], None] = False,
+    any_molecule: bool = False,
 ) -> _prior.Prior:
     """Train a prior on one or more pools and write it to ``output`` (a folder, see ``xfit.load_prior``).
 
@@ -344,6 +345,9 @@ def train(
             ``TrainConfig()``).
         max_automorphisms: cap on the atom permutations the loss minimises over, per molecule.
         progress: True for a progress bar (stderr), or a callback(step, metrics) called after every step.
+        any_molecule: mark the result as a broad prior that serves any molecule of its training elements (up to
+            ``config.max_atoms`` atoms), not only its training molecules: for networks trained on many molecules,
+            whose use on unseen ones has been checked (``benchmarks/prior.py``, section 5).
 
     Returns:
         The trained :class:`xfit.Prior`.
@@ -439,6 +443,7 @@ def train(
         "xfit_version": xfit.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    _prior.save_prior(output, config, params, molecules, metadata)
+    elements = sorted({int(z) for s in sources for z in s.atoms.numbers})
+    _prior.save_prior(output, config, params, molecules, metadata, any_molecule_of=elements if any_molecule else None)
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
     return _prior.load_prior(output)

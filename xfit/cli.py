@@ -301,7 +301,14 @@ def _cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     print(f"train: {len(args.pools)} pool(s) -> {args.output}; {config}")
-    prior = _train.train(args.pools, args.output, config=config, train_config=train_config, progress=True)
+    prior = _train.train(
+        args.pools,
+        args.output,
+        config=config,
+        train_config=train_config,
+        progress=True,
+        any_molecule=args.any_molecule,
+    )
     last = prior.metadata["history"][-1] if prior.metadata["history"] else {}
     print(
         f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; "
@@ -429,7 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--smoothness", type=float, default=0.0, help="couple neighbouring delays (chi^2 per A^2)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
     prior = r.add_mutually_exclusive_group()
-    prior.add_argument("--prior", type=Path, metavar="FOLDER", help="prior folder from 'xfit train' (default: shipped)")
+    prior.add_argument(
+        "--prior",
+        metavar="FOLDER",
+        help="prior folder from 'xfit train', or a shipped prior by name: nmm_chd_dt, broad (default: the shipped "
+        "prior that fits the molecule)",
+    )
     prior.add_argument("--no-prior", action="store_true", help="do not add the learned prior's proposals as starts")
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
@@ -524,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-atoms", type=int, default=32, help="largest molecule the network takes (default 32)")
     t.add_argument("--physics-weight", type=float, default=0.1, help="weight of the IAM consistency term")
     t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    t.add_argument(
+        "--any-molecule",
+        action="store_true",
+        help="a broad prior: 'prior=auto' may use it for any molecule of its training elements, not only its "
+        "training molecules (check it on unseen molecules first: benchmarks/prior.py --sections unseen)",
+    )
     t.set_defaults(run=_cmd_train)
     return parser
 

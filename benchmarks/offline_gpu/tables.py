@@ -1,0 +1,25 @@
+"""GPU machine: serve RDKit's graph keys/automorphisms and the xraydb/xraylib tables from BUNDLE/tables.pkl.
+
+Import it before anything else uses xfit: ``XFIT_BUNDLE=bundle python -c "import tables; ..."``.
+"""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from xfit import _elements, _prior
+from xfit._structures import covalent_bonds
+
+_TABLES = pickle.loads((Path(os.environ.get("XFIT_BUNDLE", "bundle")) / "tables.pkl").read_bytes())
+_elements._waasmaier_kirfel_table = lambda: _TABLES["wk"]
+_elements._compton_spline = lambda z: _TABLES["compton"][int(z)]
+
+
+def _signature(atoms) -> tuple:
+    return (tuple(int(z) for z in atoms.numbers), tuple(map(tuple, np.asarray(covalent_bonds(atoms)).tolist())))
+
+
+_prior.graph_key = lambda atoms: _TABLES["graph"][_signature(atoms)][0]
+_prior.automorphisms = lambda atoms, limit=256: _TABLES["graph"][_signature(atoms)][1][:limit]
