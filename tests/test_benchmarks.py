@@ -68,3 +68,6 @@ def test_prior_benchmark_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert set(data["held_out"]) == {"CHD", "DT", "NMM"}
     assert "(d) prior + refinement" in data["held_out"]["CHD"] and data["speed"]["inference_latency_s"] > 0
+    unseen = data["unseen"]
+    assert {"NMM", "CHD", "DT", "1,4-thioxane"} <= set(unseen) and unseen["broad_prior"].endswith("broad")
+    assert "specific prior + refinement" in unseen["CHD"] and "broad prior + refinement" in unseen["1,4-thioxane"]

@@ -79,7 +79,7 @@ def test_padded_intensity_with_factors_as_data_matches_intensity(chd, nmm):
         x[:, :n] = atoms.positions + rng.normal(0.0, 0.1, (3, n, 3))
         got = _iam.padded_intensity(x, q, factors, incoherent)
         np.testing.assert_allclose(got, _iam.intensity(atoms.numbers, x[:, :n], q), rtol=RTOL[np.float64])
-        grad = jax.grad(lambda x: _iam.padded_intensity(x, q, factors, incoherent).sum())(x)
+        grad = jax.grad(lambda x, f=factors, c=incoherent: _iam.padded_intensity(x, q, f, c).sum())(x)
         assert np.all(np.isfinite(grad)) and not np.any(grad[:, n:])
 
 

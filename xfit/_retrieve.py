@@ -276,6 +276,8 @@ PRIOR_FRACTIONS = (0.025, 0.05, 0.1, 0.2, 0.4, 1.0)
 """Excitation fractions at which the prior reads a percent difference whose fraction is unknown."""
 
 PRIOR_KINDS = ("total", "elastic", "molecular", "percent_difference")
+AUTO_PRIORS = ("nmm_chd_dt",)
+"""The shipped priors that ``prior="auto"`` tries, in order."""
 
 
 @functools.cache
@@ -290,8 +292,9 @@ def _resolve_prior(prior, atoms: Atoms, kind: str):
     if isinstance(prior, str) and prior == "auto":
         if kind not in PRIOR_KINDS:
             return None
-        # The molecule-specific prior first, then the broad one (any small molecule of its elements).
-        for name in _prior.SHIPPED:
+        # Only a prior trained on this molecule: the broad prior is opt-in (prior="broad"), since on molecules it
+        # never saw it has not shown a consistent gain yet (benchmarks/prior.py, section 5).
+        for name in AUTO_PRIORS:
             model = _shipped_prior(name)
             if model.fits(atoms):
                 return model
@@ -400,10 +403,10 @@ def retrieve(
         dtype: float32 (fast) or float64 (needs jax_enable_x64) for the refinement.
         progress: show a progress bar (stderr) over chunks of a batch.
         chunk: patterns refined per compiled call (default: all of them, or 64 with ``progress``).
-        prior: the learned prior whose K proposals per pattern join the starts. "auto" (default) uses a prior
-            shipped with xfit when it fits the molecule (``Prior.fits``) and the pattern is one it reads (X-ray
-            total, elastic, molecular or percent difference): the NMM/CHD/DT prior for those molecules, else the
-            broad prior for a molecule of H, C, N, O, S up to 24 atoms, else none; a name ("nmm_chd_dt", "broad"), a folder written by
+        prior: the learned prior whose K proposals per pattern join the starts. "auto" (default) uses the shipped
+            NMM/CHD/DT prior for those molecules (``Prior.fits``: same bond graph) when the pattern is one it reads
+            (X-ray total, elastic, molecular or percent difference), and nothing otherwise; a shipped prior's name
+            ("nmm_chd_dt", or "broad" for any molecule of H, C, N, O, S up to 24 atoms), a folder written by
             ``xfit train`` or an ``xfit.Prior`` uses that one (an error if it cannot read the pattern); None or
             False switches it off. For a percent difference with the fraction unknown, the prior proposes at
             fractions 2.5 % to 100 % (PRIOR_FRACTIONS) and all proposals join. ``info["prior"]`` says which was

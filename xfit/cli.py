@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument(
         "--prior",
         metavar="FOLDER",
-        help="prior folder from 'xfit train', or a shipped prior by name: nmm_chd_dt, broad (default: the shipped "
+        help="prior folder from 'xfit train', or a shipped prior by name: nmm_chd_dt, broad (default: the NMM/CHD/DT "
         "prior that fits the molecule)",
     )
     prior.add_argument("--no-prior", action="store_true", help="do not add the learned prior's proposals as starts")
@@ -539,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--any-molecule",
         action="store_true",
-        help="a broad prior: 'prior=auto' may use it for any molecule of its training elements, not only its "
-        "training molecules (check it on unseen molecules first: benchmarks/prior.py --sections unseen)",
+        help="mark a broad prior: it fits any molecule of its training elements up to --max-atoms, not only its "
+        "training molecules (check it on unseen molecules: benchmarks/prior.py --sections unseen)",
     )
     t.set_defaults(run=_cmd_train)
     return parser
