@@ -102,3 +102,33 @@ def test_retrieve_errors(capsys):
     argv = ["retrieve", str(DATA / "nmm_experiment.mat"), "--atoms", str(DATA / "chd.xyz"), "--delays", "9:10"]
     assert main(argv) == 2
     assert "no pattern has a delay" in capsys.readouterr().err
+
+
+def test_pool_prepare_train_and_retrieve_with_priors(tmp_path, capsys):
+    """The prior workflow a user runs: prepare a pool, finish it, train, retrieve with/without/with a named prior."""
+    pool = tmp_path / "ethanol.h5"
+    argv = ["pool", "CCO", "--method", "wigner", "-n", "64", "--q", "0.2:8:128", "--forcefield", "mmff"]
+    assert main([*argv, "--prepare-only", "-o", str(pool)]) == 0
+    assert "prepared" in capsys.readouterr().out and xfit.pool_summary(pool)["n"] == 0
+    assert main([*argv, "-o", str(pool)]) == 0
+    assert xfit.pool_summary(pool)["n"] == 64
+    prior = tmp_path / "prior"
+    train = ["train", str(pool), "-o", str(prior), "--steps", "3", "--batch-size", "8", "--width", "16"]
+    assert main([*train, "--blocks", "1", "--max-atoms", "12", "--hypotheses", "2", "--any-molecule"]) == 0
+    assert "wrote" in capsys.readouterr().out and xfit.load_prior(prior).any_molecule_of == (1, 6, 8)
+    ethanol = tmp_path / "ethanol.xyz"
+    atoms = xfit.molecule("CCO", forcefield="mmff")
+    atoms.write(ethanol)
+    pattern = tmp_path / "ethanol.txt"
+    assert main(["pattern", str(ethanol), "--q", "0.5:8:60", "-o", str(pattern)]) == 0
+    retrieve = ["retrieve", str(pattern), "--atoms", str(ethanol), "--starts", "2", "--steps", "5"]
+    for extra, shown in (
+        ([], "prior: none"),
+        (["--prior", str(prior)], f"prior: {prior}"),
+        (["--prior", "broad"], "broad"),
+    ):
+        capsys.readouterr()
+        assert main([*retrieve, *extra, "-o", str(tmp_path / "r.xyz")]) == 0
+        assert shown in capsys.readouterr().out
+    assert main([*retrieve, "--prior", str(tmp_path / "nowhere")]) == 2
+    assert "not a prior" in capsys.readouterr().err
