@@ -71,3 +71,17 @@ def test_prior_benchmark_smoke(tmp_path):
     unseen = data["unseen"]
     assert {"NMM", "CHD", "DT", "1,4-thioxane"} <= set(unseen) and unseen["broad_prior"].endswith("broad")
     assert "specific prior + refinement" in unseen["CHD"] and "broad prior + refinement" in unseen["1,4-thioxane"]
+
+
+def test_prior_encoders_benchmark_smoke(tmp_path):
+    out = tmp_path / "encoders.json"
+    script = str(ROOT / "benchmarks" / "prior_encoders.py")
+    result = subprocess.run(
+        [sys.executable, script, "--smoke", "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["encoders"]
+    assert set(rows) == {"cnn", "gru"} and all(r["refined_median"] >= 0 for r in rows.values())

@@ -199,9 +199,12 @@ def _read_reference(path: Path, spec: PoolSpec) -> dict | None:
         out = {
             "numbers": f["numbers"][()],
             "reference_positions": f["reference_positions"][()],
-            "info": {k: str(f.attrs.get(k, "")) for k in ("name", "smiles", "mapped_smiles")},
+            "info": {
+                "name": str(f.attrs.get("molecule", spec.molecule)),
+                "smiles": str(f.attrs.get("smiles", "")),
+                "mapped_smiles": str(f.attrs.get("mapped_smiles", "")),
+            },
         }
-        out["info"]["name"] = str(f.attrs.get("molecule", spec.molecule))
         if "hessian" in f:
             out["hessian"] = f["hessian"][()]
         return out

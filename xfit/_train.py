@@ -14,8 +14,9 @@ Loss (``loss="invariant"``), per hypothesis k:
 with distances d in A and weights w (1 heavy-heavy, 0.5 heavy-H, 0.2 H-H): invariant to rotation, translation,
 reflection and relabelling of equivalent atoms. Winner-take-all: min_k L_k + spread_weight * mean_k L_k (the
 small second term keeps every hypothesis trained). The scores learn which hypothesis wins (cross-entropy). The
-physics term runs ``xfit.intensity`` on the winner and compares its relative signal with the clean input's
-(squared mismatch over the squared signal, floored at 0.1 % noise). ``loss="coordinates"`` is the original
+physics term runs the IAM on the winner (``_iam.padded_intensity``: ``xfit.intensity`` with the scattering factors
+passed as data, so one compiled step serves every molecule) and compares its relative signal with the clean
+input's (squared mismatch over the squared signal, floored at 0.1 % noise). ``loss="coordinates"`` is the original
 project's unaligned coordinate MSE (benchmarks only).
 
 Everything is a function of (seed, step): the pool drawn, the augmentation, the batch. A checkpoint holds the
