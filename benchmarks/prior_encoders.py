@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             if (out / "prior.json").is_file()
             else xfit.train(pools, out, config=config, train_config=train)
         )
-        prior.propose(q, y[:2], "total", reference)
+        prior.propose(q, y, "total", reference)  # compile for this batch shape first
         t0 = time.perf_counter()
         proposals, scores = prior.propose(q, y, "total", reference)
         rate = len(y) / (time.perf_counter() - t0)

@@ -282,7 +282,8 @@ def _cmd_pool(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
+def train_configs(args):
+    """(PriorConfig, TrainConfig) from parsed ``xfit train`` arguments."""
     from xfit import _prior, _train
 
     config = _prior.PriorConfig(
@@ -300,6 +301,13 @@ def _cmd_train(args) -> int:
         physics_weight=args.physics_weight,
         checkpoint_every=args.checkpoint_every,
     )
+    return config, train_config
+
+
+def _cmd_train(args) -> int:
+    from xfit import _train
+
+    config, train_config = train_configs(args)
     print(f"train: {len(args.pools)} pool(s) -> {args.output}; {config}")
     prior = _train.train(
         args.pools,
