@@ -85,3 +85,19 @@ def test_prior_encoders_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["encoders"]
     assert set(rows) == {"cnn", "gru"} and all(r["refined_median"] >= 0 for r in rows.values())
+
+
+def test_prior_ranking_benchmark_smoke(tmp_path):
+    out = tmp_path / "ranking.json"
+    script = str(ROOT / "benchmarks" / "prior_ranking.py")
+    result = subprocess.run(
+        [sys.executable, script, "--smoke", "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sets = json.loads(out.read_text())["sets"]
+    assert {"CHD held-out sweep", "DT held-out sweep"} <= set(sets)
+    for row in sets.values():  # the oracle picks among the same candidates, so it can only be as good or better
+        assert row["oracle"]["median"] <= row["chi2"]["median"] + 1e-12
