@@ -9,11 +9,12 @@ import pytest
 from .conftest import ROOT
 
 
-def run_smoke(name: str, tmp_path) -> dict:
-    """Run benchmarks/NAME.py --smoke and return the JSON it writes."""
+def run_smoke(name: str, tmp_path, *, workdir: bool = False) -> dict:
+    """Run benchmarks/NAME.py --smoke (with --workdir tmp_path if asked) and return the JSON it writes."""
     out = tmp_path / f"{name}.json"
+    extra = ["--workdir", str(tmp_path)] if workdir else []
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke", *extra, "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -49,23 +50,7 @@ def test_images_benchmark_smoke(tmp_path):
 
 
 def test_prior_benchmark_smoke(tmp_path):
-    out = tmp_path / "prior.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "prior.py"),
-            "--smoke",
-            "--workdir",
-            str(tmp_path),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data = run_smoke("prior", tmp_path, workdir=True)
     assert set(data["held_out"]) == {"CHD", "DT", "NMM"}
     assert "(d) prior + refinement" in data["held_out"]["CHD"] and data["speed"]["inference_latency_s"] > 0
     unseen = data["unseen"]
@@ -74,30 +59,12 @@ def test_prior_benchmark_smoke(tmp_path):
 
 
 def test_prior_encoders_benchmark_smoke(tmp_path):
-    out = tmp_path / "encoders.json"
-    script = str(ROOT / "benchmarks" / "prior_encoders.py")
-    result = subprocess.run(
-        [sys.executable, script, "--smoke", "--workdir", str(tmp_path), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["encoders"]
+    rows = run_smoke("prior_encoders", tmp_path, workdir=True)["encoders"]
     assert set(rows) == {"cnn", "gru"} and all(r["refined_median"] >= 0 for r in rows.values())
 
 
 def test_prior_ranking_benchmark_smoke(tmp_path):
-    out = tmp_path / "ranking.json"
-    script = str(ROOT / "benchmarks" / "prior_ranking.py")
-    result = subprocess.run(
-        [sys.executable, script, "--smoke", "--workdir", str(tmp_path), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sets = json.loads(out.read_text())["sets"]
+    sets = run_smoke("prior_ranking", tmp_path, workdir=True)["sets"]
     assert {"CHD held-out sweep", "DT held-out sweep"} <= set(sets)
     for row in sets.values():  # the oracle picks among the same candidates, so it can only be as good or better
         assert row["oracle"]["median"] <= row["chi2"]["median"] + 1e-12

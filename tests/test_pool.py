@@ -155,6 +155,12 @@ def test_same_seed_same_file_and_other_commands_refused(tmp_path):
         assert f.attrs["seed"] == 6
 
 
+def test_spec_round_trips_through_the_pool_config():
+    sweep = _pool.PoolSpec("CHD", "sweep", 10, (0.5, 8.0, 16), forcefield="mmff")
+    for spec in (sweep, _pool.PoolSpec("CCO", "wigner", 10, (0.2, 8.0, 128), seed=3)):
+        assert _pool.PoolSpec.from_json(spec.to_json()) == spec
+
+
 def test_prepared_wigner_pool_finishes_without_rdkit_or_force_field(tmp_path, monkeypatch):
     spec = _pool.PoolSpec("DT", "wigner", 300, (0.5, 8.0, 16), forcefield="mmff", chunk=128, seed=2)
     straight = _pool.build_pool(tmp_path / "straight.h5", spec)

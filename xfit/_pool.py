@@ -104,6 +104,15 @@ class PoolSpec:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text: str) -> PoolSpec:
+        """The spec a pool file's ``config`` attribute records (the inverse of ``to_json``)."""
+        fields = json.loads(text)
+        fields["q"] = tuple(fields["q"])
+        if fields.get("coordinate_range") is not None:
+            fields["coordinate_range"] = tuple(fields["coordinate_range"])
+        return cls(**fields)
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Building.

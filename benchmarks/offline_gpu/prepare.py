@@ -9,7 +9,6 @@ machine samples them again with ``finish_pools.py``, the same ``build_pool`` cod
     python benchmarks/offline_gpu/prepare.py BUNDLE main:/path/to/pools broad:/path/to/broad_pools
 """
 
-import json
 import pickle
 import shutil
 import sys
@@ -25,11 +24,7 @@ from xfit._structures import covalent_bonds
 
 def spec_of(path) -> _pool.PoolSpec:
     with h5py.File(path) as f:
-        d = json.loads(f.attrs["config"])
-    d["q"] = tuple(d["q"])
-    if d.get("coordinate_range") is not None:
-        d["coordinate_range"] = tuple(d["coordinate_range"])
-    return _pool.PoolSpec(**d)
+        return _pool.PoolSpec.from_json(f.attrs["config"])
 
 
 def graph_signature(atoms) -> tuple:

@@ -7,19 +7,14 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
+from prepare import graph_signature
 
 from xfit import _elements, _prior
-from xfit._structures import covalent_bonds
 
 _TABLES = pickle.loads((Path(os.environ.get("XFIT_BUNDLE", "bundle")) / "tables.pkl").read_bytes())
 _elements._waasmaier_kirfel_table = lambda: _TABLES["wk"]
 _elements._compton_spline = lambda z: _TABLES["compton"][int(z)]
 
 
-def _signature(atoms) -> tuple:
-    return (tuple(int(z) for z in atoms.numbers), tuple(map(tuple, np.asarray(covalent_bonds(atoms)).tolist())))
-
-
-_prior.graph_key = lambda atoms: _TABLES["graph"][_signature(atoms)][0]
-_prior.automorphisms = lambda atoms, limit=256: _TABLES["graph"][_signature(atoms)][1][:limit]
+_prior.graph_key = lambda atoms: _TABLES["graph"][graph_signature(atoms)][0]
+_prior.automorphisms = lambda atoms, limit=256: _TABLES["graph"][graph_signature(atoms)][1][:limit]

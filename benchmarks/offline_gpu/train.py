@@ -32,13 +32,14 @@ def progress(step, metrics):
 _train.train(
     args.pools, args.output, config=config, train_config=train_config, progress=progress, any_molecule=args.any_molecule
 )
-steady = (stamps[steps] - stamps[min(steps, 50)]) / max(1, steps - 50)
+first = 50 if steps > 100 else 1  # steady rate: after the compiled step has warmed up
+steady = (stamps[steps] - stamps[first]) / max(1, steps - first)
 summary = {
     "output": str(args.output),
     "steps": steps,
     "first_step_s": stamps[1],
     "step_ms": 1e3 * steady,
-    "examples_per_s": train_config.batch_size / steady,
+    "examples_per_s": train_config.batch_size / steady if steady > 0 else None,
     "total_s": stamps[steps],
 }
 print(json.dumps(summary), flush=True)
