@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     from ase.io import read
 
     import xfit
-    from xfit._prior import graph_key
+    from xfit.learn._proposal import graph_key
 
     prior = xfit.load_prior(args.prior)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ FRAMES = [("traj090", k) for k in (5, 15, 25, 35, 45, 55)] + [("traj001", k) for
 
 def mean_of_comparable(result):
     """Mean structure of the comparable candidates, each superposed (reflection allowed) on the best."""
-    from xfit._metrics import kabsch
+    from xfit.chem._metrics import kabsch
 
     base = result.candidates[0].positions - result.candidates[0].positions.mean(0)
     aligned = [base]

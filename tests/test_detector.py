@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xfit
-from xfit._detector import Detector, radial_average, simulate_image
+from xfit.physics._detector import Detector, radial_average, simulate_image
 
 pyFAI = pytest.importorskip("pyFAI")
 

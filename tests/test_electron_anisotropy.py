@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 from scipy.spatial.transform import Rotation
 
 import xfit
-from xfit import _elements
+from xfit.physics import _elements
 
 Q = np.linspace(0.0, 12.0, 241)
 

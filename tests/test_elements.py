@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xfit import _elements
+from xfit.physics import _elements
 
 S_GRID = np.linspace(0.0, _elements.S_MAX, 241)
 Q_GRID = 4 * np.pi * S_GRID

@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 from scipy.spatial.transform import Rotation
 
 import xfit
-from xfit import _iam
+from xfit.physics import _iam
 
 from .conftest import RTOL
 

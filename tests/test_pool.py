@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import xfit
-from xfit import _pool, _sampling
-from xfit._forcefield import calculator, hessian
-from xfit._molecules import bonds, molecule
+from xfit.chem import _pool, _sampling
+from xfit.chem._forcefield import calculator, hessian
+from xfit.chem._molecules import bonds, molecule
 
 from .conftest import ROOT
 
@@ -170,8 +170,8 @@ def test_prepared_wigner_pool_finishes_without_rdkit_or_force_field(tmp_path, mo
         assert f["positions"].shape == (0, 14, 3) and "hessian" in f  # C4H8S2
     # The machine that finishes it has neither RDKit nor a force field.
     monkeypatch.setitem(sys.modules, "rdkit", None)
-    monkeypatch.setitem(sys.modules, "xfit._forcefield", None)
-    monkeypatch.setitem(sys.modules, "xfit._molecules", None)
+    monkeypatch.setitem(sys.modules, "xfit.chem._forcefield", None)
+    monkeypatch.setitem(sys.modules, "xfit.chem._molecules", None)
     _pool.build_pool(prepared, spec)
     with h5py.File(straight) as fa, h5py.File(prepared) as fb:
         assert fb.attrs["status"] == "complete" and fb.attrs["molecule"] == fa.attrs["molecule"]
@@ -184,7 +184,7 @@ def test_killed_pool_is_readable_and_resumes_to_exactly_n_unique_structures(tmp_
     n, chunk = 6000, 100
     path = tmp_path / "killed.h5"
     spec = f"PoolSpec('DT', 'wigner', {n}, (0.5, 8.0, 64), forcefield='mmff', chunk={chunk}, seed=2)"
-    code = f"from xfit._pool import PoolSpec, build_pool\nbuild_pool({str(path)!r}, {spec})\n"
+    code = f"from xfit.chem._pool import PoolSpec, build_pool\nbuild_pool({str(path)!r}, {spec})\n"
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     seen = []
     for attempt in range(3):  # kill it three times, at different stages

@@ -10,9 +10,10 @@ from ase import Atoms
 from scipy.spatial.transform import Rotation
 
 import xfit
-from xfit import _pool, _prior, _train
+from xfit.chem import _pool
+from xfit.learn import _proposal, _train
 
-TINY = _prior.PriorConfig(n_hypotheses=3, max_atoms=16, width=16, heads=2, blocks=1)
+TINY = _proposal.PriorConfig(n_hypotheses=3, max_atoms=16, width=16, heads=2, blocks=1)
 
 
 def _random_rotation(seed, reflect=False):
@@ -23,7 +24,7 @@ def _random_rotation(seed, reflect=False):
 @pytest.mark.parametrize("name, count", [("NMM", 192), ("CHD", 8), ("DT", 32)])
 def test_automorphisms_preserve_the_bond_graph(name, count):
     atoms = xfit.molecule(name, forcefield="mmff")
-    perms = _prior.automorphisms(atoms)
+    perms = _proposal.automorphisms(atoms)
     assert len(perms) == count and np.array_equal(perms[0], np.arange(len(atoms)))
     bonds = {tuple(sorted(b)) for b in xfit.bonds(atoms)}
     for p in perms:
@@ -34,13 +35,13 @@ def test_automorphisms_preserve_the_bond_graph(name, count):
 def test_graph_key_ignores_atom_order_and_geometry(chd, nmm):
     shuffled = chd[np.random.default_rng(0).permutation(len(chd))]
     shuffled.positions += np.random.default_rng(1).normal(0, 0.02, shuffled.positions.shape)
-    assert _prior.graph_key(shuffled) == _prior.graph_key(chd) != _prior.graph_key(nmm)
+    assert _proposal.graph_key(shuffled) == _proposal.graph_key(chd) != _proposal.graph_key(nmm)
 
 
 def test_loss_is_invariant_to_rotation_reflection_and_equivalent_labels(nmm):
     rng = np.random.default_rng(0)
     n = len(nmm)
-    perms = jnp.asarray(_prior.automorphisms(nmm))
+    perms = jnp.asarray(_proposal.automorphisms(nmm))
     weights = jnp.asarray(_train._pair_weights(nmm.numbers, n))
     target = nmm.positions + rng.normal(0, 0.1, (n, 3))
     predicted = nmm.positions + rng.normal(0, 0.1, (2, n, 3))
@@ -57,14 +58,14 @@ def test_loss_is_invariant_to_rotation_reflection_and_equivalent_labels(nmm):
 
 
 def test_network_is_equivariant_to_rotation_and_atom_order(chd):
-    params = _prior.init_params(TINY, jax.random.key(0))
+    params = _proposal.init_params(TINY, jax.random.key(0))
     # Non-zero head weights, so that the candidates differ from the reference.
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
     features = np.random.default_rng(0).normal(size=(1, TINY.n_q, 4)).astype(np.float32)
 
     def run(atoms):
-        inputs = _prior.molecule_inputs(atoms, TINY.max_atoms)
-        x, logits = _prior._apply(TINY, params, features, {k: v[None] for k, v in inputs.items()})
+        inputs = _proposal.molecule_inputs(atoms, TINY.max_atoms)
+        x, logits = _proposal._apply(TINY, params, features, {k: v[None] for k, v in inputs.items()})
         return np.asarray(x[0, :, : len(atoms)], np.float64), np.asarray(logits[0])
 
     x, logits = run(chd)
@@ -87,23 +88,23 @@ def test_relative_signal_is_the_same_change_whatever_was_measured(chd):
     excited.positions[5] += 0.4 * (chd.positions[5] - chd.positions[0])
     i_ref, i_exc = xfit.scattering(chd, q), xfit.scattering(excited, q)
     expected = (i_exc - i_ref) / i_ref
-    total = _prior.relative_signal(q, 3.7 * i_exc, "total", i_ref, i_ref)
+    total = _proposal.relative_signal(q, 3.7 * i_exc, "total", i_ref, i_ref)
     fraction = 0.12
     percent = np.asarray(xfit.percent_difference(i_exc, i_ref, fraction))
-    diff = _prior.relative_signal(q, percent, "percent_difference", i_ref, i_ref, fraction=fraction)
+    diff = _proposal.relative_signal(q, percent, "percent_difference", i_ref, i_ref, fraction=fraction)
     np.testing.assert_allclose(diff, expected, atol=1e-12)
     # The fitted scale absorbs the unknown 3.7 and a little of the change; the shape is unchanged.
     assert np.corrcoef(total, expected)[0, 1] > 0.999
     elastic = xfit.scattering(excited, q, kind="elastic")
-    from_elastic = _prior.relative_signal(q, elastic, "elastic", xfit.scattering(chd, q, kind="elastic"), i_ref)
+    from_elastic = _proposal.relative_signal(q, elastic, "elastic", xfit.scattering(chd, q, kind="elastic"), i_ref)
     assert np.corrcoef(from_elastic, expected)[0, 1] > 0.999
     with pytest.raises(ValueError, match="fraction"):
-        _prior.relative_signal(q, percent, "percent_difference", i_ref, i_ref)
+        _proposal.relative_signal(q, percent, "percent_difference", i_ref, i_ref)
 
 
 def test_features_mask_the_q_range_without_data():
     q = np.linspace(0.33, 4.37, 39)
-    features = _prior.pattern_features(TINY, q, np.full(39, 0.01))
+    features = _proposal.pattern_features(TINY, q, np.full(39, 0.01))
     inside = (TINY.q >= 0.33) & (TINY.q <= 4.37)
     np.testing.assert_array_equal(features[:, 2], inside)
     np.testing.assert_allclose(features[inside, 0], 1.0, rtol=1e-6)
@@ -131,12 +132,12 @@ def test_training_resumes_exactly_where_it_stopped(tiny_pool, tmp_path):
     with pytest.raises(Stop):
         xfit.train([tiny_pool], tmp_path / "cut", config=TINY, train_config=train, progress=stop_at_4)
     assert (tmp_path / "cut" / _train.CHECKPOINT_FILE).is_file()
-    assert not (tmp_path / "cut" / _prior.CONFIG_FILE).exists()  # no half-finished prior
+    assert not (tmp_path / "cut" / _proposal.CONFIG_FILE).exists()  # no half-finished prior
     resumed = xfit.train([tiny_pool], tmp_path / "cut", config=TINY, train_config=train)
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not (tmp_path / "cut" / _train.CHECKPOINT_FILE).exists()
-    info = json.loads((tmp_path / "cut" / _prior.CONFIG_FILE).read_text())
+    info = json.loads((tmp_path / "cut" / _proposal.CONFIG_FILE).read_text())
     assert info["metadata"]["pools"][0]["molecule"] == "CCO" and info["config"]["width"] == TINY.width
     other = _train.TrainConfig(steps=6, batch_size=8, checkpoint_every=3, warmup=1, seed=9)
     _train._save_checkpoint(tmp_path / "cut", "someone else's run", 3, whole.params, None, [])
@@ -173,7 +174,7 @@ def test_a_trained_prior_proposes_and_retrieve_uses_it(tiny_pool, tmp_path):
     assert broad.fits(acetone) and not prior.fits(acetone) and not broad.fits(xfit.molecule("DT", forcefield="mmff"))
     percent = xfit.Pattern(q, np.zeros_like(q) + 0.01, kind="percent_difference")
     unknown = xfit.retrieve(percent, ethanol, prior=prior, **common)
-    assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit._retrieve.PRIOR_FRACTIONS)
+    assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit.infer._retrieve.PRIOR_FRACTIONS)
 
 
 def test_shipped_prior_loads_fits_its_molecules_and_is_small(chd, nmm):
@@ -189,7 +190,9 @@ def test_shipped_prior_loads_fits_its_molecules_and_is_small(chd, nmm):
     folder = Path(broad.path)
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 20e6
     assert broad.any_molecule_of == (1, 6, 7, 8, 16) and len(broad.molecules) == 32
-    assert broad.fits(nmm) and broad.fits(chd) and not any(_prior.graph_key(m) in broad.molecules for m in (nmm, chd))
+    assert (
+        broad.fits(nmm) and broad.fits(chd) and not any(_proposal.graph_key(m) in broad.molecules for m in (nmm, chd))
+    )
     assert "make_broad_pools.sh" in (folder / "README.md").read_text()
 
 
@@ -198,10 +201,10 @@ def test_bad_inputs_name_the_problem(tmp_path, tiny_pool):
         xfit.load_prior(tmp_path)
     with pytest.raises(FileNotFoundError, match="pool not found"):
         xfit.train([tmp_path / "missing.h5"], tmp_path / "out", config=TINY)
-    small = _prior.PriorConfig(q_min=0.1, max_atoms=16, width=16, heads=2, blocks=1)
+    small = _proposal.PriorConfig(q_min=0.1, max_atoms=16, width=16, heads=2, blocks=1)
     with pytest.raises(ValueError, match="does not cover"):
         xfit.train([tiny_pool], tmp_path / "out", config=small)
     with pytest.raises(ValueError, match="takes at most 4"):
-        _prior.molecule_inputs(xfit.molecule("CCO", forcefield="mmff"), 4)
+        _proposal.molecule_inputs(xfit.molecule("CCO", forcefield="mmff"), 4)
     with pytest.raises(ValueError, match="encoder"):
-        _prior.PriorConfig(encoder="lstm")
+        _proposal.PriorConfig(encoder="lstm")

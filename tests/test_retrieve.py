@@ -37,7 +37,7 @@ def test_rmsd_is_zero_under_rigid_motion_and_reflection(nmm):
 
 
 def test_rmsd_permutes_equivalent_hydrogens(nmm):
-    from xfit._metrics import equivalent_groups
+    from xfit.chem._metrics import equivalent_groups
 
     methyl = next(g for g in equivalent_groups(nmm) if len(g) == 3)
     swapped = nmm.copy()

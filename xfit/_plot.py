@@ -82,7 +82,7 @@ def plot_scattering(q, parts: dict[str, np.ndarray], labels: list[str], title: s
 def plot_retrieval(result, path=None, *, pairs=None):
     """Four panels: data with the fit, normalised residual, the structure (projection on its principal plane), and
     heavy-atom distances with their Gauss-Newton error bars."""
-    from xfit._structures import covalent_bonds
+    from xfit.chem._structures import covalent_bonds
 
     pattern, model, atoms = result.pattern, result.model, result.atoms
     fig = _pyplot().figure(figsize=(11, 6.5), constrained_layout=True)

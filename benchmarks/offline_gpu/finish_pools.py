@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import tables  # noqa: F401  (patches xfit: see tables.py)
 
-from xfit import _pool
+from xfit.chem import _pool
 
 for path in sys.argv[1:]:
     with h5py.File(path) as f:

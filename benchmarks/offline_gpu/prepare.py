@@ -18,8 +18,10 @@ import h5py
 import numpy as np
 from ase import Atoms
 
-from xfit import _elements, _pool, _prior
-from xfit._structures import covalent_bonds
+from xfit.chem import _pool
+from xfit.chem._structures import covalent_bonds
+from xfit.learn import _proposal
+from xfit.physics import _elements
 
 
 def spec_of(path) -> _pool.PoolSpec:
@@ -49,7 +51,7 @@ def main(bundle: Path, groups: list[str]) -> None:
             atoms = Atoms(numbers=f["numbers"][()], positions=f["reference_positions"][()])
         key = graph_signature(atoms)
         if key not in graph:
-            graph[key] = (_prior.graph_key(atoms), _prior.automorphisms(atoms, 256))
+            graph[key] = (_proposal.graph_key(atoms), _proposal.automorphisms(atoms, 256))
     elements = sorted({z for k in graph for z in k[0]})
     tables = {
         "wk": _elements._waasmaier_kirfel_table(),

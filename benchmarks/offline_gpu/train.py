@@ -12,8 +12,8 @@ import time
 import jax
 import tables  # noqa: F401  (patches xfit: see tables.py)
 
-from xfit import _train
 from xfit.cli import build_parser, train_configs
+from xfit.learn import _train
 
 args = build_parser().parse_args(["train", *sys.argv[1:]])
 config, train_config = train_configs(args)

@@ -212,7 +212,7 @@ def relativistic_factor(energy_kev: float) -> float:
 def _kirkland_table() -> dict[str, np.ndarray]:
     from importlib.resources import files
 
-    raw = json.loads(files("xfit").joinpath("data/kirkland.json").read_text())
+    raw = json.loads(files("xfit.physics").joinpath("tables/kirkland.json").read_text())
     return {k: np.asarray(v, dtype=np.float64) for k, v in raw.items() if not k.startswith("_")}
 
 
@@ -235,7 +235,8 @@ def electron_form_factor(numbers: np.ndarray, q: jax.Array, *, energy_kev: float
             with Z = f_x(0) of the fit, so that it stays finite at s = 0 with its exact limit
             gamma/(8 pi^2 a0) sum_k a_k b_k = gamma <r^2>/(3 a0) (Mott, Proc. R. Soc. A 127, 658 (1930);
             Bethe, Ann. Phys. 397, 325 (1930)).
-            "kirkland": Kirkland's fit sum a/(b + k^2) + c exp(-d k^2), k = 2 s = q/(2 pi) (see data/kirkland.json).
+            "kirkland": Kirkland's fit sum a/(b + k^2) + c exp(-d k^2), k = 2 s = q/(2 pi)
+            (see physics/tables/kirkland.json).
             The two agree to 5 % of f_e(0) for Z <= 18 and 8.6 % for Z <= 98 at q <= 25 1/A (measured; largest as
             q -> 0, where the models' <r^2> differ).
 

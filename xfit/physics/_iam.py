@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xfit import _elements
+from xfit.physics import _elements
 
 __all__ = ["KINDS", "intensity"]
 
@@ -376,8 +376,8 @@ def intensity(
         kind: "atomic" (sum_i f_i^2), "molecular" (sum_{i != j} f_i f_j sinc), "elastic" (atomic + molecular),
             "inelastic" (sum_i S_i, Compton) or "total" (elastic + inelastic).
         probe: "xray" (form factors f0, electron units) or "electron" (scattering factors f_e in A, first Born
-            approximation, so intensities in A^2; see ``xfit._elements.electron_form_factor``). Electron inelastic
-            scattering is not modelled: for electrons "total" equals "elastic" and "inelastic" is an error.
+            approximation, so intensities in A^2; see ``xfit.electron_form_factor``). Electron inelastic scattering
+            is not modelled: for electrons "total" equals "elastic" and "inelastic" is an error.
         method: "auto" (blocked angle-addition kernel with low-memory gradients) or "direct" (the textbook formula
             with plain autodiff, the reference path).
         energy_kev: electron kinetic energy in keV (probe="electron" only; required there).
@@ -467,7 +467,7 @@ def scattering(
         float64 array (n_q,) for one structure, (n_structures, n_q) for a sequence; electron units (X-rays) or A^2
         (electrons).
     """
-    from xfit._structures import as_arrays
+    from xfit.chem._structures import as_arrays
 
     numbers, positions, single = as_arrays(atoms)
     q = check_q(q)

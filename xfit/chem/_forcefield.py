@@ -1,7 +1,7 @@
 """Force fields for structures and pools: GFN2-xTB through tblite (default), RDKit MMFF94 (fast fallback).
 
 Both are ASE calculators (energies in eV, forces in eV/A). MMFF needs the molecule's bond orders, which xfit keeps
-in ``atoms.info["mapped_smiles"]`` (an atom-mapped SMILES in the atoms' own order, see ``xfit._molecules``).
+in ``atoms.info["mapped_smiles"]`` (an atom-mapped SMILES in the atoms' own order, see ``xfit.chem._molecules``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class MMFFCalculator(Calculator):
         super().__init__(**kwargs)
         from rdkit.Chem import AllChem
 
-        from xfit._molecules import rdkit_molecule
+        from xfit.chem._rdkit import rdkit_molecule
 
         self._mol = rdkit_molecule(atoms)
         props = AllChem.MMFFGetMoleculeProperties(self._mol)

@@ -6,7 +6,7 @@ about each cause:
 1. The pattern cannot fix rotation, translation, reflection or the labels of equivalent atoms, so an unaligned
    coordinate loss is minimised by the mean. Here the output is *equivariant*: each candidate is the reference
    geometry deformed along interatomic difference vectors, x_i + sum_j phi_ij u_ij (u_ij the unit vector from
-   j to i in the reference, phi_ij learned scalars), and the loss (``xfit._train``) compares interatomic
+   j to i in the reference, phi_ij learned scalars), and the loss (``xfit.learn._train``) compares interatomic
    distances, minimised over the molecule's graph automorphisms (equivalent hydrogens, ring symmetry).
 2. One output cannot represent several structures that fit equally well. The network emits K hypotheses and is
    trained winner-take-all, plus a score per hypothesis (which one wins).
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from xfit import _iam
+from xfit.physics import _iam
 
 __all__ = ["Prior", "PriorConfig", "PriorNet", "graph_key", "load_prior", "molecule_inputs", "relative_signal"]
 
@@ -109,7 +109,7 @@ def graph_key(atoms: Atoms) -> str:
     orders): the identity under which a prior knows a molecule, whatever the atom order or geometry."""
     from rdkit import Chem
 
-    from xfit._structures import covalent_bonds
+    from xfit.chem._structures import covalent_bonds
 
     return Chem.MolToSmiles(_connectivity_mol(atoms.numbers, np.asarray(covalent_bonds(atoms)).reshape(-1, 2)))
 
@@ -118,7 +118,7 @@ def automorphisms(atoms: Atoms, limit: int = 256) -> np.ndarray:
     """Permutations (n_perm, n_atoms) that map the bond graph onto itself (equivalent hydrogens, ring symmetry),
     the identity first. A pattern cannot tell a structure from its relabelling by any of them. At most ``limit``
     are returned (RDKit's enumeration order), which is exact for NMM (192), CHD (8) and DT (32)."""
-    from xfit._structures import covalent_bonds
+    from xfit.chem._structures import covalent_bonds
 
     mol = _connectivity_mol(atoms.numbers, np.asarray(covalent_bonds(atoms)).reshape(-1, 2))
     matches = mol.GetSubstructMatches(mol, uniquify=False, useChirality=False, maxMatches=limit)
@@ -130,7 +130,7 @@ def automorphisms(atoms: Atoms, limit: int = 256) -> np.ndarray:
 def molecule_inputs(atoms: Atoms, max_atoms: int) -> dict[str, np.ndarray]:
     """The atom-side inputs of the network, padded to ``max_atoms``: numbers (N,), reference positions (N, 3) in A
     centred on their mean, bond-graph hops (N, N) and the atom mask (N,)."""
-    from xfit._structures import covalent_bonds, graph_hops
+    from xfit.chem._structures import covalent_bonds, graph_hops
 
     n = len(atoms)
     if n > max_atoms:
@@ -439,7 +439,7 @@ def load_prior(path: str | os.PathLike | None = None) -> Prior:
     from flax import serialization
 
     if path is None or (str(path) in SHIPPED and not Path(path).is_dir()):
-        directory = Path(__file__).parent / "weights" / str(path or SHIPPED[0])
+        directory = Path(__file__).parents[1] / "weights" / str(path or SHIPPED[0])
     else:
         directory = Path(path)
     for name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-__all__ = ["BUILTIN", "bonds", "molecule", "rdkit_molecule"]
+from xfit.chem._rdkit import mapped_smiles, rdkit_molecule
+
+__all__ = ["BUILTIN", "bonds", "molecule"]
 
 BUILTIN = {
     # SMILES written so that the named atoms have fixed indices: CHD's sp3 carbons (the bond that breaks on ring
@@ -25,61 +27,10 @@ BUILTIN = {
 }
 
 
-def _mapped_smiles(mol) -> str:
-    from rdkit import Chem
-
-    mol = Chem.Mol(mol)
-    for atom in mol.GetAtoms():
-        atom.SetAtomMapNum(atom.GetIdx() + 1)
-    return Chem.MolToSmiles(mol, allHsExplicit=True)
-
-
-def rdkit_molecule(atoms: Atoms):
-    """An RDKit molecule (explicit H) with the atoms' order, bond orders and coordinates.
-
-    From ``atoms.info["mapped_smiles"]`` when present, else bonds and bond orders perceived from the geometry
-    (RDKit's DetermineBonds, neutral molecule).
-    """
-    from rdkit import Chem
-    from rdkit.Geometry import Point3D
-
-    smiles = atoms.info.get("mapped_smiles")
-    if smiles:
-        params = Chem.SmilesParserParams()
-        params.removeHs = False
-        parsed = Chem.MolFromSmiles(smiles, params)
-        order = [0] * parsed.GetNumAtoms()
-        for atom in parsed.GetAtoms():
-            order[atom.GetAtomMapNum() - 1] = atom.GetIdx()
-        mol = Chem.RenumberAtoms(parsed, order)
-        for atom in mol.GetAtoms():
-            atom.SetAtomMapNum(0)
-    else:
-        from rdkit.Chem import rdDetermineBonds
-
-        block = f"{len(atoms)}\n\n" + "\n".join(
-            f"{s} {x:.8f} {y:.8f} {z:.8f}"
-            for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)
-        )
-        mol = Chem.MolFromXYZBlock(block)
-        try:
-            rdDetermineBonds.DetermineBonds(mol, charge=0)
-        except ValueError as err:
-            raise ValueError(f"could not perceive the bonds of {atoms.get_chemical_formula()}: {err}") from None
-    if mol.GetNumAtoms() != len(atoms) or [a.GetAtomicNum() for a in mol.GetAtoms()] != list(atoms.numbers):
-        raise ValueError("the molecule's SMILES does not match its atoms")
-    conformer = Chem.Conformer(len(atoms))
-    for k, (x, y, z) in enumerate(atoms.positions):
-        conformer.SetAtomPosition(k, Point3D(float(x), float(y), float(z)))
-    mol.RemoveAllConformers()
-    mol.AddConformer(conformer, assignId=True)
-    return mol
-
-
 def bonds(atoms: Atoms) -> np.ndarray:
     """Bonded atom pairs (n_bonds, 2), i < j: from the molecule's SMILES when known, else from covalent radii."""
     if not atoms.info.get("mapped_smiles"):
-        from xfit._structures import covalent_bonds
+        from xfit.chem._structures import covalent_bonds
 
         return covalent_bonds(atoms)
     pairs = [sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in rdkit_molecule(atoms).GetBonds()]
@@ -105,7 +56,7 @@ def _embed(smiles: str, seed: int) -> Atoms:
         AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)
     atoms = Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=mol.GetConformer().GetPositions())
     atoms.info["smiles"] = Chem.MolToSmiles(Chem.RemoveHs(mol))
-    atoms.info["mapped_smiles"] = _mapped_smiles(mol)
+    atoms.info["mapped_smiles"] = mapped_smiles(mol)
     return atoms
 
 
@@ -113,7 +64,7 @@ def optimize(atoms: Atoms, forcefield: str = "gfn2", *, fmax: float = 0.005, ste
     """A copy of ``atoms`` relaxed to a force-field minimum (ASE BFGS, max force ``fmax`` eV/A)."""
     from ase.optimize import BFGS
 
-    from xfit._forcefield import calculator
+    from xfit.chem._forcefield import calculator
 
     work = atoms.copy()
     work.calc = calculator(work, forcefield)
@@ -147,7 +98,7 @@ def molecule(spec: str | os.PathLike, *, forcefield: str = "gfn2", optimized: bo
         atoms = _embed(smiles, seed)
         atoms.info["name"] = name
     elif Path(text).is_file():
-        from xfit._structures import read_structures
+        from xfit.chem._structures import read_structures
 
         atoms = read_structures(text)[0]
         atoms.info = {"name": Path(text).stem}
@@ -155,7 +106,7 @@ def molecule(spec: str | os.PathLike, *, forcefield: str = "gfn2", optimized: bo
         from rdkit import Chem
 
         atoms.info["smiles"] = Chem.MolToSmiles(Chem.RemoveHs(mol))
-        atoms.info["mapped_smiles"] = _mapped_smiles(mol)
+        atoms.info["mapped_smiles"] = mapped_smiles(mol)
     else:
         atoms = _embed(text, seed)
         atoms.info["name"] = text

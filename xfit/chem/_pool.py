@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from ase import Atoms
 
-from xfit import _iam
+from xfit.physics import _iam
 
 __all__ = ["METHODS", "PoolSpec", "build_pool", "iterate_pool", "pool_summary"]
 
@@ -150,31 +150,31 @@ class _Context:
             self.atoms.info.update(stored["info"])
             self.hessian = stored.get("hessian")
         else:
-            from xfit._molecules import molecule
+            from xfit.chem._molecules import molecule
 
             self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
         self._calc = None
         if spec.method == "wigner" and self.hessian is None:
-            from xfit._forcefield import hessian
+            from xfit.chem._forcefield import hessian
 
             self.hessian = hessian(self.atoms, self.calc)
         self.modes = None
         if spec.method == "wigner":
-            from xfit._sampling import normal_modes
+            from xfit.chem._sampling import normal_modes
 
             self.modes = normal_modes(self.atoms, self.hessian)
 
     @property
     def calc(self):
         if self._calc is None:
-            from xfit._forcefield import calculator
+            from xfit.chem._forcefield import calculator
 
             self._calc = calculator(self.atoms, self.spec.forcefield)
         return self._calc
 
     def sample(self, index: int, rows: int) -> np.ndarray:
-        from xfit import _sampling
+        from xfit.chem import _sampling
 
         spec, seed = self.spec, self.spec.seed * 1_000_003 + index
         if spec.method == "wigner":

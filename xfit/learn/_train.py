@@ -1,4 +1,4 @@
-"""Training the prior (``xfit._prior``) on HDF5 pools streamed from disk.
+"""Training the prior (``xfit.learn._proposal``) on HDF5 pools streamed from disk.
 
 Each step draws one pool (all pools equally often, so that a 3,000-structure reaction sweep weighs as much as a
 65,000-structure Wigner pool), takes the next batch of its shuffled stream, and augments it on the host:
@@ -42,8 +42,9 @@ import numpy as np
 import optax
 from ase import Atoms
 
-from xfit import _iam, _prior
-from xfit._pool import iterate_pool
+from xfit.chem._pool import iterate_pool
+from xfit.learn import _proposal
+from xfit.physics import _iam
 
 __all__ = ["TrainConfig", "train"]
 
@@ -104,7 +105,7 @@ def _pair_weights(numbers: np.ndarray, max_atoms: int) -> np.ndarray:
     return out
 
 
-def _open_sources(paths: Sequence[str | os.PathLike], config: _prior.PriorConfig, limit: int) -> list[_Source]:
+def _open_sources(paths: Sequence[str | os.PathLike], config: _proposal.PriorConfig, limit: int) -> list[_Source]:
     sources = []
     for path in paths:
         path = str(path)
@@ -133,8 +134,8 @@ def _open_sources(paths: Sequence[str | os.PathLike], config: _prior.PriorConfig
                 name=str(attrs.get("molecule", Path(path).stem)),
                 atoms=atoms,
                 q=q,
-                inputs=_prior.molecule_inputs(atoms, config.max_atoms),
-                perms=_prior.automorphisms(atoms, limit),
+                inputs=_proposal.molecule_inputs(atoms, config.max_atoms),
+                perms=_proposal.automorphisms(atoms, limit),
                 weights=_pair_weights(atoms.numbers, config.max_atoms),
                 factors=factors.astype(np.float32),
                 incoherent=incoherent.astype(np.float32),
@@ -166,7 +167,7 @@ def _reference_pattern(numbers: tuple, positions, q):
     return _iam.intensity(numbers, positions, q, kind="total")
 
 
-def _host_batch(source: _Source, raw: dict, config: _prior.PriorConfig, train: TrainConfig, rng) -> dict:
+def _host_batch(source: _Source, raw: dict, config: _proposal.PriorConfig, train: TrainConfig, rng) -> dict:
     """Augment one raw pool batch into network inputs and targets (numpy, float32)."""
     n, b = len(source.atoms), train.batch_size
     grid = config.q
@@ -182,7 +183,7 @@ def _host_batch(source: _Source, raw: dict, config: _prior.PriorConfig, train: T
     window_pool = (source.q >= lo) & (source.q <= hi)
     rels = []
     for y in (noisy, clean):
-        s = _prior.fit_scale(y, i_ref, i_ref, window_pool)
+        s = _proposal.fit_scale(y, i_ref, i_ref, window_pool)
         rel = (s * y - i_ref) / i_ref
         rels.append(
             np.stack([np.interp(grid, source.q, row) for row in rel])
@@ -190,7 +191,7 @@ def _host_batch(source: _Source, raw: dict, config: _prior.PriorConfig, train: T
             else rel
         )
     window = ((grid >= lo) & (grid <= hi)).astype(np.float64)
-    percent = _prior.PERCENT_SCALE * rels[0] * window
+    percent = _proposal.PERCENT_SCALE * rels[0] * window
     features = np.stack(np.broadcast_arrays(percent, np.arcsinh(percent), window, grid / config.q_max), -1)
     mol = dict(source.inputs)
     centred = reference - reference.mean(axis=0)
@@ -234,7 +235,7 @@ def invariant_costs(predicted, target, perms, weights):
 
 
 def _loss(params, batch, molecule, *, config, train: TrainConfig):
-    x, logits = _prior.PriorNet(config).apply({"params": params}, batch["features"], **batch["mol"])
+    x, logits = _proposal.PriorNet(config).apply({"params": params}, batch["features"], **batch["mol"])
     mask = batch["mol"]["atom_mask"][:, None, :, None]
     if train.loss == "coordinates":
         cost = jnp.sum(mask * (x - batch["targets"][:, None]) ** 2, axis=(-2, -1)) / jnp.sum(mask[:, 0])
@@ -278,7 +279,7 @@ def _step(params, opt_state, batch, molecule, *, config, train):
     return optax.apply_updates(params, updates), opt_state, metrics
 
 
-def _identity(config: _prior.PriorConfig, train: TrainConfig, sources: list[_Source]) -> str:
+def _identity(config: _proposal.PriorConfig, train: TrainConfig, sources: list[_Source]) -> str:
     pools = [{"path": os.path.abspath(s.path), "config": s.attrs.get("config", "")} for s in sources]
     return json.dumps(
         {"prior": dataclasses.asdict(config), "train": dataclasses.asdict(train), "pools": pools}, sort_keys=True
@@ -327,12 +328,12 @@ def train(
     pools: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
-    config: _prior.PriorConfig | None = None,
+    config: _proposal.PriorConfig | None = None,
     train_config: TrainConfig | None = None,
     max_automorphisms: int = 256,
     progress: bool | Callable[[int, dict], None] = False,
     any_molecule: bool = False,
-) -> _prior.Prior:
+) -> _proposal.Prior:
     """Train a prior on one or more pools and write it to ``output`` (a folder, see ``xfit.load_prior``).
 
     A checkpoint is written to ``output/checkpoint.msgpack`` every ``train_config.checkpoint_every`` steps; calling
@@ -355,7 +356,7 @@ def train(
     """
     if not pools:
         raise ValueError("no pools given")
-    config = config or _prior.PriorConfig()
+    config = config or _proposal.PriorConfig()
     train_config = train_config or TrainConfig()
     output = Path(output)
     sources = _open_sources(pools, config, max_automorphisms)
@@ -370,7 +371,7 @@ def train(
         for s in sources
     ]
 
-    params = _prior.init_params(config, jax.random.key(train_config.seed))
+    params = _proposal.init_params(config, jax.random.key(train_config.seed))
     opt_state = _optimizer(train_config).init(params)
     identity = _identity(config, train_config, sources)
     start = 0
@@ -425,7 +426,7 @@ def train(
 
     molecules = {}
     for s in sources:
-        molecules.setdefault(_prior.graph_key(s.atoms), s.name)
+        molecules.setdefault(_proposal.graph_key(s.atoms), s.name)
     metadata = {
         "train": dataclasses.asdict(train_config),
         "pools": [
@@ -445,6 +446,8 @@ def train(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     elements = sorted({int(z) for s in sources for z in s.atoms.numbers})
-    _prior.save_prior(output, config, params, molecules, metadata, any_molecule_of=elements if any_molecule else None)
+    _proposal.save_prior(
+        output, config, params, molecules, metadata, any_molecule_of=elements if any_molecule else None
+    )
     (output / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return _prior.load_prior(output)
+    return _proposal.load_prior(output)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xfit import _iam
+from xfit.physics import _iam
 
 __all__ = ["modified_scattering", "pair_distribution"]
 

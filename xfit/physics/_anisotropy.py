@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xfit import _elements, _iam
+from xfit.physics import _elements, _iam
 
 __all__ = ["anisotropic_intensity", "anisotropic_scattering", "oriented_intensity", "spherical_j2"]
 
@@ -81,7 +81,7 @@ def anisotropic_scattering(atoms, q, dipole, *, kind: str = "elastic") -> tuple[
     scattering to I0. The pattern at a q vector making angle theta_q with the pump polarisation is
     I0 + I2 P2(cos theta_q). q = 4 pi sin(theta)/lambda in 1/A; dipole (3,) in the frame of ``atoms``.
     """
-    from xfit._structures import as_arrays
+    from xfit.chem._structures import as_arrays
 
     numbers, positions, single = as_arrays(atoms)
     q = _iam.check_q(q)

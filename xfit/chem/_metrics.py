@@ -37,7 +37,7 @@ def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.
 def equivalent_groups(atoms: Atoms) -> list[list[int]]:
     """Groups of atoms that a pattern cannot tell apart by label: terminal atoms (H, halogens) of one element bonded
     to the same neighbour, e.g. the three hydrogens of a methyl group. Bonds from covalent radii (ASE)."""
-    from xfit._structures import covalent_bonds
+    from xfit.chem._structures import covalent_bonds
 
     neighbours = [set() for _ in range(len(atoms))]
     for a, b in covalent_bonds(atoms):

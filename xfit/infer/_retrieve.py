@@ -1,7 +1,7 @@
 """``xfit.retrieve``: the structure behind a scattering pattern, with its fit, parameters and uncertainties.
 
 Pipeline for each pattern: starts (the input geometry and random perturbations of it) are refined together by
-gradient descent on chi^2 (see ``xfit._refine``), ranked by chi^2 (data + restraints), near-duplicates merged, and
+gradient descent on chi^2 (see ``xfit.infer._refine``), ranked by chi^2 (data + restraints), near-duplicates merged, and
 the best candidate gets Gauss-Newton standard errors with the rigid-body modes projected out.
 
 Choices where the data say nothing:
@@ -25,9 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
-from xfit import _iam, _metrics, _prior, _refine
-from xfit._pattern import Pattern
-from xfit._structures import as_arrays, rigid_body_modes
+from xfit.chem import _metrics
+from xfit.chem._structures import as_arrays, rigid_body_modes
+from xfit.data._pattern import Pattern
+from xfit.infer import _refine
+from xfit.learn import _proposal
+from xfit.physics import _iam
 
 __all__ = ["Retrieval", "Uncertainty", "retrieve"]
 
@@ -244,7 +247,7 @@ def _extra_starts(starts, atoms: Atoms) -> np.ndarray:
 
 def _graph_distances(atoms: Atoms, free_pairs) -> np.ndarray:
     """Bond-graph distances (n_atoms, n_atoms), free pairs not counted as bonds, capped at 3 hops (4 = farther)."""
-    from xfit._structures import covalent_bonds, graph_hops
+    from xfit.chem._structures import covalent_bonds, graph_hops
 
     free = {tuple(sorted(p)) for p in free_pairs}
     bonds = [(a, b) for a, b in covalent_bonds(atoms) if (a, b) not in free]
@@ -282,7 +285,7 @@ AUTO_PRIORS = ("nmm_chd_dt",)
 
 @functools.cache
 def _shipped_prior(name: str):
-    return _prior.load_prior(name)
+    return _proposal.load_prior(name)
 
 
 def _resolve_prior(prior, atoms: Atoms, kind: str):
@@ -299,7 +302,7 @@ def _resolve_prior(prior, atoms: Atoms, kind: str):
             if model.fits(atoms):
                 return model
         return None
-    model = prior if isinstance(prior, _prior.Prior) else _prior.load_prior(prior)
+    model = prior if isinstance(prior, _proposal.Prior) else _proposal.load_prior(prior)
     if kind not in PRIOR_KINDS:
         raise ValueError(f"the prior reads {PRIOR_KINDS} patterns, not {kind!r}; pass prior=None")
     if len(atoms) > model.config.max_atoms:

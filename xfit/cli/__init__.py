@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xfit._pattern import PATTERN_KINDS
+from xfit.data._pattern import PATTERN_KINDS
 
 _Q_HELP = (
     "q grid as QMIN:QMAX:NQ (NQ evenly spaced points, both ends included), in 1/Angstrom with "
@@ -100,7 +100,8 @@ def _cmd_pattern(args) -> int:
 def _pattern_image(args, frames) -> int:
     import jax
 
-    from xfit import _detector, _plot
+    from xfit import _plot
+    from xfit.physics import _detector
 
     if args.probe != "xray":
         raise ValueError("--detector images are X-ray images; drop --probe electron")
@@ -223,7 +224,7 @@ def _cmd_retrieve(args) -> int:
         if len(results) == 1:
             results[0].plot(args.plot)
         else:
-            from xfit._structures import covalent_bonds
+            from xfit.chem._structures import covalent_bonds
 
             pairs = args.track or covalent_bonds(atoms, heavy_only=True)[:6].tolist()
             _plot.plot_time_course(results, args.plot, pairs=pairs)
@@ -232,7 +233,7 @@ def _cmd_retrieve(args) -> int:
 
 
 def _cmd_pool(args) -> int:
-    from xfit import _pool
+    from xfit.chem import _pool
 
     if args.target == "info":
         if args.file is None:
@@ -284,9 +285,9 @@ def _cmd_pool(args) -> int:
 
 def train_configs(args):
     """(PriorConfig, TrainConfig) from parsed ``xfit train`` arguments."""
-    from xfit import _prior, _train
+    from xfit.learn import _proposal, _train
 
-    config = _prior.PriorConfig(
+    config = _proposal.PriorConfig(
         n_hypotheses=args.hypotheses,
         encoder=args.encoder,
         width=args.width,
@@ -305,7 +306,7 @@ def train_configs(args):
 
 
 def _cmd_train(args) -> int:
-    from xfit import _train
+    from xfit.learn import _train
 
     config, train_config = train_configs(args)
     print(f"train: {len(args.pools)} pool(s) -> {args.output}; {config}")
@@ -327,7 +328,8 @@ def _cmd_train(args) -> int:
 
 
 def _pool_info(args) -> int:
-    from xfit import _plot, _pool
+    from xfit import _plot
+    from xfit.chem import _pool
 
     summary = _pool.pool_summary(args.file, pairs=args.pair or None)
     attrs = summary["attrs"]
@@ -471,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(run=_cmd_retrieve)
 
-    from xfit._pool import METHODS
+    from xfit.chem._pool import METHODS
 
     p = sub.add_parser(
         "pool",

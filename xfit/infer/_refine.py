@@ -17,7 +17,7 @@ their reference values d0_r with widths s_r in A; in chi^2 units the data and re
 through the data's sigma. A time series can be coupled by a smoothness term
 lambda sum_t sum_{i<j} (d_ij(x_t) - d_ij(x_{t+1}))^2 (distances, so rigid motions cost nothing).
 
-Everything here is a pure function of arrays; ``xfit._retrieve`` builds the arrays and the user-facing objects.
+Everything here is a pure function of arrays; ``xfit.infer._retrieve`` builds the arrays and the user-facing objects.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xfit import _iam
+from xfit.physics import _iam
 
 __all__ = ["Data", "Restraints", "covalent_restraints", "refine"]
 
@@ -71,7 +71,7 @@ def covalent_restraints(
         angle_sigma: width of 1-3 distance restraints (A), which hold bond angles.
         bond_scale: multiple of the covalent-radius sum that counts as a bond.
     """
-    from xfit._structures import covalent_bonds
+    from xfit.chem._structures import covalent_bonds
 
     n = len(atoms)
     free = {tuple(sorted((int(i), int(j)))) for i, j in free_pairs}

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xfit import _elements, _iam
+from xfit.physics import _elements, _iam
 
 __all__ = ["Detector", "radial_average", "simulate_image"]
 
@@ -288,7 +288,7 @@ def simulate_image(
     Returns:
         (n1, n2) float64 image in electron units x sr (or photon counts when ``photons`` is given).
     """
-    from xfit._anisotropy import anisotropic_scattering
+    from xfit.physics._anisotropy import anisotropic_scattering
 
     q_max = detector.check_q_range()
     grid = np.linspace(0.0, q_max * (1 + 1e-9), n_grid)
@@ -334,7 +334,7 @@ def radial_average(
         image: (n1, n2). detector: its geometry. n_bins: number of q bins. mask: True where pixels are bad.
         kind: the kind of the returned Pattern. method: "xfit" or "pyfai" (needs pyFAI).
     """
-    from xfit._pattern import Pattern
+    from xfit.data._pattern import Pattern
 
     image = np.asarray(image, float)
     if image.shape != tuple(detector.shape):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
-from xfit import _elements
+from xfit.physics import _elements
 
 __all__ = ["as_arrays", "covalent_bonds", "graph_hops", "read_structures"]
 

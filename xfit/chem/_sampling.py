@@ -16,8 +16,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
-from xfit._metrics import dihedral
-from xfit._structures import rigid_body_modes
+from xfit.chem._metrics import dihedral
+from xfit.chem._structures import rigid_body_modes
 
 __all__ = [
     "Coordinate",

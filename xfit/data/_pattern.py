@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from xfit import _signals
+from xfit.data import _signals
 
 __all__ = ["PATTERN_KINDS", "Pattern", "load_pattern", "load_patterns", "save_patterns"]
 

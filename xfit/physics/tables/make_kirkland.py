@@ -8,8 +8,8 @@ entry is [[a1, a2, a3], [b1, b2, b3], [c1, c2, c3], [d1, d2, d3]].
 The file is read without importing abTEM (whose dependencies are heavy): from an installed abtem package, or from
 an abtem wheel given on the command line. Usage (from the repository root):
 
-    pip download --no-deps abtem -d /tmp/abtem && python xfit/data/make_kirkland.py /tmp/abtem/abtem-*.whl
-    python xfit/data/make_kirkland.py            # with abtem installed
+    pip download --no-deps abtem -d /tmp/abtem && python xfit/physics/tables/make_kirkland.py /tmp/abtem/abtem-*.whl
+    python xfit/physics/tables/make_kirkland.py            # with abtem installed
 """
 
 import datetime
@@ -43,7 +43,7 @@ def main(argv) -> None:
             "reference": "E. J. Kirkland, Advanced Computing in Electron Microscopy, 2nd ed., Springer (2010), App. C",
             "source": f"{MEMBER} from {source}",
             "generated": datetime.date.today().isoformat(),
-            "generator": "xfit/data/make_kirkland.py",
+            "generator": "xfit/physics/tables/make_kirkland.py",
         },
         **{symbol: table[symbol] for symbol in table},
     }
