@@ -174,7 +174,7 @@ def test_a_trained_prior_proposes_and_retrieve_uses_it(tiny_pool, tmp_path):
     assert broad.fits(acetone) and not prior.fits(acetone) and not broad.fits(xfit.molecule("DT", forcefield="mmff"))
     percent = xfit.Pattern(q, np.zeros_like(q) + 0.01, kind="percent_difference")
     unknown = xfit.retrieve(percent, ethanol, prior=prior, **common)
-    assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit.infer._retrieve.PRIOR_FRACTIONS)
+    assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit.infer._starts.PROPOSAL_FRACTIONS)
 
 
 def test_shipped_prior_loads_fits_its_molecules_and_is_small(chd, nmm):

@@ -4,6 +4,7 @@ Conventions everywhere in the API: q = 4 pi sin(theta)/lambda in 1/A (theta is h
 positions in A, structures as ``ase.Atoms``.
 """
 
+from xfit.chem._graph import MoleculeGraph as MoleculeGraph
 from xfit.chem._metrics import dihedral as dihedral
 from xfit.chem._metrics import puckering_amplitude as puckering_amplitude
 from xfit.chem._metrics import rmsd as rmsd
@@ -22,10 +23,13 @@ from xfit.data._signals import difference as difference
 from xfit.data._signals import gaussian_noise as gaussian_noise
 from xfit.data._signals import percent_difference as percent_difference
 from xfit.data._signals import poisson_noise as poisson_noise
-from xfit.infer._refine import Restraints as Restraints
-from xfit.infer._refine import covalent_restraints as covalent_restraints
-from xfit.infer._retrieve import Retrieval as Retrieval
-from xfit.infer._retrieve import Uncertainty as Uncertainty
+from xfit.infer._likelihood import Likelihood as Likelihood
+from xfit.infer._refinement import Refinement as Refinement
+from xfit.infer._restraints import Restraints as Restraints
+from xfit.infer._restraints import covalent_restraints as covalent_restraints
+from xfit.infer._result import Retrieval as Retrieval
+from xfit.infer._result import Uncertainty as Uncertainty
+from xfit.infer._retrieve import PriorFallbackWarning as PriorFallbackWarning
 from xfit.infer._retrieve import retrieve as retrieve
 from xfit.learn._proposal import Prior as Prior
 from xfit.learn._proposal import PriorConfig as PriorConfig
@@ -55,10 +59,14 @@ __all__ = [
     "KINDS",
     "Q_MAX",
     "Detector",
+    "Likelihood",
+    "MoleculeGraph",
     "Pattern",
     "PoolSpec",
     "Prior",
     "PriorConfig",
+    "PriorFallbackWarning",
+    "Refinement",
     "Restraints",
     "Retrieval",
     "TrainConfig",

@@ -36,18 +36,10 @@ def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.
 
 def equivalent_groups(atoms: Atoms) -> list[list[int]]:
     """Groups of atoms that a pattern cannot tell apart by label: terminal atoms (H, halogens) of one element bonded
-    to the same neighbour, e.g. the three hydrogens of a methyl group. Bonds from covalent radii (ASE)."""
-    from xfit.chem._structures import covalent_bonds
+    to the same neighbour, e.g. the three hydrogens of a methyl group (``MoleculeGraph.equivalent_groups``)."""
+    from xfit.chem._graph import MoleculeGraph
 
-    neighbours = [set() for _ in range(len(atoms))]
-    for a, b in covalent_bonds(atoms):
-        neighbours[a].add(int(b))
-        neighbours[b].add(int(a))
-    groups: dict[tuple[int, int], list[int]] = {}
-    for k, nb in enumerate(neighbours):
-        if len(nb) == 1:  # terminal atom
-            groups.setdefault((next(iter(nb)), int(atoms.numbers[k])), []).append(k)
-    return [sorted(g) for g in groups.values() if len(g) > 1]
+    return MoleculeGraph.from_atoms(atoms).equivalent_groups
 
 
 def _best_permutation(a, b, groups) -> np.ndarray:

@@ -37,13 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from ase import Atoms
 
+from xfit.chem._graph import MAX_HOPS, MoleculeGraph
 from xfit.physics import _iam
 
 __all__ = ["Prior", "PriorConfig", "PriorNet", "graph_key", "load_prior", "molecule_inputs", "relative_signal"]
 
 N_RBF = 16
 RBF_MAX = 8.0  # A: reference distances beyond this look alike to the network
-MAX_HOPS = 4  # bond-graph distances 0, 1, 2, 3 and "4 or more"
 PERCENT_SCALE = 100.0
 
 
@@ -87,60 +87,34 @@ class PriorConfig:
 # Inputs
 
 
-def _connectivity_mol(numbers: np.ndarray, bonds: np.ndarray):
-    """An RDKit molecule of elements and single bonds only: the bond graph, whatever the bond orders."""
-    from rdkit import Chem
-
-    mol = Chem.RWMol()
-    for z in numbers:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
-    for a, b in bonds:
-        mol.AddBond(int(a), int(b), Chem.BondType.SINGLE)
-    mol = mol.GetMol()
-    mol.UpdatePropertyCache(strict=False)
-    Chem.FastFindRings(mol)
-    return mol
+def _graph(atoms: Atoms | MoleculeGraph) -> MoleculeGraph:
+    return atoms if isinstance(atoms, MoleculeGraph) else MoleculeGraph.from_atoms(atoms)
 
 
-def graph_key(atoms: Atoms) -> str:
-    """Canonical SMILES of the molecule's bond graph (elements and connectivity from covalent radii, no bond
-    orders): the identity under which a prior knows a molecule, whatever the atom order or geometry."""
-    from rdkit import Chem
-
-    from xfit.chem._structures import covalent_bonds
-
-    return Chem.MolToSmiles(_connectivity_mol(atoms.numbers, np.asarray(covalent_bonds(atoms)).reshape(-1, 2)))
+def graph_key(atoms: Atoms | MoleculeGraph) -> str:
+    """Canonical SMILES of the molecule's bond graph (``MoleculeGraph.key``): the identity under which a prior knows
+    a molecule, whatever the atom order or geometry."""
+    return _graph(atoms).key
 
 
-def automorphisms(atoms: Atoms, limit: int = 256) -> np.ndarray:
-    """Permutations (n_perm, n_atoms) that map the bond graph onto itself (equivalent hydrogens, ring symmetry),
-    the identity first. A pattern cannot tell a structure from its relabelling by any of them. At most ``limit``
-    are returned (RDKit's enumeration order), which is exact for NMM (192), CHD (8) and DT (32)."""
-    from xfit.chem._structures import covalent_bonds
-
-    mol = _connectivity_mol(atoms.numbers, np.asarray(covalent_bonds(atoms)).reshape(-1, 2))
-    matches = mol.GetSubstructMatches(mol, uniquify=False, useChirality=False, maxMatches=limit)
-    identity = tuple(range(len(atoms)))
-    perms = [identity] + [m for m in matches if m != identity]
-    return np.asarray(perms[:limit], np.int32)
+def automorphisms(atoms: Atoms | MoleculeGraph, limit: int = 256) -> np.ndarray:
+    """Permutations (n_perm, n_atoms) that map the bond graph onto itself (``MoleculeGraph.automorphisms``)."""
+    return np.array(_graph(atoms).automorphisms(limit))
 
 
-def molecule_inputs(atoms: Atoms, max_atoms: int) -> dict[str, np.ndarray]:
+def molecule_inputs(atoms: Atoms | MoleculeGraph, max_atoms: int) -> dict[str, np.ndarray]:
     """The atom-side inputs of the network, padded to ``max_atoms``: numbers (N,), reference positions (N, 3) in A
     centred on their mean, bond-graph hops (N, N) and the atom mask (N,)."""
-    from xfit.chem._structures import covalent_bonds, graph_hops
-
-    n = len(atoms)
+    graph = _graph(atoms)
+    n = len(graph)
     if n > max_atoms:
-        raise ValueError(f"{atoms.get_chemical_formula()} has {n} atoms; this prior takes at most {max_atoms}")
+        raise ValueError(f"{graph.formula} has {n} atoms; this prior takes at most {max_atoms}")
     numbers = np.zeros(max_atoms, np.int32)
-    numbers[:n] = atoms.numbers
+    numbers[:n] = graph.numbers
     positions = np.zeros((max_atoms, 3), np.float32)
-    positions[:n] = atoms.positions - atoms.positions.mean(axis=0)
+    positions[:n] = graph.positions - graph.positions.mean(axis=0)
     hops = np.full((max_atoms, max_atoms), MAX_HOPS, np.int32)
-    hops[:n, :n] = graph_hops(n, covalent_bonds(atoms), MAX_HOPS)
+    hops[:n, :n] = graph.hops
     mask = np.zeros(max_atoms, bool)
     mask[:n] = True
     return {"numbers": numbers, "reference": positions, "hops": hops, "atom_mask": mask}
@@ -329,7 +303,7 @@ class Prior:
     path: str | None = None
     any_molecule_of: tuple[int, ...] | None = None
 
-    def fits(self, atoms: Atoms) -> bool:
+    def fits(self, atoms: Atoms | MoleculeGraph) -> bool:
         """Whether the prior serves this molecule: one it was trained on (same bond graph; atom order does not
         matter), or, for a broad prior, any molecule of its elements that is small enough."""
         if len(atoms) > self.config.max_atoms:

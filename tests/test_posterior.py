@@ -1,0 +1,145 @@
+"""The posterior strategy against answers known exactly: a diatomic whose posterior over its bond length is
+computed on a grid (Gaussian and two-mode priors), the orbit-volume factor, dropped particles, and the
+summary into modes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+
+import xfit
+from xfit.infer._posterior import Posterior
+
+
+@dataclasses.dataclass(frozen=True)
+class BondPrior:
+    """An analytic prior over the bond length d of a diatomic: a mixture of Gaussians in d, E(x) = -log p(d),
+    the same at every noise level (exact where sigma is far below the widths)."""
+
+    centres: tuple[float, ...]
+    widths: tuple[float, ...]
+    masses: tuple[float, ...]
+    sigma_min: float = 0.01
+
+    def log_density(self, d):
+        c, s, m = (jnp.asarray(v) for v in (self.centres, self.widths, self.masses))
+        terms = jnp.log(m) - 0.5 * ((d[..., None] - c) / s) ** 2 - jnp.log(s)
+        return jax.scipy.special.logsumexp(terms, axis=-1)
+
+    def energy_fn(self, graph):
+        def energy(x, sigma):
+            d = jnp.sqrt(jnp.sum((x[..., 0, :] - x[..., 1, :]) ** 2, axis=-1))
+            return -self.log_density(d)
+
+        return energy
+
+    def sample(self, key, graph, n):
+        k1, k2, k3 = jax.random.split(key, 3)
+        component = jax.random.choice(k1, len(self.centres), (n,), p=jnp.asarray(self.masses) / sum(self.masses))
+        d = jnp.asarray(self.centres)[component] + jnp.asarray(self.widths)[component] * jax.random.normal(k2, (n,))
+        axis = jax.random.normal(k3, (n, 3))
+        axis = axis / jnp.linalg.norm(axis, axis=-1, keepdims=True)
+        return np.asarray(jnp.stack([-0.5 * d[:, None] * axis, 0.5 * d[:, None] * axis], axis=1))
+
+
+Q = np.linspace(0.5, 8.0, 60)
+ATOMS = Atoms("SO", positions=[[0, 0, 0], [0, 0, 1.5]])
+
+
+def grid_posterior(prior: BondPrior, pattern: xfit.Pattern, lo=0.8, hi=2.6, n=20001):
+    """p(d | pattern) on a fine grid: d^2 (the rotation orbit of a diatomic) x prior x likelihood."""
+    d = np.linspace(lo, hi, n)
+    x = np.zeros((n, 2, 3))
+    x[:, 1, 2] = d
+    model = xfit.intensity(ATOMS.numbers, x, pattern.q)
+    w = 1.0 / pattern.sigma**2
+    scale = np.sum(w * model * pattern.values, axis=1) / np.sum(w * model * model, axis=1)
+    chi2 = np.sum(w * (pattern.values - scale[:, None] * model) ** 2, axis=1)
+    log_p = 2 * np.log(d) + np.asarray(prior.log_density(jnp.asarray(d))) - 0.5 * chi2
+    p = np.exp(log_p - log_p.max())
+    return d, p / np.trapezoid(p, d)
+
+
+def simulated(d_true: float, relative_noise: float, key) -> xfit.Pattern:
+    atoms = ATOMS.copy()
+    atoms.positions[1, 2] = d_true
+    return xfit.Pattern(Q, xfit.scattering(atoms, Q)).with_noise(key, relative=relative_noise)
+
+
+def sample_bond_lengths(result):
+    d = np.linalg.norm(result.samples[:, 0] - result.samples[:, 1], axis=-1)
+    return d, result.sample_weights
+
+
+def test_gaussian_prior_posterior_matches_the_grid(key):
+    prior = BondPrior((1.52,), (0.04,), (1.0,))
+    pattern = simulated(1.49, 3e-4, key)
+    d_grid, p = grid_posterior(prior, pattern)
+    mean = np.trapezoid(d_grid * p, d_grid)
+    std = np.sqrt(np.trapezoid((d_grid - mean) ** 2 * p, d_grid))
+    strategy = Posterior(prior, n_prior=32, n_local=8, draws=16, dtype=jnp.float64)
+    result = xfit.retrieve(pattern, ATOMS, strategy=strategy, dtype=jnp.float64)
+    d, w = sample_bond_lengths(result)
+    m = np.sum(w * d)
+    s = np.sqrt(np.sum(w * (d - m) ** 2))
+    ess = 1.0 / np.sum(w**2)
+    assert ess > 50
+    assert abs(m - mean) < 4 * std / np.sqrt(ess)  # Monte Carlo error of a weighted mean
+    assert s == pytest.approx(std, rel=0.15)
+    assert result.info["method"] == "posterior"
+    assert result.uncertainty.distance(0, 1) == pytest.approx(std, rel=0.15)
+    assert abs(result.atoms.get_distance(0, 1) - mean) < 4 * std / np.sqrt(ess)
+
+
+def test_two_mode_prior_gives_each_mode_its_posterior_mass(key):
+    # Weak data (15 % noise) and a prior with two well-separated bond lengths: the posterior mass of each mode is
+    # the grid integral over its half, d^2 orbit factor included.
+    prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.5, 0.5))
+    pattern = simulated(1.75, 0.15, key)
+    d_grid, p = grid_posterior(prior, pattern)
+    short = np.trapezoid(p * (d_grid < 1.75), d_grid)
+    strategy = Posterior(prior, n_prior=48, n_local=4, draws=16, mode_radius=0.1, dtype=jnp.float64)
+    result = xfit.retrieve(pattern, ATOMS, strategy=strategy, dtype=jnp.float64)
+    assert len(result.modes) >= 2 and np.isclose(result.modes.sum(), 1.0)
+    d, w = sample_bond_lengths(result)
+    assert 0.6 < short < 0.97  # both modes matter
+    assert np.sum(w * (d < 1.75)) == pytest.approx(short, abs=0.03)
+    assert result.modes[0] == pytest.approx(max(short, 1 - short), abs=0.03)
+    lengths = [c.get_distance(0, 1) for c in result.candidates[:2]]
+    assert sorted(np.round(lengths, 1)) == [1.5, 2.0]
+
+
+def test_orbit_volume_factor_is_d_squared_for_a_diatomic():
+    from xfit.infer._posterior import _log_orbit_volume
+
+    for d in (1.0, 2.0, 3.0):
+        x = jnp.array([[0.0, 0.0, 0.0], [0.3, 0.4, 0.0]]) * d / 0.5
+        assert float(_log_orbit_volume(x) - _log_orbit_volume(x / d)) == pytest.approx(2 * np.log(d), rel=1e-6)
+
+
+def test_particles_with_non_finite_energy_are_dropped_and_counted(key):
+    base = BondPrior((1.52,), (0.04,), (1.0,))
+
+    class Poisoned(BondPrior):
+        def energy_fn(self, graph):
+            energy = base.energy_fn(graph)
+
+            def poisoned(x, sigma):
+                d = jnp.sqrt(jnp.sum((x[..., 0, :] - x[..., 1, :]) ** 2, axis=-1))
+                bad = d > 1.9  # NaN value and gradient there, and only there
+                return jnp.where(bad, jnp.sqrt(jnp.where(bad, 1.9 - d, 1.0)), energy(x, sigma))
+
+            return poisoned
+
+    prior = Poisoned((1.52,), (0.04,), (1.0,))
+    pattern = simulated(1.5, 1e-3, key)
+    far = ATOMS.copy()
+    far.positions[1, 2] = 2.4  # this seed starts (and stays) where the energy is NaN
+    strategy = Posterior(prior, n_prior=8, n_local=2, draws=4, extra_starts=far.positions[None])
+    with jax.debug_nans(False):
+        result = xfit.retrieve(pattern, ATOMS, strategy=strategy)
+    assert result.info["dropped"] >= 1
+    assert np.all(np.isfinite(result.samples)) and np.isfinite(result.atoms.positions).all()

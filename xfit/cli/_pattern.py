@@ -1,0 +1,151 @@
+"""``xfit pattern``: the forward model from the command line (curves, detector images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xfit.cli._common import Q_HELP, parse_q
+from xfit.physics._iam import KINDS
+
+
+def run(args) -> int:
+    import jax
+
+    import xfit
+    from xfit import _plot
+
+    frames = xfit.read_structures(args.structure)
+    if args.detector:
+        return _pattern_image(args, frames)
+    q = args.q
+    probe = {"probe": args.probe}
+    if args.probe == "electron":
+        if args.energy_kev is None:
+            raise ValueError("--probe electron needs --energy-kev (e.g. 90 for keV UED, 3000 for MeV UED)")
+        probe["energy_kev"] = args.energy_kev
+    elif args.energy_kev is not None:
+        raise ValueError("--energy-kev is for --probe electron")
+    xray = args.probe == "xray"
+    if not xray and args.kind == "inelastic":
+        raise ValueError("electron inelastic scattering is not modelled; use --kind elastic")
+    # Every kind is a sum of three parts, each computed once (for electrons total = elastic: no Compton term).
+    atomic = xfit.scattering(frames, q, kind="atomic", **probe)
+    molecular = xfit.scattering(frames, q, kind="molecular", **probe)
+    inelastic = xfit.scattering(frames, q, kind="inelastic") if xray else np.zeros_like(atomic)
+    parts = {"total": atomic + molecular + inelastic, "atomic": atomic, "molecular": molecular, "inelastic": inelastic}
+    kind = args.kind if xray or args.kind != "total" else "elastic"
+    values = {**parts, "elastic": atomic + molecular}[kind]
+    patterns = [
+        xfit.Pattern(q, v, kind=kind, probe=args.probe, metadata={"structure": str(args.structure), "frame": k})
+        for k, v in enumerate(values)
+    ]
+    if args.noise is not None or args.photons is not None:
+        keys = jax.random.split(jax.random.key(args.seed), len(patterns))
+        patterns = [
+            p.with_noise(k, relative=args.noise, photons=args.photons) for p, k in zip(patterns, keys, strict=True)
+        ]
+
+    formula = frames[0].get_chemical_formula()
+    units = "electron units" if args.probe == "xray" else f"A^2, {args.energy_kev:g} keV electrons"
+    print(f"{args.structure}: {formula}, {len(frames[0])} atoms, {len(frames)} frame(s)")
+    print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; kind = {kind} ({args.probe}, IAM, {units})")
+    print(f"{'frame':>5}  {'I(q_min)':>12}  {'I(q_max)':>12}  {'max |q I_mol/I_at|':>18}")
+    for k, p in enumerate(patterns[:10]):
+        smax = np.max(np.abs(q * parts["molecular"][k] / parts["atomic"][k]))
+        print(f"{k:>5}  {p.values[0]:>12.5g}  {p.values[-1]:>12.5g}  {smax:>18.4g}")
+    if len(patterns) > 10:
+        print(f"  ... {len(patterns) - 10} more frames")
+    if args.output:
+        xfit.save_patterns(args.output, patterns)
+        print(f"wrote {args.output}")
+    if args.plot:
+        labels = [f"frame {k}" for k in range(len(frames))]
+        probe_name = "X-ray" if args.probe == "xray" else f"electron ({args.energy_kev:g} keV)"
+        _plot.plot_scattering(q, parts, labels, f"{formula}: IAM {probe_name} scattering", args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _pattern_image(args, frames) -> int:
+    import jax
+
+    from xfit import _plot
+    from xfit.physics import _detector
+
+    if args.probe != "xray":
+        raise ValueError("--detector images are X-ray images; drop --probe electron")
+    detector = _detector.Detector.from_poni(args.detector, polarization=args.polarization)
+    dipole = None if args.dipole is None else np.array([float(v) for v in args.dipole.split(",")])
+    key = jax.random.key(args.seed) if args.photons is not None else None
+    image = _detector.simulate_image(frames[0], detector, dipole=dipole, photons=args.photons, key=key)
+    pattern = _detector.radial_average(image, detector, n_bins=args.bins)
+    print(
+        f"{args.structure}: {frames[0].get_chemical_formula()} on a {detector.shape[0]} x {detector.shape[1]} "
+        f"detector at {detector.distance * 1e3:g} mm, lambda = {detector.wavelength_angstrom:.4g} A, "
+        f"q = {detector.q().min():.3g}..{detector.q().max():.3g} 1/A"
+        + ("" if dipole is None else f", photoselected along dipole {args.dipole}")
+    )
+    if args.output:
+        path = Path(args.output)
+        if path.suffix.lower() == ".npy":
+            from xfit._io import atomic_path
+
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, image)
+        else:
+            import h5py
+
+            from xfit._io import atomic_path
+
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+                f["image"] = image
+                f["q"] = detector.q()
+                f.attrs["poni"] = str(args.detector)
+        print(f"wrote {path}")
+    if args.plot:
+        _plot.plot_image(image, detector, pattern, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register the subcommand on the ``xfit`` parser's subparsers."""
+    p = sub.add_parser(
+        "pattern",
+        help="compute (and plot) the X-ray scattering pattern of a structure file",
+        description=(
+            "Compute the isotropic (gas-phase, orientation-averaged) X-ray scattering pattern of a molecule in the "
+            "Independent Atom Model: elastic Debye scattering with Waasmaier-Kirfel form factors plus Compton "
+            "scattering. Multi-frame files (e.g. a trajectory .xyz) give one pattern per frame."
+        ),
+        epilog="example: xfit pattern examples/data/nmm.xyz --q 0.5:8:512 --plot nmm.png -o nmm_pattern.txt",
+    )
+    p.add_argument("structure", type=Path, help="structure file that ASE reads (xyz, extxyz, pdb, cif, ...)")
+    p.add_argument("--q", type=parse_q, default=parse_q("0.5:8:512"), metavar="QMIN:QMAX:NQ", help=Q_HELP)
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="total",
+        help="which part of the scattering to write: total = elastic + Compton (default), elastic = atomic + "
+        "molecular, atomic, molecular (interference term), inelastic (Compton)",
+    )
+    p.add_argument("-o", "--output", type=Path, help="write the pattern(s): .txt/.dat/.csv (one frame), .npz, .h5")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="plot I(q) and q I_mol/I_at to this image")
+    p.add_argument("--probe", choices=("xray", "electron"), default="xray", help="X-rays (default) or electrons")
+    p.add_argument("--energy-kev", type=float, help="electron kinetic energy in keV (with --probe electron)")
+    p.add_argument(
+        "--detector",
+        type=Path,
+        metavar="GEOMETRY.poni",
+        help="simulate a 2D detector image for this pyFAI PONI geometry, and plot it with its radial average",
+    )
+    p.add_argument("--dipole", metavar="X,Y,Z", help="with --detector: photoselect along this transition dipole")
+    p.add_argument("--polarization", type=float, default=0.99, help="with --detector: degree of linear polarisation")
+    p.add_argument("--bins", type=int, default=200, help="with --detector: q bins of the radial average")
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("--noise", type=float, metavar="REL", help="add Gaussian noise of REL x I (e.g. 0.001)")
+    noise.add_argument("--photons", type=float, metavar="N", help="add Poisson noise at N photons per pattern")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the noise (default 0)")
+    p.set_defaults(run=run)

@@ -1,0 +1,147 @@
+"""``xfit retrieve``: structures behind pattern files, written as xyz with plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from xfit.cli._common import pair, value_range, write_xyz
+from xfit.data._pattern import PATTERN_KINDS
+
+
+def run(args) -> int:
+    import xfit
+    from xfit import _plot
+
+    patterns = xfit.load_patterns(args.pattern, kind=args.kind)
+    if args.index is not None:
+        if not -len(patterns) <= args.index < len(patterns):
+            raise IndexError(f"{args.pattern} holds {len(patterns)} patterns; --index {args.index} is out of range")
+        patterns = [patterns[args.index]]
+    if args.delays is not None:
+        lo, hi = args.delays
+        if any(p.delay is None for p in patterns):
+            raise ValueError(f"{args.pattern} has no delays; --delays needs a time series")
+        tolerance = 1e-9 * max(1.0, abs(lo), abs(hi))  # delays stored as 1.2000000000000002 still count as 1.2
+        patterns = [p for p in patterns if lo - tolerance <= p.delay <= hi + tolerance]
+        if not patterns:
+            raise ValueError(f"no pattern has a delay in [{lo:g}, {hi:g}] ps")
+    if args.q_max is not None:
+        patterns = [p.restrict(q_max=args.q_max) for p in patterns]
+    atoms = xfit.read_structures(args.atoms)[0]
+    reference = xfit.read_structures(args.reference)[0] if args.reference else None
+    print(f"{args.pattern}: {len(patterns)} pattern(s), {patterns[0]!r}")
+    reference_note = f"; reference: {args.reference}" if args.reference else ""
+    print(f"start: {args.atoms} ({atoms.get_chemical_formula()}, {len(atoms)} atoms){reference_note}")
+    results = xfit.retrieve(
+        patterns,
+        atoms,
+        reference=reference,
+        fraction=args.fraction,
+        restraints=None if args.no_restraints else "covalent",
+        free_pairs=args.free_pair,
+        n_starts=args.starts,
+        steps=args.steps,
+        smoothness=args.smoothness,
+        seed=args.seed,
+        progress=len(patterns) > 1 and sys.stderr.isatty(),
+        prior=None if args.no_prior else (args.prior or "auto"),
+    )
+    used = results[0].info.get("prior")
+    print(f"prior: {used}" if used else "prior: none (no trained prior fits this molecule and pattern, or --no-prior)")
+    param = next(iter(results[0].parameters))
+    print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>10} {'candidates':>10}")
+    for k, r in enumerate(results):
+        delay = f"{r.pattern.delay:>9.3g}" if r.pattern.delay is not None else f"{'-':>9}"
+        print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {len(r.candidates):>10}")
+    if args.output:
+        frames = []
+        for r in results:
+            frame = r.atoms.copy()
+            frame.info = {"chi2_reduced": r.chi2_reduced, **r.parameters}
+            if r.pattern.delay is not None:
+                frame.info["delay_ps"] = r.pattern.delay
+            frames.append(frame)
+        write_xyz(args.output, frames)
+        print(f"wrote {args.output} ({len(frames)} frame(s))")
+    if args.plot:
+        if len(results) == 1:
+            results[0].plot(args.plot)
+        else:
+            from xfit.chem._structures import covalent_bonds
+
+            pairs = args.track or covalent_bonds(atoms, heavy_only=True)[:6].tolist()
+            _plot.plot_time_course(results, args.plot, pairs=pairs)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register the subcommand on the ``xfit`` parser's subparsers."""
+    r = sub.add_parser(
+        "retrieve",
+        help="retrieve the structure behind a scattering pattern (or a time series of them)",
+        description=textwrap.fill(
+            "Fit a molecular structure to a measured or simulated X-ray scattering pattern: many starts around the "
+            "given geometry are refined together by gradient descent on chi^2 (IAM model, nuisance parameters "
+            "solved in closed form, covalent restraints), ranked by chi^2, and the best is written with "
+            "Gauss-Newton error bars. Files with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, "
+            "one structure per delay. q = 4 pi sin(theta)/lambda in 1/Angstrom.",
+            width=100,
+        ),
+        epilog=(
+            "examples:\n"
+            "  xfit retrieve examples/data/chd_frame.txt --atoms examples/data/chd.xyz --free-pair 0,5 "
+            "-o result.xyz --plot fit.png\n"
+            "  xfit retrieve NMM_exp_dataset.mat --atoms examples/data/nmm.xyz --fraction 0.057 --delays -0.1:4 "
+            "-o nmm_series.xyz --plot nmm_course.png"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("pattern", type=Path, help="pattern file: text (q, value[, sigma]), .npz, .h5 or .mat")
+    r.add_argument("--atoms", type=Path, required=True, help="starting structure (and default reference), e.g. .xyz")
+    r.add_argument("--reference", type=Path, help="reference (ground-state) structure for difference patterns")
+    r.add_argument("--kind", choices=PATTERN_KINDS, help="override the pattern kind the file declares")
+    r.add_argument("--fraction", type=float, help="excitation fraction of difference patterns (default: fit it)")
+    r.add_argument(
+        "--free-pair",
+        type=pair,
+        action="append",
+        default=[],
+        metavar="I,J",
+        help="atom pair (0-based) whose bond may break: not restrained (repeatable); e.g. 0,5 for CHD's C1-C6",
+    )
+    r.add_argument("--no-restraints", action="store_true", help="fit without covalent-geometry restraints")
+    r.add_argument("--starts", type=int, default=32, help="starts per pattern (default 32)")
+    r.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
+    r.add_argument("--smoothness", type=float, default=0.0, help="couple neighbouring delays (chi^2 per A^2)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random starts (default 0)")
+    prior = r.add_mutually_exclusive_group()
+    prior.add_argument(
+        "--prior",
+        metavar="FOLDER",
+        help="prior folder from 'xfit train', or a shipped prior by name: nmm_chd_dt, broad (default: the NMM/CHD/DT "
+        "prior that fits the molecule)",
+    )
+    prior.add_argument("--no-prior", action="store_true", help="do not add the learned prior's proposals as starts")
+    r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
+    r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
+    r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
+    r.add_argument(
+        "--track",
+        type=pair,
+        action="append",
+        default=[],
+        metavar="I,J",
+        help="distance to follow in a time-series plot (repeatable; default: heavy-atom bonds)",
+    )
+    r.add_argument("-o", "--output", type=Path, help="write the best structure(s) as (multi-frame) extended xyz")
+    r.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="one pattern: data, fit, residual and structure; several: time course of chi2 and distances",
+    )
+    r.set_defaults(run=run)

@@ -1,0 +1,108 @@
+"""What every retrieval strategy takes and gives: the :class:`Problem` (built once per call) and the
+:class:`Ensemble` of weighted structures a strategy returns.
+
+A strategy is a small value with one method, ``run(problem, key) -> Ensemble``, in the spirit of optax's
+transformations and blackjax's kernels: the problem carries the likelihood (a pure-JAX log-density with its
+gradient), the molecular graph and the starting geometry; the strategy only consumes them. ``retrieve`` picks a
+strategy, runs it and summarises the ensemble into ``Retrieval`` objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from ase import Atoms
+
+from xfit.chem._graph import MoleculeGraph
+from xfit.data._pattern import Pattern
+from xfit.infer._likelihood import Likelihood
+
+__all__ = ["Ensemble", "Problem", "Strategy"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Problem:
+    """One retrieval problem: T patterns on one grid, one molecule.
+
+    Attributes:
+        patterns: the validated patterns (T of them).
+        likelihood: their likelihood, float64 arrays (a strategy casts it to its working dtype).
+        molecule: the molecular graph, built once from ``atoms``.
+        atoms: the starting structure. reference: the reference geometry (difference patterns, restraints).
+        difference: whether the patterns are difference signals against ``reference``.
+    """
+
+    patterns: tuple[Pattern, ...]
+    likelihood: Likelihood
+    molecule: MoleculeGraph
+    atoms: Atoms
+    reference: Atoms
+    difference: bool
+
+    @property
+    def n_patterns(self) -> int:
+        return len(self.patterns)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ensemble:
+    """Weighted structures for each pattern, as a strategy returns them (NumPy, float64).
+
+    Attributes:
+        positions: (T, S, n_atoms, 3) in A.
+        chi2_data: (T, S) data chi^2 of each structure.
+        penalty: (T, S) the prior's part of -2 log posterior: restraint chi^2 (refinement) or 2 x the prior energy
+            (posterior), so that chi2_data + penalty ranks structures.
+        kind: "candidates" (distinct optima to rank: refinement) or "samples" (draws from the posterior, each of
+            weight ``weights``).
+        weights: (T, S) normalised weights of samples (uniform for plain draws); None for candidates.
+        restraints: the restraints the penalty refers to (candidates), for Gauss-Newton error bars.
+        optima: (T, P, n_atoms, 3) the particles' optima each sample was drawn around (samples), and
+            particle: (T, S) which particle each sample belongs to; modes are clusters of optima.
+        info: what the strategy reports (method, settings, dropped particles, ...), shared by every pattern.
+    """
+
+    positions: np.ndarray
+    chi2_data: np.ndarray
+    penalty: np.ndarray
+    kind: str
+    weights: np.ndarray | None = None
+    restraints: Any = None
+    optima: np.ndarray | None = None
+    particle: np.ndarray | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    """A way to turn a problem into weighted structures: ``run(problem, key) -> Ensemble``."""
+
+    name: str
+
+    def run(self, problem: Problem, key: jax.Array) -> Ensemble: ...
+
+
+def shard(arrays: list[np.ndarray], dtype) -> list[jax.Array]:
+    """Put arrays whose leading axis runs over patterns on the local devices, split along that axis.
+
+    With one device this is a plain transfer. With several (GPUs, or CPU devices from
+    XLA_FLAGS=--xla_force_host_platform_device_count=N), the pattern axis is padded to a multiple of the device count
+    by repeating the last pattern, and jit partitions the work across the devices (jax.sharding).
+    """
+    import jax.numpy as jnp
+
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        return [jnp.asarray(a, dtype) for a in arrays]
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    pad = -len(arrays[0]) % len(devices)
+    sharding = NamedSharding(Mesh(np.array(devices), ("patterns",)), PartitionSpec("patterns"))
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a
+        out.append(jax.device_put(jnp.asarray(a, dtype), sharding))
+    return out

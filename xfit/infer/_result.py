@@ -1,0 +1,398 @@
+"""What ``retrieve`` returns: :class:`Retrieval` and :class:`Uncertainty`, and the two ways of summarising a
+strategy's :class:`~xfit.infer._problem.Ensemble` into them.
+
+- Candidates (refinement): ranked by chi^2 + restraints, near-duplicates merged; the best gets Gauss-Newton
+  standard errors with the rigid-body modes projected out (Laplace at the optimum).
+- Samples (posterior): aligned, clustered into modes by heavy-atom RMSD (reflection allowed), each mode weighed by
+  its posterior mass; the heaviest mode's weighted mean is the structure, and the uncertainties are the posterior
+  standard deviations over that mode's samples.
+
+``chi2_reduced`` = chi2_data / (n_q - number of nuisance parameters); structural parameters are not subtracted,
+since the restraints or the prior make their effective number ambiguous. Without sigma the uncertainties are scaled
+by sqrt(chi2_reduced): the noise level is re-estimated from the best fit's residual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+
+from xfit.chem import _metrics
+from xfit.chem._structures import rigid_body_modes
+from xfit.data._pattern import Pattern
+from xfit.infer._likelihood import Likelihood, model_and_parameters
+from xfit.infer._problem import Ensemble, Problem
+from xfit.infer._restraints import Restraints
+
+__all__ = ["Retrieval", "Uncertainty", "summarise"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Uncertainty:
+    """How sure the retrieval is.
+
+    Attributes:
+        distances: standard errors (A) of all interatomic distances, (n_atoms, n_atoms): Gauss-Newton at the
+            optimum (refinement) or the posterior standard deviation over the chosen mode's samples (posterior).
+        positions: standard errors (A) of the Cartesian coordinates in the frame of ``Retrieval.atoms`` (centred),
+            (n_atoms, 3), rigid-body modes projected out.
+        candidate_spread: standard deviation (A) of each interatomic distance over the candidates whose chi^2 is
+            comparable with the best (refinement), or over all posterior samples, every mode (posterior).
+        n_comparable: how many candidates (refinement) or modes (posterior) that spread is taken over.
+        covariance: full covariance (3 n_atoms, 3 n_atoms) of the coordinates (A^2), in the same frame.
+        reference_positions: the coordinates (n_atoms, 3) the covariance belongs to (the structure, centred).
+        samples: the chosen mode's aligned samples (n, n_atoms, 3) and their weights (n,), or None (refinement).
+    """
+
+    distances: np.ndarray
+    positions: np.ndarray
+    candidate_spread: np.ndarray
+    n_comparable: int
+    covariance: np.ndarray
+    reference_positions: np.ndarray
+    samples: tuple[np.ndarray, np.ndarray] | None = None
+
+    def distance(self, i: int, j: int) -> float:
+        """Standard error (A) of the distance between atoms i and j."""
+        return float(self.distances[i, j])
+
+    def of(self, fn, *, step: float = 1e-4) -> float:
+        """Standard error of any scalar function of the positions.
+
+        With posterior samples: the weighted standard deviation of fn over the chosen mode's samples. Otherwise
+        linearised, sqrt(g^T C g) with g by central differences.
+
+        Args:
+            fn: maps positions (n_atoms, 3) in A to a float (a torsion in degrees, a puckering amplitude, ...).
+            step: finite-difference step in A (linearised case).
+        """
+        if self.samples is not None:
+            x, w = self.samples
+            values = np.array([fn(s) for s in x], np.float64)
+            mean = np.sum(w * values)
+            return float(np.sqrt(max(np.sum(w * (values - mean) ** 2), 0.0)))
+        x = self.reference_positions
+        grad = np.zeros(x.size)
+        for k in range(x.size):
+            plus, minus = x.copy().ravel(), x.copy().ravel()
+            plus[k] += step
+            minus[k] -= step
+            grad[k] = (fn(plus.reshape(x.shape)) - fn(minus.reshape(x.shape))) / (2 * step)
+        return float(np.sqrt(max(grad @ self.covariance @ grad, 0.0)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Retrieval:
+    """Result of :func:`retrieve` for one pattern.
+
+    Attributes:
+        atoms: the structure: the heaviest posterior mode's mean (posterior) or the lowest chi^2 (refinement).
+        candidates: distinct structures, ``candidates[0]`` is ``atoms``: the other modes by posterior mass
+            (posterior) or the refined candidates by chi^2 + restraints (refinement).
+        chi2: -2 log posterior up to a constant (chi^2 data + prior or restraints) of each candidate.
+        chi2_reduced: data chi^2 of ``atoms`` per degree of freedom (see module notes).
+        parameters: nuisance parameters of the fit: scale (and background) for intensities, excitation fraction
+            for percent differences, fraction_x_scale for plain differences.
+        model: the fitted pattern on the input q grid, an ``xfit.Pattern``.
+        uncertainty: :class:`Uncertainty` of ``atoms``.
+        pattern: the input pattern. reference: the reference structure (difference patterns) or None.
+        samples: posterior samples (n_samples, n_atoms, 3) in A, each aligned onto its mode's structure
+            (posterior; None for refinement).
+        modes: posterior mass of each candidate (n_candidates,), summing to 1 (posterior; None for refinement).
+        sample_modes: the candidate each sample belongs to (n_samples,), and sample_weights their weights.
+        info: how it was made; ``info["method"]`` is "posterior" or "refinement".
+    """
+
+    atoms: Atoms
+    candidates: list[Atoms]
+    chi2: np.ndarray
+    chi2_reduced: float
+    parameters: dict[str, float]
+    model: Pattern
+    uncertainty: Uncertainty
+    pattern: Pattern
+    reference: Atoms | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    samples: np.ndarray | None = None
+    modes: np.ndarray | None = None
+    sample_modes: np.ndarray | None = None
+    sample_weights: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v:.4g}" for k, v in self.parameters.items())
+        mass = "" if self.modes is None else f", mode mass {self.modes[0]:.2f}"
+        return (
+            f"Retrieval({self.atoms.get_chemical_formula()}, {self.info.get('method', '?')}, "
+            f"chi2_reduced={self.chi2_reduced:.3g}, {params}, {len(self.candidates)} candidates{mass})"
+        )
+
+    def plot(self, path=None, *, pairs: Sequence[tuple[int, int]] | None = None):
+        """Data, fit and normalised residual, the structure (heavy-atom distances with error bars), and, for a
+        posterior, the posterior of the key distances.
+
+        Args:
+            path: image file to write; None returns the matplotlib figure.
+            pairs: atom pairs whose distances to show (default: heavy-atom bonds, plus the pairs that vary most
+                over the posterior).
+        """
+        from xfit import _plot
+
+        return _plot.plot_retrieval(self, path, pairs=pairs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _fit(problem: Problem, t: int, x: np.ndarray):
+    """(model pattern, parameters, chi2_data) of structure x (n_atoms, 3) for pattern t, float64."""
+    like = problem.likelihood
+    with jax.enable_x64(True):
+        y, w, i_ref = (np.asarray(a[t], np.float64) for a in (like.y, like.w, like.i_ref))
+        model, params = model_and_parameters(like.spec, jnp.asarray(x, jnp.float64), y, w, i_ref)
+        model = np.asarray(model, np.float64)
+    return model, {k: float(v) for k, v in params.items()}, float(np.sum(w * (y - model) ** 2))
+
+
+def _model_pattern(problem: Problem, t: int, model: np.ndarray) -> Pattern:
+    pattern = problem.patterns[t]
+    return Pattern(
+        pattern.q,
+        model,
+        pattern.sigma if problem.likelihood.has_sigma[t] else None,
+        kind=pattern.kind,
+        probe=pattern.probe,
+        delay=pattern.delay,
+        metadata={"model": "IAM", "model_kind": problem.likelihood.spec.model_kind},
+    )
+
+
+def _to_atoms(atoms: Atoms, x: np.ndarray) -> Atoms:
+    out = atoms.copy()
+    out.positions = x - x.mean(axis=0)
+    return out
+
+
+def _distances(x: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(x[..., :, None, :] - x[..., None, :, :], axis=-1)
+
+
+def _distance_errors(x: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    """Linearised standard errors (n, n) of all distances of x (n, 3) from a coordinate covariance (3n, 3n)."""
+    n = len(x)
+    out = np.zeros((n, n))
+    i, j = np.triu_indices(n, k=1)
+    d = x[i] - x[j]
+    unit = d / np.linalg.norm(d, axis=1, keepdims=True)
+    g = np.zeros((len(i), 3 * n))
+    rows = np.arange(len(i))
+    for c in range(3):
+        g[rows, 3 * i + c] = unit[:, c]
+        g[rows, 3 * j + c] = -unit[:, c]
+    out[i, j] = out[j, i] = np.sqrt(np.clip(np.einsum("pa,ab,pb->p", g, covariance, g), 0.0, None))
+    return out
+
+
+def _distinct(structures: np.ndarray, order: np.ndarray, heavy: np.ndarray, tolerance: float) -> list[int]:
+    """Indices (in ``order``) of structures that differ from every better-ranked one by > tolerance (A, RMSD)."""
+    kept: list[int] = []
+    for k in order:
+        a = structures[k][heavy] - structures[k][heavy].mean(axis=0)
+        duplicate = False
+        for m in kept:
+            b = structures[m][heavy] - structures[m][heavy].mean(axis=0)
+            if _metrics.kabsch(a, b, allow_reflection=True)[1] < tolerance:
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(int(k))
+    return kept
+
+
+def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: float, info: dict) -> list[Retrieval]:
+    """One :class:`Retrieval` per pattern from a strategy's ensemble."""
+    summary = _summarise_candidates if ensemble.kind == "candidates" else _summarise_samples
+    info = {**info, **ensemble.info}
+    return [summary(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Candidates (refinement)
+
+
+def _gauss_newton(likelihood: Likelihood, t: int, restraints: Restraints, x, scale_covariance):
+    """Covariance (3n, 3n) of the coordinates from the Gauss-Newton Hessian J^T J of the weighted residuals."""
+    y, w, i_ref = (jnp.asarray(a[t], jnp.float64) for a in (likelihood.y, likelihood.w, likelihood.i_ref))
+    sqrt_w = jnp.sqrt(w)
+
+    def residuals(flat):
+        xs = flat.reshape(x.shape)
+        model, _ = model_and_parameters(likelihood.spec, xs, y, w, i_ref)
+        r = sqrt_w * (y - model)
+        if len(restraints.targets):
+            i, j = restraints.pairs[:, 0], restraints.pairs[:, 1]
+            d = jnp.sqrt(jnp.sum((xs[i] - xs[j]) ** 2, axis=-1))
+            r = jnp.concatenate([r, (d - restraints.targets) / restraints.sigmas])
+        return r
+
+    jac = np.asarray(jax.jacrev(residuals)(jnp.asarray(x.ravel())))
+    hessian = jac.T @ jac
+    rigid = rigid_body_modes(x).T
+    projector = np.eye(len(hessian)) - rigid @ rigid.T
+    covariance = np.linalg.pinv(projector @ hessian @ projector, rcond=1e-10, hermitian=True)
+    covariance = projector @ covariance @ projector
+    return covariance * scale_covariance
+
+
+def _summarise_candidates(problem: Problem, ensemble: Ensemble, t: int, tol: float, info: dict) -> Retrieval:
+    """Rank, merge, and characterise the refined candidates of pattern t (float64)."""
+    x, chi2_data = ensemble.positions[t], ensemble.chi2_data[t]
+    total = chi2_data + ensemble.penalty[t]
+    kept = _distinct(x, np.argsort(total), problem.molecule.heavy, tol)
+    best = kept[0]
+    x_best = x[best] - x[best].mean(axis=0)
+    like = problem.likelihood
+    has_sigma = like.has_sigma[t]
+    model, params, _ = _fit(problem, t, x_best)
+    dof = like.dof
+    chi2_reduced = float(chi2_data[best]) / dof
+    with jax.enable_x64(True):
+        covariance = _gauss_newton(like, t, ensemble.restraints, x_best, 1.0 if has_sigma else chi2_reduced)
+    n_sigma = 2.0 * np.sqrt(2.0 * dof) * (chi2_reduced if not has_sigma else 1.0)
+    comparable = [k for k in kept if total[k] <= total[best] + n_sigma]
+    best_atoms = _to_atoms(problem.atoms, x[best])
+    return Retrieval(
+        atoms=best_atoms,
+        candidates=[best_atoms] + [_to_atoms(problem.atoms, x[k]) for k in kept[1:]],
+        chi2=total[kept],
+        chi2_reduced=chi2_reduced,
+        parameters=params,
+        model=_model_pattern(problem, t, model),
+        uncertainty=Uncertainty(
+            distances=_distance_errors(x_best, covariance),
+            positions=np.sqrt(np.clip(np.diag(covariance), 0, None)).reshape(-1, 3),
+            candidate_spread=_distances(x[comparable]).std(axis=0),
+            n_comparable=len(comparable),
+            covariance=covariance,
+            reference_positions=x_best,
+        ),
+        pattern=problem.patterns[t],
+        reference=problem.reference if problem.difference else None,
+        info={**info, "chi2_data": float(chi2_data[best]), "chi2_restraints": float(ensemble.penalty[t][best])},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samples (posterior)
+
+
+def batch_kabsch(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Structures x (S, n, 3) superposed onto target (n, 3) by their heavy atoms, reflection allowed (Kabsch, Acta
+    Cryst. A32, 922 (1976), batched): (aligned (S, n, 3) in the target's frame centred on its heavy atoms, heavy-atom
+    RMSD (S,) in A)."""
+    t = target - target[heavy].mean(axis=0)
+    c = x - x[:, heavy].mean(axis=1, keepdims=True)
+    h = np.einsum("sni,nj->sij", c[:, heavy], t[heavy])
+    u, _, vt = np.linalg.svd(h)
+    rotation = u @ vt  # improper rotations allowed: an isotropic pattern cannot tell mirror images apart
+    aligned = np.einsum("sni,sij->snj", c, rotation)
+    rmsd = np.sqrt(np.mean(np.sum((aligned[:, heavy] - t[heavy]) ** 2, axis=-1), axis=-1))
+    return aligned, rmsd
+
+
+def batch_rmsd(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """Heavy-atom RMSD (S,) in A of structures x (S, n, 3) from target (n, 3), reflection allowed."""
+    return batch_kabsch(x, target, heavy)[1]
+
+
+def cluster_modes(optima: np.ndarray, mass: np.ndarray, heavy: np.ndarray, radius: float):
+    """Greedy clustering of particle optima into posterior modes.
+
+    The heaviest unassigned particle seeds a mode; every unassigned particle within ``radius`` (A, heavy-atom RMSD,
+    reflection allowed) of it joins; repeated until every particle has a mode. Modes come out ordered by mass.
+
+    Args:
+        optima: (P, n, 3) in A. mass: (P,) posterior mass of each particle's basin. heavy: atoms of the RMSD.
+
+    Returns:
+        (labels (P,) in 0..n_modes-1, mode masses (n_modes,) descending, seed particle of each mode).
+    """
+    labels = np.full(len(optima), -1)
+    seeds = []
+    while np.any(labels < 0):
+        free = np.flatnonzero(labels < 0)
+        seed = free[np.argmax(mass[free])]
+        labels[free[batch_rmsd(optima[free], optima[seed], heavy) <= radius]] = len(seeds)
+        labels[seed] = len(seeds)
+        seeds.append(seed)
+    total = np.bincount(labels, weights=mass, minlength=len(seeds))
+    order = np.argsort(-total, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[labels], total[order], np.asarray(seeds)[order]
+
+
+def _weighted_distance_std(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    d = _distances(x)
+    mean = np.einsum("s,sij->ij", w, d)
+    return np.sqrt(np.clip(np.einsum("s,sij->ij", w, (d - mean) ** 2), 0.0, None))
+
+
+def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float, info: dict) -> Retrieval:
+    """Modes, structure and posterior uncertainties of pattern t's samples (float64)."""
+    heavy = problem.molecule.heavy
+    x, particle, optima = ensemble.positions[t], ensemble.particle[t], ensemble.optima[t]
+    weights = ensemble.weights[t] / np.sum(ensemble.weights[t])
+    mass = np.bincount(particle, weights=weights, minlength=len(optima))
+    labels, mode_mass, seeds = cluster_modes(optima, mass, heavy, info.get("mode_radius", 0.15))
+    sample_modes = labels[particle]
+    total = ensemble.chi2_data[t] + ensemble.penalty[t]
+
+    aligned = np.empty_like(x)
+    means, chi2 = [], []
+    for m, seed in enumerate(seeds):
+        members = sample_modes == m
+        aligned[members], _ = batch_kabsch(x[members], optima[seed], heavy)
+        w = weights[members] / max(np.sum(weights[members]), 1e-300)
+        means.append(np.einsum("s,sij->ij", w, aligned[members]))
+        chi2.append(float(np.min(total[members])))
+
+    best = means[0]
+    chosen = sample_modes == 0
+    w0 = weights[chosen] / np.sum(weights[chosen])
+    xs = aligned[chosen]
+    centred = (xs - best).reshape(len(xs), -1)
+    covariance = np.einsum("s,sa,sb->ab", w0, centred, centred)
+    model, params, chi2_best = _fit(problem, t, best)
+    atoms = _to_atoms(problem.atoms, best)
+    centre = best.mean(axis=0)
+    return Retrieval(
+        atoms=atoms,
+        candidates=[atoms] + [_to_atoms(problem.atoms, m) for m in means[1:]],
+        chi2=np.asarray(chi2),
+        chi2_reduced=chi2_best / problem.likelihood.dof,
+        parameters=params,
+        model=_model_pattern(problem, t, model),
+        uncertainty=Uncertainty(
+            distances=_weighted_distance_std(xs, w0),
+            positions=np.sqrt(np.clip(np.diag(covariance), 0, None)).reshape(-1, 3),
+            candidate_spread=_weighted_distance_std(x, weights),
+            n_comparable=len(seeds),
+            covariance=covariance,
+            reference_positions=best - centre,
+            samples=(xs - centre, w0),
+        ),
+        pattern=problem.patterns[t],
+        reference=problem.reference if problem.difference else None,
+        info={**info, "chi2_data": chi2_best, "n_modes": len(seeds)},
+        samples=aligned - centre,
+        modes=mode_mass / mode_mass.sum(),
+        sample_modes=sample_modes,
+        sample_weights=weights,
+    )
