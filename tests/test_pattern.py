@@ -144,3 +144,24 @@ def test_pattern_with_noise(key):
     np.testing.assert_array_equal(noisy.values, p.with_noise(key, relative=0.01).values)
     with pytest.raises(ValueError, match="exactly one"):
         p.with_noise(key)
+
+
+def test_estimate_noise_recovers_the_true_scatter_before_time_zero(key):
+    # Stated sigma 1, true scatter 3: the factor is 3 within sampling error (40 signal-free patterns x 50 points).
+    q = np.linspace(0.5, 4.0, 50)
+    noise = 3.0 * np.asarray(jax.random.normal(key, (60, 50)))
+    signal = np.where(np.arange(60)[:, None] >= 40, 0.5, 0.0)
+    series = [
+        xfit.Pattern(q, signal[k] + noise[k], np.ones(50), kind="percent_difference", delay=-2.0 + 0.1 * k)
+        for k in range(60)
+    ]
+    rescaled, factor = xfit.estimate_noise(series, before=0.0)
+    assert factor == pytest.approx(3.0, rel=0.1)
+    assert rescaled[-1].sigma == pytest.approx(np.full(50, factor))
+    assert [p.delay for p in rescaled] == [p.delay for p in series]
+    unstated, one = xfit.estimate_noise([p.replace(sigma=None) for p in series], before=0.0)
+    assert one == 1.0 and np.median(unstated[0].sigma) == pytest.approx(3.0, rel=0.15)
+    with pytest.raises(ValueError, match="difference signals only"):
+        xfit.estimate_noise([xfit.Pattern(q, np.ones(50), delay=-1.0)] * 2)
+    with pytest.raises(ValueError, match="at least two signal-free"):
+        xfit.estimate_noise(series, before=-1.95)

@@ -15,6 +15,7 @@ from xfit.chem._pool import build_pool as build_pool
 from xfit.chem._pool import iterate_pool as iterate_pool
 from xfit.chem._pool import pool_summary as pool_summary
 from xfit.chem._structures import read_structures as read_structures
+from xfit.data._noise import estimate_noise as estimate_noise
 from xfit.data._pattern import Pattern as Pattern
 from xfit.data._pattern import load_pattern as load_pattern
 from xfit.data._pattern import load_patterns as load_patterns
@@ -24,6 +25,7 @@ from xfit.data._signals import gaussian_noise as gaussian_noise
 from xfit.data._signals import percent_difference as percent_difference
 from xfit.data._signals import poisson_noise as poisson_noise
 from xfit.infer._likelihood import Likelihood as Likelihood
+from xfit.infer._posterior import Posterior as Posterior
 from xfit.infer._refinement import Refinement as Refinement
 from xfit.infer._restraints import Restraints as Restraints
 from xfit.infer._restraints import covalent_restraints as covalent_restraints
@@ -63,6 +65,7 @@ __all__ = [
     "MoleculeGraph",
     "Pattern",
     "PoolSpec",
+    "Posterior",
     "Prior",
     "PriorConfig",
     "PriorFallbackWarning",
@@ -82,6 +85,7 @@ __all__ = [
     "dihedral",
     "electron_form_factor",
     "electron_wavelength",
+    "estimate_noise",
     "form_factor",
     "gaussian_noise",
     "intensity",
