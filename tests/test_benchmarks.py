@@ -68,3 +68,11 @@ def test_prior_ranking_benchmark_smoke(tmp_path):
     assert {"CHD held-out sweep", "DT held-out sweep"} <= set(sets)
     for row in sets.values():  # the oracle picks among the same candidates, so it can only be as good or better
         assert row["oracle"]["median"] <= row["chi2"]["median"] + 1e-12
+
+
+def test_posterior_benchmark_smoke(tmp_path):
+    data = run_smoke("posterior", tmp_path)
+    assert data["nmm"]["noise_factor"] > 1 and 0 <= data["nmm"]["fraction_chi2_le_1.5"] <= 1
+    if "chd" in data:
+        for row in data["chd"].values():
+            assert row["n"] >= 1 and len(row["coverage_1_2_3_sigma"]) == 3

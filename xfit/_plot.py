@@ -79,9 +79,51 @@ def plot_scattering(q, parts: dict[str, np.ndarray], labels: list[str], title: s
     return save_figure(fig, path)
 
 
+def _key_pairs(result, n_extra: int = 3) -> list[tuple[int, int]]:
+    """Heavy-atom bonds, then the heavy-atom pairs whose distance varies most over the posterior samples."""
+    from xfit.chem._graph import MoleculeGraph
+
+    graph = MoleculeGraph.from_atoms(result.atoms)
+    pairs = [tuple(p) for p in graph.heavy_bonds.tolist()]
+    if result.samples is not None:
+        heavy = np.flatnonzero(graph.heavy)
+        spread = result.uncertainty.candidate_spread[np.ix_(heavy, heavy)]
+        i, j = np.triu_indices(len(heavy), k=1)
+        for k in np.argsort(-spread[i, j])[:n_extra]:
+            pair = (int(heavy[i[k]]), int(heavy[j[k]]))
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def _distance_panel(ax, result, pairs) -> None:
+    """Distances of ``pairs``: posterior violins (weighted resampling of the samples) with the structure's value,
+    or the structure's value with its Gauss-Newton standard error."""
+    atoms = result.atoms
+    symbols = atoms.get_chemical_symbols()
+    labels = [f"{symbols[a]}{a}-{symbols[b]}{b}" for a, b in pairs]
+    d = [atoms.get_distance(a, b) for a, b in pairs]
+    if result.samples is not None:
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(result.samples), size=2000, p=result.sample_weights / result.sample_weights.sum())
+        x = result.samples[pick]
+        draws = [np.linalg.norm(x[:, a] - x[:, b], axis=-1) for a, b in pairs]
+        parts = ax.violinplot(draws, positions=range(len(pairs)), widths=0.8, showextrema=False)
+        for body in parts["bodies"]:
+            body.set_alpha(0.5)
+        ax.plot(range(len(pairs)), d, "o", ms=4, color="k")
+        ax.set_title("posterior of key distances (violins; dots: structure)", fontsize=9)
+    else:
+        err = [result.uncertainty.distances[a, b] for a, b in pairs]
+        ax.errorbar(range(len(pairs)), d, err, fmt="o", ms=4, color="k", capsize=2)
+        ax.set_title("distances +- Gauss-Newton standard error", fontsize=9)
+    ax.set_xticks(range(len(pairs)), labels, rotation=60, fontsize=7)
+    ax.set_ylabel(r"distance ($\AA$)")
+
+
 def plot_retrieval(result, path=None, *, pairs=None):
     """Four panels: data with the fit, normalised residual, the structure (projection on its principal plane), and
-    heavy-atom distances with their Gauss-Newton error bars."""
+    the key distances: posterior violins (posterior retrieval) or Gauss-Newton error bars (refinement)."""
     from xfit.chem._structures import covalent_bonds
 
     pattern, model, atoms = result.pattern, result.model, result.atoms
@@ -125,19 +167,13 @@ def plot_retrieval(result, path=None, *, pairs=None):
             ax_mol.annotate(str(k), xy[k], fontsize=7, ha="center", va="center", color="w", zorder=3)
     ax_mol.set_aspect("equal")
     ax_mol.set_axis_off()
-    ax_mol.set_title("best structure (principal plane; atom indices)", fontsize=9)
+    method = result.info.get("method", "")
+    mass = "" if result.modes is None else f", mode mass {result.modes[0]:.2f}"
+    ax_mol.set_title(f"structure ({method}{mass}; principal plane, atom indices)", fontsize=9)
 
-    if pairs is None:
-        pairs = covalent_bonds(atoms, heavy_only=True).tolist()
-    pairs = list(pairs)
+    pairs = _key_pairs(result) if pairs is None else [tuple(p) for p in pairs]
     if pairs:
-        d = [atoms.get_distance(a, b) for a, b in pairs]
-        err = [result.uncertainty.distances[a, b] for a, b in pairs]
-        labels = [f"{atoms.get_chemical_symbols()[a]}{a}-{atoms.get_chemical_symbols()[b]}{b}" for a, b in pairs]
-        ax_dist.errorbar(range(len(pairs)), d, err, fmt="o", ms=4, color="k", capsize=2)
-        ax_dist.set_xticks(range(len(pairs)), labels, rotation=60, fontsize=7)
-        ax_dist.set_ylabel(r"distance ($\AA$)")
-        ax_dist.set_title("distances +- Gauss-Newton standard error", fontsize=9)
+        _distance_panel(ax_dist, result, pairs)
     if path is None:
         return fig
     return save_figure(fig, path)

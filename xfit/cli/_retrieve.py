@@ -50,12 +50,20 @@ def run(args) -> int:
         prior=None if args.no_prior else (args.prior or "auto"),
     )
     used = results[0].info.get("prior")
-    print(f"prior: {used}" if used else "prior: none (no trained prior fits this molecule and pattern, or --no-prior)")
+    method = results[0].info.get("method")
+    print(f"method: {method}; prior: {used or 'none (no trained prior fits this molecule and pattern, or --no-prior)'}")
     param = next(iter(results[0].parameters))
-    print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>10} {'candidates':>10}")
+    mass = "mode mass" if method == "posterior" else "candidates"
+    print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>10} {mass:>10}")
     for k, r in enumerate(results):
         delay = f"{r.pattern.delay:>9.3g}" if r.pattern.delay is not None else f"{'-':>9}"
-        print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {len(r.candidates):>10}")
+        last = f"{r.modes[0]:>10.2f}" if r.modes is not None else f"{len(r.candidates):>10}"
+        print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {last}")
+    if args.samples:
+        from xfit.data._samples import save_samples
+
+        save_samples(results, args.samples)
+        print(f"wrote {args.samples} (posterior samples, modes and structures)")
     if args.output:
         frames = []
         for r in results:
@@ -84,17 +92,19 @@ def add_parser(sub) -> None:
         "retrieve",
         help="retrieve the structure behind a scattering pattern (or a time series of them)",
         description=textwrap.fill(
-            "Fit a molecular structure to a measured or simulated X-ray scattering pattern: many starts around the "
-            "given geometry are refined together by gradient descent on chi^2 (IAM model, nuisance parameters "
-            "solved in closed form, covalent restraints), ranked by chi^2, and the best is written with "
-            "Gauss-Newton error bars. Files with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, "
-            "one structure per delay. q = 4 pi sin(theta)/lambda in 1/Angstrom.",
+            "Find the molecular structure behind a measured or simulated X-ray scattering pattern. When a learned "
+            "conformer prior covers the molecule, the posterior p(structure | pattern) is sampled (IAM likelihood, "
+            "nuisance parameters solved in closed form): the heaviest mode is written, with posterior error bars, "
+            "and bonds may break without being told which. Otherwise many starts around the given geometry are "
+            "refined by gradient descent on chi^2 with covalent restraints (--free-pair lets a bond break). Files "
+            "with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, one structure per delay. "
+            "q = 4 pi sin(theta)/lambda in 1/Angstrom.",
             width=100,
         ),
         epilog=(
             "examples:\n"
-            "  xfit retrieve examples/data/chd_frame.txt --atoms examples/data/chd.xyz --free-pair 0,5 "
-            "-o result.xyz --plot fit.png\n"
+            "  xfit retrieve examples/data/chd_traj001_t12.txt --atoms examples/data/chd.xyz -o result.xyz "
+            "--plot fit.png --samples posterior.h5\n"
             "  xfit retrieve NMM_exp_dataset.mat --atoms examples/data/nmm.xyz --fraction 0.057 --delays -0.1:4 "
             "-o nmm_series.xyz --plot nmm_course.png"
         ),
@@ -122,10 +132,13 @@ def add_parser(sub) -> None:
     prior.add_argument(
         "--prior",
         metavar="FOLDER",
-        help="prior folder from 'xfit train', or a shipped prior by name: nmm_chd_dt, broad (default: the NMM/CHD/DT "
-        "prior that fits the molecule)",
+        help="a conformer prior (folder from 'xfit train-prior', or 'conformer'): posterior sampling with it; or a "
+        "proposal network (folder from 'xfit train', or nmm_chd_dt, broad): refinement seeded by it. Default: the "
+        "shipped conformer prior when it covers the molecule, else refinement with the NMM/CHD/DT proposals",
     )
-    prior.add_argument("--no-prior", action="store_true", help="do not add the learned prior's proposals as starts")
+    prior.add_argument(
+        "--no-prior", action="store_true", help="refinement with covalent restraints alone (no learned prior)"
+    )
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
     r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
@@ -138,6 +151,9 @@ def add_parser(sub) -> None:
         help="distance to follow in a time-series plot (repeatable; default: heavy-atom bonds)",
     )
     r.add_argument("-o", "--output", type=Path, help="write the best structure(s) as (multi-frame) extended xyz")
+    r.add_argument(
+        "--samples", type=Path, metavar="PATH.h5", help="write the posterior samples, modes and structures (HDF5)"
+    )
     r.add_argument(
         "--plot",
         type=Path,

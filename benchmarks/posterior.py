@@ -1,0 +1,238 @@
+"""Posterior retrieval against refinement, on data xfit never trained on.
+
+Questions: on the simulated CHD ring-opening frames of ../shared/reference (every frame of traj001 and traj090),
+how close does the default call ``xfit.retrieve(pattern, chd_reference)`` get, do its error bars hold, and how fast
+is it, against the refinement fallback (``prior=None``) and refinement seeded by the proposal network
+(``prior="nmm_chd_dt"``)? And on the measured LCLS NMM series, with sigma rescaled to the scatter before time
+zero (``xfit.estimate_noise``), what fraction of delays is fitted within chi2_reduced <= 1.5?
+
+CHD: total X-ray intensity, q = 0.5..8 1/A in 76 points, Gaussian noise 0.1 % of I with sigma given, start =
+chd_reference.xyz. Reported per method: carbon RMSD (median; frames <= 0.10 A; near-closed frames, C1-C6 <= 2.3 A;
+ring-opened frames) after superposition with reflection allowed, all-atom RMSD, median |C1-C6 error|, the fraction
+of frames whose true C1-C6 lies within 1, 2, 3 reported standard deviations (a calibration plot is written beside
+the JSON), median sigma(C1-C6), and the time per retrieval (one batched call over all frames, after compilation).
+Targets (issue): median carbon RMSD <= 0.10 A with >= 50 % of frames <= 0.10 A, near-closed <= 0.075 A, true
+C1-C6 within 2 sigma on >= 80 % of frames with median sigma <= 0.15 A, <= 2 s per retrieval on a 2-core CPU; NMM
+chi2_reduced <= 1.5 at >= 90 % of delays.
+
+    python benchmarks/posterior.py --json benchmarks/results/posterior_cpu.json
+    python benchmarks/posterior.py --smoke --json /tmp/p.json      # seconds: what the test suite runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header  # noqa: E402
+from _common import write_json  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "reference"
+CHD = SHARED / "chd_trajectories"
+NMM_DATA = ROOT / "examples" / "data" / "nmm_experiment.mat"
+METHODS = {
+    "default call": {},
+    "refinement (prior=None)": {"prior": None},
+    "refinement + proposals": {"prior": "nmm_chd_dt"},
+}
+SMOKE = {"steps": 40, "n_starts": 4}
+"""Smoke runs: a few steps and starts for refinement, and a tiny posterior (see ``options``)."""
+
+
+def options(method: dict, smoke: bool, atoms) -> dict:
+    """retrieve's keyword arguments for a method; in smoke runs reduced to seconds, the default call's posterior
+    (when a conformer prior covers the molecule) included."""
+    if not smoke:
+        return method
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.infer._retrieve import _resolve_conformer
+
+    out = {**method, **SMOKE}
+    conformer = _resolve_conformer(method.get("prior", "auto"), MoleculeGraph.from_atoms(atoms))
+    if conformer is not None:
+        import xfit
+
+        out["strategy"] = xfit.Posterior(conformer, n_prior=4, n_local=2, steps=40, draws=2)
+    return out
+
+
+def load_frames(stride: int, limit: int | None):
+    from ase.io import read
+
+    frames = []
+    for trajectory in ("traj001", "traj090"):
+        paths = sorted((CHD / trajectory).glob("target_*.xyz"))[::stride]
+        frames += [(f"{trajectory}/{p.stem}", read(p)) for p in paths[:limit]]
+    return frames
+
+
+def chd_patterns(frames, q, noise: float, seed: int):
+    import jax
+
+    import xfit
+
+    keys = jax.random.split(jax.random.key(seed), len(frames))
+    pairs = zip(frames, keys, strict=True)
+    return [xfit.Pattern(q, xfit.scattering(a, q)).with_noise(k, relative=noise) for (_, a), k in pairs]
+
+
+def score(results, frames) -> dict:
+    import xfit
+
+    rows = []
+    for r, (name, truth) in zip(results, frames, strict=True):
+        d_true, d_found = truth.get_distance(0, 5), r.atoms.get_distance(0, 5)
+        sigma = r.uncertainty.distance(0, 5)
+        rows.append(
+            {
+                "frame": name,
+                "carbon_rmsd": xfit.rmsd(r.atoms, truth, heavy_only=True),
+                "all_rmsd": xfit.rmsd(r.atoms, truth),
+                "c1c6_true": d_true,
+                "c1c6_error": abs(d_found - d_true),
+                "c1c6_sigma": sigma,
+                "z": abs(d_found - d_true) / max(sigma, 1e-12),
+                "chi2_reduced": r.chi2_reduced,
+                "method": r.info.get("method"),
+                "modes": None if r.modes is None else len(r.modes),
+            }
+        )
+    return rows
+
+
+def summarise(rows) -> dict:
+    c = np.array([r["carbon_rmsd"] for r in rows])
+    closed = np.array([r["c1c6_true"] <= 2.3 for r in rows])
+    z = np.array([r["z"] for r in rows])
+    return {
+        "n": len(rows),
+        "method": rows[0]["method"],
+        "carbon_median": float(np.median(c)),
+        "carbon_le_0.10": float(np.mean(c <= 0.10)),
+        "closed_median": float(np.median(c[closed])) if closed.any() else None,
+        "opened_median": float(np.median(c[~closed])) if (~closed).any() else None,
+        "all_atom_median": float(np.median([r["all_rmsd"] for r in rows])),
+        "c1c6_error_median": float(np.median([r["c1c6_error"] for r in rows])),
+        "c1c6_sigma_median": float(np.median([r["c1c6_sigma"] for r in rows])),
+        "coverage_1_2_3_sigma": [float(np.mean(z <= k)) for k in (1, 2, 3)],
+        "n_closed": int(closed.sum()),
+    }
+
+
+def run_chd(args, q) -> dict:
+    import xfit
+
+    frames = load_frames(args.stride, args.limit)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    patterns = chd_patterns(frames, q, args.noise, args.seed)
+    out = {}
+    for name, method in METHODS.items():
+        kwargs = options(method, args.smoke, start)
+        xfit.retrieve(patterns[:1], start, **kwargs)  # compile outside the timing
+        t0 = time.perf_counter()
+        results = xfit.retrieve(patterns, start, **kwargs)
+        seconds = (time.perf_counter() - t0) / len(patterns)
+        rows = score(results, frames)
+        out[name] = {**summarise(rows), "seconds_per_retrieval": seconds, "rows": rows}
+        s = out[name]
+        print(
+            f"{name:<26} {s['method']:<10} C-RMSD median {s['carbon_median']:.3f} A, <= 0.10 A: "
+            f"{100 * s['carbon_le_0.10']:.0f} %, near-closed {_f(s['closed_median'])}, opened "
+            f"{_f(s['opened_median'])}; "
+            f"C1-C6 error {s['c1c6_error_median']:.3f} A, sigma {s['c1c6_sigma_median']:.3f} A, within 1/2/3 sigma "
+            f"{', '.join(f'{100 * v:.0f} %' for v in s['coverage_1_2_3_sigma'])}; {seconds:.2f} s/retrieval",
+            flush=True,
+        )
+    return out
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def calibration_plot(chd: dict, path: Path) -> None:
+    from xfit import _plot
+
+    fig = _plot._pyplot().figure(figsize=(5, 4), constrained_layout=True)
+    ax = fig.add_subplot()
+    k = np.linspace(0, 4, 81)
+    from scipy.special import erf
+
+    ax.plot(k, erf(k / np.sqrt(2)), "k--", lw=1, label="Gaussian, calibrated")
+    for name, s in chd.items():
+        z = np.sort([r["z"] for r in s["rows"]])
+        ax.plot(k, [np.mean(z <= v) for v in k], label=f"{name} ({s['method']})")
+    ax.set_xlabel("k: |C1-C6 error| / reported sigma")
+    ax.set_ylabel("fraction of frames within k sigma")
+    ax.legend(fontsize=7)
+    _plot.save_figure(fig, path)
+    print(f"wrote {path}")
+
+
+def run_nmm(args) -> dict:
+    import xfit
+    from xfit.chem._metrics import dihedral
+
+    series = xfit.load_patterns(NMM_DATA)
+    rescaled, factor = xfit.estimate_noise(series, before=-0.15)
+    chosen = [p for p in rescaled if -0.1 <= p.delay <= 4.0][:: args.nmm_stride]
+    atoms = xfit.read_structures(ROOT / "examples" / "data" / "nmm.xyz")[0]
+    t0 = time.perf_counter()
+    results = xfit.retrieve(chosen, atoms, fraction=0.057, **options({}, args.smoke, atoms))
+    seconds = (time.perf_counter() - t0) / len(chosen)
+    chi2 = np.array([r.chi2_reduced for r in results])
+    torsion = [dihedral(r.atoms.positions, 0, 1, 2, 3) for r in results]
+    torsion_sigma = [r.uncertainty.of(lambda x: dihedral(x, 0, 1, 2, 3)) for r in results]
+    out = {
+        "noise_factor": factor,
+        "n_delays": len(chosen),
+        "method": results[0].info.get("method"),
+        "chi2_reduced_median": float(np.median(chi2)),
+        "fraction_chi2_le_1.5": float(np.mean(chi2 <= 1.5)),
+        "seconds_per_delay": seconds,
+        "delays": [p.delay for p in chosen],
+        "torsion_deg": torsion,
+        "torsion_sigma_deg": torsion_sigma,
+    }
+    print(
+        f"NMM series ({out['method']}): stated sigma x {factor:.2f}; {len(chosen)} delays, chi2_red median "
+        f"{out['chi2_reduced_median']:.2f}, <= 1.5 at {100 * out['fraction_chi2_le_1.5']:.0f} % of delays; "
+        f"{seconds:.2f} s/delay",
+        flush=True,
+    )
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="two frames, four delays: seconds, for the tests")
+    parser.add_argument("--stride", type=int, default=1, help="every STRIDE-th frame of each trajectory")
+    parser.add_argument("--limit", type=int, help="at most this many frames per trajectory")
+    parser.add_argument("--noise", type=float, default=1e-3, help="relative Gaussian noise (default 0.1 %%)")
+    parser.add_argument("--nmm-stride", type=int, default=1, help="every N-th delay of the NMM series")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.limit, args.stride, args.nmm_stride = 1, 20, 20
+    q = np.linspace(0.5, 8.0, 76)
+    results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76]}
+    if CHD.exists():
+        results["chd"] = run_chd(args, q)
+        if args.json is not None:
+            calibration_plot(results["chd"], args.json.with_name(args.json.stem + "_calibration.png"))
+    else:
+        print(f"{CHD} not found: CHD section skipped")
+    results["nmm"] = run_nmm(args)
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
