@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     frames = load_frames(args.stride)
     reference = read(CHD / "chd_reference.xyz")
     options = dict(
+        prior="nmm_chd_dt",  # this script measures the refinement path (posterior: benchmarks/posterior.py)
         free_pairs=[(0, 5)],
         n_starts=args.starts,
         steps=args.steps,

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         found = []
         for p, t in zip(patterns, truths, strict=True):
             rs = None if restraints is None else xfit.covalent_restraints(reference, free_pairs=[(0, 5)], **restraints)
-            r = xfit.retrieve(p, t, n_starts=1, steps=1000, learning_rate=0.005, restraints=rs)
+            r = xfit.retrieve(p, t, n_starts=1, steps=1000, learning_rate=0.005, restraints=rs, prior="nmm_chd_dt")
             found.append(r.atoms)
         results["from_truth"][label] = median_rmsd(found)
         print(f"   {label:<36} {results['from_truth'][label]:.3f}", flush=True)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         ("128 starts, 1000 steps", dict(n_starts=128, steps=1000)),
         ("32 starts, 1000 steps, restraints -> 0.2", dict(n_starts=32, steps=1000, final_restraint_weight=0.2)),
     ]:
-        found = xfit.retrieve(patterns, reference, free_pairs=[(0, 5)], **options)
+        found = xfit.retrieve(patterns, reference, free_pairs=[(0, 5)], prior="nmm_chd_dt", **options)
         row = {
             "best_chi2": median_rmsd([r.atoms for r in found]),
             "best_candidate": float(
