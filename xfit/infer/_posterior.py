@@ -171,6 +171,28 @@ def _same_optimum_groups(x: np.ndarray, heavy: np.ndarray, tolerance: float) -> 
     return labels
 
 
+def _noise_scale(problem: Problem, chi2: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Per pattern (T,), the factor dividing the likelihood weights: 1 with sigma given; without, the best
+    particle's chi2_reduced (the noise level re-estimated from the residual), floored at 1e-3."""
+    best = np.where(finite, chi2, np.inf).min(axis=1)
+    scale = np.ones(len(chi2))
+    for k, has_sigma in enumerate(problem.likelihood.has_sigma):
+        if not has_sigma and np.isfinite(best[k]):
+            scale[k] = max(best[k] / problem.likelihood.dof, 1e-3)
+    return scale
+
+
+def _share_basins(log_w: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
+    """Log weights (T, S, draws) with each basin's mass shared out: particles that converged to one optimum
+    (within ``tolerance`` A) each estimated that basin's whole mass, so each keeps 1/count of it."""
+    out = log_w.copy()
+    for k in range(len(log_w)):
+        groups = _same_optimum_groups(optima[k], heavy, tolerance)
+        counts = np.bincount(groups, minlength=len(groups))[groups]
+        out[k] -= np.log(counts)[:, None]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Posterior:
     """Posterior sampling with a learned conformer prior (see the module notes).
@@ -243,11 +265,7 @@ class Posterior:
             x_star, chi2 = np.asarray(x_star, np.float64)[:t], np.asarray(chi2, np.float64)[:t]
             prior_energy = np.asarray(prior_energy, np.float64)[:t]
             finite = np.isfinite(chi2) & np.isfinite(prior_energy) & np.all(np.isfinite(x_star), axis=(-2, -1))
-            best = np.where(finite, chi2, np.inf).min(axis=1)
-            scale = np.ones(t)
-            for k in range(t):
-                if not like.has_sigma[k] and np.isfinite(best[k]):
-                    scale[k] = max(best[k] / problem.likelihood.dof, 1e-3)
+            scale = _noise_scale(problem, chi2, finite)
             safe = np.where(finite[..., None, None], x_star, x0[:t])
             draws, log_w, chi2_d, prior_d = laplace_draws(
                 like.select(np.arange(t)) if len(like.y) > t else like,
@@ -265,12 +283,7 @@ class Posterior:
         log_w = np.where(ok, log_w, -np.inf)
         draws = np.where(ok[..., None, None], draws, safe[:, :, None])
         chi2_d, prior_d = (np.where(ok, a, np.inf) for a in (chi2_d, prior_d))
-        # Particles that converged to one optimum estimate the same basin: they share its mass.
-        heavy = problem.molecule.heavy
-        for k in range(t):
-            groups = _same_optimum_groups(safe[k], heavy, self.duplicate_tolerance)
-            counts = np.bincount(groups, minlength=len(groups))[groups]
-            log_w[k] -= np.log(counts)[:, None]
+        log_w = _share_basins(log_w, safe, problem.molecule.heavy, self.duplicate_tolerance)
         s = x_star.shape[1]
         weights = np.exp(log_w - log_w.max(axis=(1, 2), keepdims=True))
         weights /= weights.sum(axis=(1, 2), keepdims=True)

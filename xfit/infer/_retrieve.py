@@ -280,42 +280,61 @@ def retrieve(
         dtype=dtype,
     )
     problem = Problem(tuple(patterns), likelihood, graph, atoms, reference, kind in DIFFERENCE_KINDS)
-    extra = None if starts is None else extra_starts(starts, atoms)
     info = {"seed": seed}
-
     if strategy is None:
-        conformer = _resolve_conformer(prior, graph)
-        if conformer is not None:
-            from xfit.infer._posterior import Posterior
-
-            strategy = Posterior(conformer, extra_starts=extra, dtype=dtype, progress=progress)
-            info["prior"] = conformer.path
-        else:
-            if isinstance(prior, str) and prior == "auto":
-                _warn_fallback(graph)
-            proposal = _resolve_proposal(prior, graph, kind)
-            x_extra = None if extra is None else np.broadcast_to(extra, (len(patterns), *extra.shape))
-            if proposal is not None:
-                seeds = proposal_starts(proposal, patterns, reference, fraction, model_kind)
-                x_extra = seeds if x_extra is None else np.concatenate([seeds, x_extra], axis=1)
-            strategy = Refinement(
-                _restraint_set(restraints, graph, free_pairs, bond_sigma, angle_sigma),
-                n_starts=n_starts,
-                perturbation=perturbation,
-                free_pairs=tuple(tuple(int(v) for v in p) for p in free_pairs),
-                extra_starts=x_extra,
-                steps=steps,
-                learning_rate=learning_rate,
-                smoothness=smoothness,
-                final_restraint_weight=final_restraint_weight,
-                dtype=dtype,
-                chunk=chunk or (64 if progress else None),
-                progress=progress,
-            )
-            info["prior"] = None if proposal is None else proposal.path
+        refinement = {
+            "restraints": restraints,
+            "free_pairs": free_pairs,
+            "bond_sigma": bond_sigma,
+            "angle_sigma": angle_sigma,
+            "n_starts": n_starts,
+            "perturbation": perturbation,
+            "steps": steps,
+            "learning_rate": learning_rate,
+            "smoothness": smoothness,
+            "final_restraint_weight": final_restraint_weight,
+            "chunk": chunk,
+        }
+        choice = _choose_strategy(problem, prior, starts, fraction, model_kind, dtype, progress, refinement)
+        strategy, info["prior"] = choice
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
     return results[0] if single else results
+
+
+def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtype, progress, options: dict):
+    """The strategy ``prior`` asks for, and the path of the prior it uses (see ``retrieve``)."""
+    graph, patterns = problem.molecule, list(problem.patterns)
+    extra = None if starts is None else extra_starts(starts, problem.atoms)
+    conformer = _resolve_conformer(prior, graph)
+    if conformer is not None:
+        from xfit.infer._posterior import Posterior
+
+        return Posterior(conformer, extra_starts=extra, dtype=dtype, progress=progress), conformer.path
+    if isinstance(prior, str) and prior == "auto":
+        _warn_fallback(graph)
+    proposal = _resolve_proposal(prior, graph, patterns[0].kind)
+    x_extra = None if extra is None else np.broadcast_to(extra, (len(patterns), *extra.shape))
+    if proposal is not None:
+        seeds = proposal_starts(proposal, patterns, problem.reference, fraction, model_kind)
+        x_extra = seeds if x_extra is None else np.concatenate([seeds, x_extra], axis=1)
+    free_pairs = tuple(tuple(int(v) for v in p) for p in options["free_pairs"])
+    restraints = _restraint_set(options["restraints"], graph, free_pairs, options["bond_sigma"], options["angle_sigma"])
+    strategy = Refinement(
+        restraints,
+        n_starts=options["n_starts"],
+        perturbation=options["perturbation"],
+        free_pairs=free_pairs,
+        extra_starts=x_extra,
+        steps=options["steps"],
+        learning_rate=options["learning_rate"],
+        smoothness=options["smoothness"],
+        final_restraint_weight=options["final_restraint_weight"],
+        dtype=dtype,
+        chunk=options["chunk"] or (64 if progress else None),
+        progress=progress,
+    )
+    return strategy, None if proposal is None else proposal.path
 
 
 def _warn_fallback(graph: MoleculeGraph) -> None:
