@@ -15,12 +15,14 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    Chung et al., ICLR 2023, with the Tweedie step replaced by descent at each level: at the 0.1 % noise of these
    patterns the likelihood is far sharper than the prior, and plain Langevin steps small enough for it would need
    ~1e4 steps per level).
-3. Exact local posterior. Around each particle's optimum x*, the Laplace Gaussian N(x*, H^-1) (H = Gauss-Newton
-   Hessian of chi2/2 + the prior energy's Hessian, rigid-body directions projected out, curvature floored) is an
-   importance proposal: ``draws`` samples each, weighted by exp(-U(x)) sqrt(det' I(x)) / q(x), where I is the
-   inertia tensor (unit masses): integrating out the three rotations leaves that orbit-volume factor, which
-   matters when modes of different shape (closed ring, open chain) are compared. The weights of each particle's
-   draws estimate its basin's posterior mass; particles that converged to one optimum share it.
+3. Local posterior. At each particle's optimum x*, H = Gauss-Newton Hessian of chi2/2 + the prior energy's
+   Hessian (rigid-body directions projected out, curvature floored). The basin's mass is its Laplace evidence,
+   exp(-U(x*)) det'(H)^(-1/2) sqrt(det' I(x*)), where I is the inertia tensor (unit masses): integrating out the
+   three rotations leaves that orbit-volume factor, which matters when modes of different shape (closed ring,
+   open chain) are compared. Samples within the basin come from a Metropolis-adjusted Langevin chain
+   preconditioned by H^-1, exact for the basin whatever the Gaussian misses (importance weights from the Laplace
+   Gaussian itself collapsed to one effective sample per basin in trials: the prior's curvature is not that of a
+   Gaussian). Particles that converged to one optimum share its mass.
 4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection allowed; mode
    masses; the heaviest mode's weighted mean as the structure; posterior standard deviations from its samples.
 
@@ -45,7 +47,7 @@ import optax
 from xfit.infer._likelihood import Likelihood
 from xfit.infer._problem import Ensemble, Problem, shard
 
-__all__ = ["Posterior", "anneal", "laplace_draws"]
+__all__ = ["Posterior", "anneal", "local_posterior"]
 
 
 def _rigid_projector(x):
@@ -111,46 +113,105 @@ def _residuals(likelihood: Likelihood, t, x):
     return jnp.sqrt(w) * (y - model)
 
 
-@functools.partial(jax.jit, static_argnames=("energy", "draws"))
-def laplace_draws(likelihood: Likelihood, energy, x_star, sigma_min, key, noise_scale, *, draws: int, floor: float):
-    """Importance draws from the Laplace approximation at each optimum, with their log weights.
+@functools.partial(jax.jit, static_argnames=("energy", "draws", "thin"))
+def local_posterior(
+    likelihood: Likelihood,
+    energy,
+    x_star,
+    sigma_min,
+    key,
+    noise_scale,
+    step_size,
+    *,
+    draws: int,
+    thin: int,
+    floor: float,
+):
+    """Each basin's posterior mass (Laplace) and samples of the posterior within it (preconditioned MALA).
+
+    For the optimum x* of each particle: H = Gauss-Newton Hessian of chi2/2 + Hessian of the prior energy, the
+    rigid-body directions projected out, eigenvalues floored at ``floor``. The basin's log mass is the Laplace
+    evidence -U(x*) - 1/2 log det' H + 1/2 log det' I(x*) (I: the unit-mass inertia tensor, the volume of the
+    rotation orbit). Samples: a Metropolis-adjusted Langevin chain (Roberts & Tweedie, Bernoulli 2, 341 (1996))
+    started at x*, preconditioned by H^-1 (so each step is scaled to the basin's shape), targeting
+    exp(-U(x)) sqrt(det' I(x)); the accept/reject step makes the samples exact for the basin whatever the Gaussian
+    approximation misses. ``draws`` states are kept, one every ``thin`` steps.
 
     Args:
         likelihood: T patterns. energy: the prior's energy function f(x, sigma).
         x_star: optima (T, S, n_atoms, 3) in A. sigma_min: the prior's noise level (A) for E.
         key: PRNG key. noise_scale: (T,) factor dividing the likelihood weights (1 with sigma given; the
-            re-estimated chi2_reduced without).
-        draws: draws per optimum. floor: smallest curvature (1/A^2) kept along any internal direction.
+            re-estimated chi2_reduced without). step_size: MALA step in whitened units (about 1.65 d^(-1/6)).
+        floor: smallest curvature (1/A^2) kept along any internal direction.
 
     Returns:
-        (x (T, S, draws, n, 3), log_weight (T, S, draws), chi2 (T, S, draws), prior energy (T, S, draws)),
-        log weights up to one constant shared by every draw.
+        (samples (T, S, draws, n, 3), log mass (T, S), chi2 (T, S, draws), prior energy (T, S, draws),
+        acceptance rate (T, S)).
     """
     n_atoms = x_star.shape[-2]
     dim = 3 * n_atoms
 
     def one(t, x, k):
-        def u_flat(flat):
+        def chi2_of(flat):
+            r = _residuals(likelihood, t, flat.reshape(n_atoms, 3))
+            return jnp.sum(r * r)
+
+        def u(flat):  # -log posterior density including the orbit volume
             xs = flat.reshape(n_atoms, 3)
-            return energy(xs, sigma_min)
+            return 0.5 * chi2_of(flat) / noise_scale[t] + energy(xs, sigma_min) - _log_orbit_volume(xs)
 
         flat = x.ravel()
         jac = jax.jacrev(lambda f: _residuals(likelihood, t, f.reshape(n_atoms, 3)))(flat)
-        hessian = jac.T @ jac / noise_scale[t] + jax.hessian(u_flat)(flat)
+        hessian = jac.T @ jac / noise_scale[t] + jax.hessian(lambda f: energy(f.reshape(n_atoms, 3), sigma_min))(flat)
         hessian = 0.5 * (hessian + hessian.T)
         p = _rigid_projector(x)
         values, vectors = jnp.linalg.eigh(p @ hessian @ p + (jnp.eye(dim, dtype=x.dtype) - p))
         internal = jnp.sum((p @ vectors) ** 2, axis=0) > 0.5  # eigenvectors outside the rigid-body span
-        values = jnp.maximum(values, floor)
-        z = jax.random.normal(k, (draws, dim), x.dtype) * internal
-        delta = (z / jnp.sqrt(values)) @ vectors.T
-        samples = (flat + delta).reshape(draws, n_atoms, 3)
-        log_q = jnp.sum(-0.5 * z * z + 0.5 * jnp.where(internal, jnp.log(values), 0.0), axis=-1)
-        res = jax.vmap(lambda f: _residuals(likelihood, t, f))(samples)
-        chi2 = jnp.sum(res * res, axis=-1)
-        prior = energy(samples, sigma_min)
-        log_w = -0.5 * chi2 / noise_scale[t] - prior + jax.vmap(_log_orbit_volume)(samples) - log_q
-        return samples, log_w, chi2, prior
+        values = jnp.where(internal, jnp.maximum(values, floor), 1.0)
+        log_mass = -u(flat) - 0.5 * jnp.sum(jnp.where(internal, jnp.log(values), 0.0))
+        scale = jnp.where(internal, 1.0 / jnp.sqrt(values), 0.0)  # C^(1/2) = V diag(scale) in the eigenbasis
+        to_white = lambda v: (v @ vectors) / jnp.where(internal, scale, 1.0) * internal  # noqa: E731
+        from_white = lambda z: (z * scale) @ vectors.T  # noqa: E731
+        u_and_grad = jax.value_and_grad(u)
+
+        def mean(flat, grad, eps):  # x - eps^2/2 C grad U
+            return flat - 0.5 * eps**2 * from_white(scale * (grad @ vectors))
+
+        burn = draws * thin  # steps of step-size adaptation before any sample is kept
+
+        def step(state, inputs):
+            flat, u_x, g_x, log_eps, accepted = state
+            k_step, index = inputs
+            eps = jnp.exp(log_eps)
+            k1, k2 = jax.random.split(k_step)
+            z = jax.random.normal(k1, (dim,), x.dtype) * internal
+            proposal = mean(flat, g_x, eps) + eps * from_white(z)
+            u_y, g_y = u_and_grad(proposal)
+            back = to_white(flat - mean(proposal, g_y, eps)) / eps
+            log_ratio = -u_y + u_x - 0.5 * jnp.sum(back**2) + 0.5 * jnp.sum(z**2)
+            log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
+            accept = jnp.log(jax.random.uniform(k2, (), x.dtype)) < log_ratio
+            # Robbins-Monro on log step during burn-in, towards MALA's optimal acceptance of 0.574 (Roberts &
+            # Rosenthal, J. R. Stat. Soc. B 60, 255 (1998)): the Laplace scale is only a first guess of the basin.
+            rate = jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0)))
+            log_eps = jnp.where(index < burn, log_eps + (rate - 0.574) / jnp.sqrt(1.0 + index), log_eps)
+            new = (
+                jnp.where(accept, proposal, flat),
+                jnp.where(accept, u_y, u_x),
+                jnp.where(accept, g_y, g_x),
+                log_eps,
+                accepted + jnp.where(index >= burn, accept, False),
+            )
+            return new, new[0]
+
+        u0, g0 = u_and_grad(flat)
+        start = (flat, u0, g0, jnp.log(step_size), jnp.zeros((), x.dtype))
+        inputs = (jax.random.split(k, burn + draws * thin), jnp.arange(burn + draws * thin, dtype=x.dtype))
+        (_, _, _, _, accepted), chain = jax.lax.scan(step, start, inputs)
+        chain = chain[burn:]
+        samples = chain[thin - 1 :: thin].reshape(draws, n_atoms, 3)
+        res = jax.vmap(lambda s: _residuals(likelihood, t, s))(samples)
+        return samples, log_mass, jnp.sum(res * res, axis=-1), energy(samples, sigma_min), accepted / (draws * thin)
 
     t_index = jnp.arange(x_star.shape[0])
     keys = jax.random.split(key, x_star.shape[:2])
@@ -204,8 +265,9 @@ class Posterior:
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
             first step.
-        draws: importance draws per particle. curvature_floor: smallest curvature (1/A^2) of the Laplace proposal
-            along any internal direction (a standard deviation of at most 1/sqrt(floor) A).
+        draws: posterior samples kept per particle, one every ``thin`` MALA steps of ``step_size`` (whitened units).
+        curvature_floor: smallest curvature (1/A^2) of the Laplace approximation along any internal direction (a
+            standard deviation of at most 1/sqrt(floor) A).
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
         mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
         dtype: float32 (fast) or float64. progress: unused (one compiled call), kept for a uniform interface.
@@ -220,6 +282,8 @@ class Posterior:
     learning_rate: float = 0.02
     sigma_start: float = 0.3
     draws: int = 8
+    thin: int = 4
+    step_size: float = 0.9
     curvature_floor: float = 4.0
     duplicate_tolerance: float = 0.02
     mode_radius: float = 0.15
@@ -267,23 +331,29 @@ class Posterior:
             finite = np.isfinite(chi2) & np.isfinite(prior_energy) & np.all(np.isfinite(x_star), axis=(-2, -1))
             scale = _noise_scale(problem, chi2, finite)
             safe = np.where(finite[..., None, None], x_star, x0[:t])
-            draws, log_w, chi2_d, prior_d = laplace_draws(
+            draws, log_mass, chi2_d, prior_d, acceptance = local_posterior(
                 like.select(np.arange(t)) if len(like.y) > t else like,
                 energy,
                 jnp.asarray(safe, self.dtype),
                 jnp.asarray(sigma_min, self.dtype),
                 k_draw,
                 jnp.asarray(scale, self.dtype),
+                jnp.asarray(self.step_size, self.dtype),
                 draws=self.draws,
+                thin=self.thin,
                 floor=self.curvature_floor,
             )
-        draws, log_w, chi2_d, prior_d = (np.asarray(a, np.float64) for a in (draws, log_w, chi2_d, prior_d))
-        ok = finite[..., None] & np.isfinite(log_w) & np.all(np.isfinite(draws), axis=(-2, -1))
-        # A dropped draw keeps a finite placeholder (its particle's optimum) at zero weight.
-        log_w = np.where(ok, log_w, -np.inf)
-        draws = np.where(ok[..., None, None], draws, safe[:, :, None])
-        chi2_d, prior_d = (np.where(ok, a, np.inf) for a in (chi2_d, prior_d))
-        log_w = _share_basins(log_w, safe, problem.molecule.heavy, self.duplicate_tolerance)
+        draws, log_mass, chi2_d, prior_d, acceptance = (
+            np.asarray(a, np.float64) for a in (draws, log_mass, chi2_d, prior_d, acceptance)
+        )
+        ok = finite & np.isfinite(log_mass) & np.all(np.isfinite(draws), axis=(-3, -2, -1))
+        # A dropped particle keeps finite placeholders (its seed) at zero weight.
+        log_mass = np.where(ok, log_mass, -np.inf)
+        draws = np.where(ok[..., None, None, None], draws, safe[:, :, None])
+        chi2_d, prior_d = (np.where(ok[..., None], a, np.inf) for a in (chi2_d, prior_d))
+        # Each draw carries an equal share of its basin's mass.
+        shared = _share_basins(log_mass[..., None], safe, problem.molecule.heavy, self.duplicate_tolerance)
+        log_w = np.broadcast_to(shared, chi2_d.shape)
         s = x_star.shape[1]
         weights = np.exp(log_w - log_w.max(axis=(1, 2), keepdims=True))
         weights /= weights.sum(axis=(1, 2), keepdims=True)
@@ -302,9 +372,9 @@ class Posterior:
                 "particles": s,
                 "draws": self.draws,
                 "steps": self.steps,
-                "dropped": int(np.sum(~finite)),
-                "dropped_draws": int(np.sum(~ok & finite[..., None])),
+                "dropped": int(np.sum(~ok)),
                 "effective_sample_size": float(np.median(ess)),
+                "acceptance": float(np.median(acceptance[ok])) if ok.any() else 0.0,
                 "noise_scale": float(np.median(scale)),
                 "mode_radius": self.mode_radius,
             },
