@@ -33,6 +33,11 @@ from xfit.infer._result import Retrieval as Retrieval
 from xfit.infer._result import Uncertainty as Uncertainty
 from xfit.infer._retrieve import PriorFallbackWarning as PriorFallbackWarning
 from xfit.infer._retrieve import retrieve as retrieve
+from xfit.learn._conformer import ConformerConfig as ConformerConfig
+from xfit.learn._conformer import ConformerPrior as ConformerPrior
+from xfit.learn._conformer import load_conformer_prior as load_conformer_prior
+from xfit.learn._conformer_train import ConformerTrainConfig as ConformerTrainConfig
+from xfit.learn._conformer_train import train_conformer_prior as train_conformer_prior
 from xfit.learn._proposal import Prior as Prior
 from xfit.learn._proposal import PriorConfig as PriorConfig
 from xfit.learn._proposal import load_prior as load_prior
@@ -60,6 +65,9 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "Q_MAX",
+    "ConformerConfig",
+    "ConformerPrior",
+    "ConformerTrainConfig",
     "Detector",
     "Likelihood",
     "MoleculeGraph",
@@ -90,6 +98,7 @@ __all__ = [
     "gaussian_noise",
     "intensity",
     "iterate_pool",
+    "load_conformer_prior",
     "load_pattern",
     "load_patterns",
     "load_prior",
@@ -109,4 +118,5 @@ __all__ = [
     "scattering",
     "simulate_image",
     "train",
+    "train_conformer_prior",
 ]

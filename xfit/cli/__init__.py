@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xfit.cli import _pattern, _pool, _retrieve, _train
+from xfit.cli import _pattern, _pool, _retrieve, _train, _train_prior
 from xfit.cli._common import parse_q as parse_q
 from xfit.cli._train import train_configs as train_configs
 
-SUBCOMMANDS = (_pattern, _retrieve, _pool, _train)
+SUBCOMMANDS = (_pattern, _retrieve, _pool, _train, _train_prior)
 """One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
 

@@ -40,8 +40,10 @@ PROPOSAL_KINDS = ("total", "elastic", "molecular", "percent_difference")
 """Pattern kinds the proposal network reads."""
 AUTO_PROPOSALS = ("nmm_chd_dt",)
 """The shipped proposal networks that ``prior="auto"`` tries for the refinement fallback, in order."""
-AUTO_CONFORMER = "conformer"
-"""The shipped conformer prior that ``prior="auto"`` uses when it fits the molecule."""
+AUTO_CONFORMER = None
+"""The shipped conformer prior that ``prior="auto"`` uses when it fits the molecule: none yet. The posterior is
+opt-in (``prior="conformer"``) until ``benchmarks/posterior.py`` shows it beats refinement on data it never saw."""
+SHIPPED_CONFORMER = "conformer"
 
 
 class PriorFallbackWarning(UserWarning):
@@ -55,10 +57,8 @@ def _shipped_proposal(name: str):
 
 @functools.cache
 def _shipped_conformer(name: str):
-    try:
-        from xfit.learn._conformer import load_conformer_prior  # TEMPORARY guard until the module lands
-    except ImportError:
-        return None
+    from xfit.learn._conformer import load_conformer_prior
+
     try:
         return load_conformer_prior(name)
     except FileNotFoundError:  # a checkout without shipped conformer weights: refinement only
@@ -66,15 +66,12 @@ def _shipped_conformer(name: str):
 
 
 def _is_conformer(prior) -> bool:
-    try:
-        from xfit.learn._conformer import ConformerPrior  # TEMPORARY guard until the module lands
-    except ImportError:
-        return False
+    from xfit.learn._conformer import ConformerPrior
 
     if isinstance(prior, ConformerPrior):
         return True
     if isinstance(prior, str | Path) and not isinstance(prior, _proposal.Prior):
-        return str(prior) == AUTO_CONFORMER or (Path(prior) / "conformer.json").is_file()
+        return str(prior) == SHIPPED_CONFORMER or (Path(prior) / "conformer.json").is_file()
     return False
 
 
@@ -158,7 +155,7 @@ def _resolve_conformer(prior, graph: MoleculeGraph):
     if prior is None or prior is False:
         return None
     if isinstance(prior, str) and prior == "auto":
-        model = _shipped_conformer(AUTO_CONFORMER)
+        model = None if AUTO_CONFORMER is None else _shipped_conformer(AUTO_CONFORMER)
         if model is None or not model.fits(graph):
             return None
         return model
@@ -216,13 +213,13 @@ def retrieve(
             Intensity patterns are modelled with their own kind.
         background: also fit a flat background (intensity patterns).
         prior: which learned prior, and so which strategy.
-            "auto" (default): the shipped conformer prior when it fits the molecule (``info["method"] ==
-            "posterior"``: posterior sampling, no restraints, bonds may break by themselves); otherwise the
-            refinement fallback, seeded with the shipped NMM/CHD/DT proposal network's candidates when that fits.
-            A ``ConformerPrior``, its folder (from ``xfit train-prior``) or "conformer": posterior sampling with it
-            (an error if it was trained on another molecule). A proposal ``xfit.Prior``, its folder (from
-            ``xfit train``) or a shipped one's name ("nmm_chd_dt", "broad"): refinement seeded by it. None or
-            False: refinement alone. ``info["prior"]`` says which prior was used.
+            "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
+            that fits (the posterior becomes the default once it is shown to beat refinement: see AUTO_CONFORMER).
+            A ``ConformerPrior``, its folder (from ``xfit train-prior``) or "conformer" (the shipped one, NMM, CHD
+            and DT): posterior sampling with it (``info["method"] == "posterior"``; no restraints, bonds may
+            break by themselves; an error if it was trained on another molecule). A proposal ``xfit.Prior``, its
+            folder (from ``xfit train``) or a shipped one's name ("nmm_chd_dt", "broad"): refinement seeded by it.
+            None or False: refinement alone. ``info["prior"]`` says which prior was used.
         strategy: an explicit strategy value (``xfit.Posterior(...)`` or ``xfit.Refinement(...)``) overriding the
             choice above and the options below that configure it.
 
@@ -338,8 +335,8 @@ def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtyp
 
 
 def _warn_fallback(graph: MoleculeGraph) -> None:
-    shipped = _shipped_conformer(AUTO_CONFORMER)
-    if shipped is None:
+    shipped = None if AUTO_CONFORMER is None else _shipped_conformer(AUTO_CONFORMER)
+    if shipped is None:  # no conformer prior is used by default yet: refinement is the plan, not a fallback
         return
     warnings.warn(
         f"no learned conformer prior covers {graph.formula} ({graph.key}); retrieving by refinement with covalent "
