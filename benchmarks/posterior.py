@@ -38,6 +38,7 @@ CHD = SHARED / "chd_trajectories"
 NMM_DATA = ROOT / "examples" / "data" / "nmm_experiment.mat"
 METHODS = {
     "default call": {},
+    "posterior (prior='conformer')": {"prior": "conformer"},
     "refinement (prior=None)": {"prior": None},
     "refinement + proposals": {"prior": "nmm_chd_dt"},
 }
