@@ -146,9 +146,67 @@ def test_accelerator_chunks_bound_memory_and_stay_exact(chd, monkeypatch):
     np.testing.assert_allclose(chunked[:5], one_by_one, rtol=1e-12)
 
 
-def test_traced_q_under_jit(chd):
+def test_traced_q_is_exact_and_warns_of_its_cost(chd):
     f = jax.jit(lambda q: xfit.intensity(chd.numbers, chd.positions, q))
-    np.testing.assert_allclose(f(Q_IRREGULAR), xfit.intensity(chd.numbers, chd.positions, Q_IRREGULAR), rtol=1e-12)
+    with pytest.warns(xfit.PerformanceWarning, match="QGrid"):
+        traced = f(Q_IRREGULAR)
+    np.testing.assert_allclose(traced, xfit.intensity(chd.numbers, chd.positions, Q_IRREGULAR), rtol=1e-12)
+    # Asking for the direct path is a choice, not an accident: no warning (warnings are errors in this suite).
+    g = jax.jit(lambda q: xfit.intensity(chd.numbers, chd.positions, q, method="direct"))
+    np.testing.assert_allclose(g(Q), xfit.intensity(chd.numbers, chd.positions, Q), rtol=1e-12)
+
+
+def _uses_fast_path(numbers, x, q) -> bool:
+    """Whether intensity's compiled program has the angle-addition shape: A x M blocks, no (P, n_q) sine table."""
+    text = jax.jit(lambda x: xfit.intensity(numbers, x, q)).lower(x).as_text()
+    n_pairs = len(numbers) * (len(numbers) - 1) // 2
+    return f"{n_pairs}x{len(q) if not isinstance(q, xfit.QGrid) else q.num}x" not in text
+
+
+def test_qgrid_keeps_the_fast_path_through_jit_arguments(chd):
+    grid = xfit.QGrid(0.0, 8.0, 512)
+    np.testing.assert_array_equal(np.asarray(grid), Q)
+    assert jax.tree_util.tree_leaves(grid) == []  # static: nothing of it is traced
+    f = jax.jit(lambda x, q: xfit.intensity(chd.numbers, x, q))
+    x = jnp.asarray(chd.positions + np.random.default_rng(1).normal(0, 0.1, (3, len(chd), 3)))
+    got = f(x, grid)  # no PerformanceWarning: the suite turns warnings into errors
+    np.testing.assert_allclose(got, xfit.intensity(chd.numbers, x, Q, method="direct"), rtol=1e-12)
+    assert _uses_fast_path(chd.numbers, x, grid)
+    assert not _uses_fast_path(chd.numbers, x, Q_IRREGULAR)  # the probe can fail
+    np.testing.assert_allclose(xfit.scattering(chd, grid), xfit.scattering(chd, Q), rtol=1e-12)
+
+
+def test_float32_grid_counts_as_uniform(chd):
+    q32 = np.linspace(0.5, 8.0, 512).astype(np.float32)
+    assert np.max(np.abs(np.diff(q32, 2))) > 0  # not exactly uniform in float32: rounding
+    x = chd.positions.astype(np.float32)
+    assert _uses_fast_path(chd.numbers, x, q32)
+    assert xfit.QGrid.from_values(q32) == xfit.QGrid(0.5, 8.0, 512)
+    got = xfit.intensity(chd.numbers, x, q32, kind="elastic")
+    with jax.enable_x64(True):
+        ref = xfit.intensity(chd.numbers, chd.positions, q32.astype(np.float64), kind="elastic", method="direct")
+    np.testing.assert_allclose(got, ref, rtol=RTOL[np.float32])
+    # A grid off by more than rounding is not uniform, in either precision.
+    bumped = q32.copy()
+    bumped[100] += 1e-4
+    assert not _uses_fast_path(chd.numbers, x, bumped)
+    with pytest.raises(ValueError, match="not a uniform grid"):
+        xfit.QGrid.from_values(bumped)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0.5, 8.0, 0), "positive integer"),
+        ((-1.0, 8.0, 10), "non-negative"),
+        ((2.0, 1.0, 10), "start < stop"),
+        ((0.5, 100.0, 10), "form-factor tables"),
+        ((0.5, np.nan, 10), "finite"),
+    ],
+)
+def test_qgrid_rejects_bad_grids(args, message):
+    with pytest.raises(ValueError, match=message):
+        xfit.QGrid(*args)
 
 
 def test_gradients_against_finite_differences(chd):

@@ -59,6 +59,8 @@ from xfit.physics._elements import form_factor as form_factor
 from xfit.physics._iam import KINDS as KINDS
 from xfit.physics._iam import intensity as intensity
 from xfit.physics._iam import scattering as scattering
+from xfit.physics._qgrid import PerformanceWarning as PerformanceWarning
+from xfit.physics._qgrid import QGrid as QGrid
 
 __version__ = "0.1.0"
 
@@ -72,11 +74,13 @@ __all__ = [
     "Likelihood",
     "MoleculeGraph",
     "Pattern",
+    "PerformanceWarning",
     "PoolSpec",
     "Posterior",
     "Prior",
     "PriorConfig",
     "PriorFallbackWarning",
+    "QGrid",
     "Refinement",
     "Restraints",
     "Retrieval",

@@ -301,7 +301,7 @@ class Posterior:
             parts.append(drawn.reshape(t, self.n_prior, n, 3))
         start = np.asarray(problem.atoms.positions, np.float64)
         local = np.broadcast_to(start, (t, max(self.n_local, 1), n, 3)).copy()
-        noise = np.asarray(jax.random.normal(k_local, local[:, 1:].shape, jnp.float64), np.float64)
+        noise = np.asarray(jax.random.normal(k_local, local[:, 1:].shape), np.float64)
         local[:, 1:] += self.perturbation * noise
         parts.append(local)
         if self.extra_starts is not None:

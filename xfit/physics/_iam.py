@@ -21,7 +21,8 @@ How the kernel is built, and why:
   q = qa_a + dm_m, and the angle-addition identity sin(qa r + dm r) = sin(qa r) cos(dm r) + cos(qa r) sin(dm r)
   re-anchors at every block, so that only 2 (A + M) transcendentals are evaluated per pair instead of n_q, with no
   recurrence error carried from block to block. The remaining sum over pairs is a batched matrix product
-  Y_t[b] = U_t[b]^T V_t[b] (A x 2P_t times 2P_t x M). A non-uniform or traced grid uses A = n_q, M = 1 (direct).
+  Y_t[b] = U_t[b]^T V_t[b] (A x 2P_t times 2P_t x M). A non-uniform grid uses A = n_q, M = 1 (direct); so does a traced
+  one (its values unknown at trace time), with a ``PerformanceWarning``; ``xfit.QGrid`` keeps the structure static.
 - Reverse mode: ``_sinc_sums`` has a custom VJP that keeps only the distances (batch x pairs) and recomputes the
   trigonometric factors in the backward pass, so gradient memory grows as batch x pairs, not batch x pairs x q.
 - Coincident atoms: distances are floored at ``R_MIN`` with a gradient-safe square root, so values and gradients
@@ -41,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xfit.physics import _elements
+from xfit.physics import _elements, _qgrid
+from xfit.physics._qgrid import QGrid
 
 __all__ = ["KINDS", "intensity"]
 
@@ -55,7 +57,7 @@ Kind = Literal["atomic", "molecular", "elastic", "inelastic", "total"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Static structure: pairs sorted by element-pair type, and the q grid split into anchors x offsets.
+# Static structure: pairs sorted by element-pair type (the q grid's anchors x offsets: ``_qgrid``).
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,22 +83,6 @@ def _pair_plan(numbers: tuple[int, ...]) -> _PairPlan:
     slices = tuple((int(s), int(s + c)) for s, c in zip(starts, counts, strict=True))
     type_elements = np.stack([unique // 1000, unique % 1000], axis=-1) if len(unique) else np.zeros((0, 2), int)
     return _PairPlan(z, i.astype(np.int32), j.astype(np.int32), type_elements, slices)
-
-
-def _q_blocks(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split a concrete q grid into anchors qa (A,) and offsets dm (M,) with q_k = qa_a + dm_m, k = a M + m.
-
-    A uniform grid (to 1e-9 of its span) gets M close to sqrt(n_q), minimising the 2 (A + M) transcendentals per
-    pair; the last block may run past the grid and is trimmed by the caller. Anything else gets A = n_q, M = 1.
-    """
-    n_q = len(q)
-    if n_q >= 16:
-        dq = (q[-1] - q[0]) / (n_q - 1)
-        if dq > 0 and np.max(np.abs(q - (q[0] + dq * np.arange(n_q)))) <= 1e-9 * max(q[-1], dq):
-            m = int(min(32, 2 ** np.floor(np.log2(n_q / 8))))
-            a = -(-n_q // m)
-            return q[0] + dq * m * np.arange(a), dq * np.arange(m)
-    return q.copy(), np.zeros(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,7 +358,9 @@ def intensity(
         positions: Cartesian coordinates in A, shape (..., n_atoms, 3) with any leading batch dimensions. The
             computation runs in this array's floating dtype (float32, or float64 with ``jax_enable_x64``).
         q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, shape (n_q,), 0 <= q <= ~75.4 1/A. A concrete,
-            uniformly spaced grid takes the fast angle-addition path.
+            uniformly spaced grid (to its dtype's rounding) takes the fast angle-addition path; so does an
+            ``xfit.QGrid``, which also stays static when passed through ``jax.jit``. A traced q array (an argument of
+            the caller's jitted function) takes the direct path with a ``PerformanceWarning``.
         kind: "atomic" (sum_i f_i^2), "molecular" (sum_{i != j} f_i f_j sinc), "elastic" (atomic + molecular),
             "inelastic" (sum_i S_i, Compton) or "total" (elastic + inelastic).
         probe: "xray" (form factors f0, electron units) or "electron" (scattering factors f_e in A, first Born
@@ -431,14 +419,21 @@ def intensity(
         raise ValueError("positions contain NaN or infinite values")
     dtype = positions.dtype
 
-    if _is_concrete(q):
-        q_np = check_q(q)
-        qa_np, dm_np = _q_blocks(q_np) if method == "auto" else (q_np, np.zeros(1))
+    if isinstance(q, QGrid):
+        q_np = q.values
+        qa_np, dm_np = q.blocks() if method == "auto" else (q_np, np.zeros(1))
+        q_arr, qa, dm = (jnp.asarray(x, dtype) for x in (q_np, qa_np, dm_np))
+    elif _is_concrete(q):
+        given = np.asarray(q)
+        q_np = check_q(given)
+        qa_np, dm_np = _qgrid.blocks_of(given) if method == "auto" else (q_np, np.zeros(1))
         q_arr, qa, dm = (jnp.asarray(x, dtype) for x in (q_np, qa_np, dm_np))
     else:
         q_arr = jnp.asarray(q, dtype)
         if q_arr.ndim != 1:
             raise ValueError(f"q must be a 1-D array, got shape {q_arr.shape}")
+        if method == "auto" and q_arr.shape[0] >= 16:
+            _qgrid.warn_traced_q()
         qa, dm = q_arr, jnp.zeros(1, dtype)
 
     batch_shape = positions.shape[:-2]

@@ -1,0 +1,176 @@
+"""q grids as the kernel sees them: a uniform grid's structure (start, step, length) is what makes it fast.
+
+The pair-sum kernel (``xfit.physics._iam``) evaluates sin(q r) on a uniform grid q_k = q_0 + k dq by angle addition
+from a few anchors, 2 (A + M) transcendentals per pair instead of n_q. It needs the grid's *structure* at trace time,
+as Python numbers. A NumPy array closed over by a jitted function has it; a JAX array passed as an argument of one
+does not (its values are traced). :class:`QGrid` carries the structure as static data, so it crosses ``jax.jit`` as
+an argument with the fast path intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import numpy as np
+
+from xfit.physics import _elements
+
+__all__ = ["PerformanceWarning", "QGrid", "q_blocks", "uniform_tolerance"]
+
+UNIFORM_RTOL_FLOAT64 = 1e-9
+"""Relative tolerance (of the grid's largest |q|) within which a float64 grid counts as uniform."""
+UNIFORM_ULPS = 16
+"""For lower precision, the tolerance in units of the dtype's epsilon times the largest |q|: a float32
+np.linspace(0.5, 8, 512) deviates from exact uniformity by ~1 ulp of 8 (4.8e-7 1/A)."""
+
+
+class PerformanceWarning(UserWarning):
+    """xfit fell back to a slower path it could have avoided; the message names the cost and the fix."""
+
+
+def uniform_tolerance(q: np.ndarray, dtype=None) -> float:
+    """Largest deviation (1/A) from q_0 + k dq for which a grid of this dtype counts as uniform.
+
+    float64: 1e-9 of max |q|; float32 or lower: 16 epsilon of the dtype times max |q| (a float32 grid cannot be
+    more uniform than its own rounding, ~1 ulp).
+    """
+    dtype = np.dtype(q.dtype if dtype is None else dtype)
+    eps = np.finfo(dtype).eps if np.issubdtype(dtype, np.floating) else 0.0
+    scale = float(np.max(np.abs(q))) if q.size else 0.0
+    return max(UNIFORM_RTOL_FLOAT64, UNIFORM_ULPS * eps) * scale
+
+
+def _uniform_step(q: np.ndarray, dtype=None) -> float | None:
+    """The step dq of a uniform grid (within ``uniform_tolerance``), or None."""
+    n_q = len(q)
+    if n_q < 2:
+        return None
+    values = np.asarray(q, np.float64)
+    dq = (values[-1] - values[0]) / (n_q - 1)
+    if dq <= 0:
+        return None
+    deviation = np.max(np.abs(values - (values[0] + dq * np.arange(n_q))))
+    return float(dq) if deviation <= uniform_tolerance(np.asarray(q), dtype) else None
+
+
+def q_blocks(start: float, step: float, n_q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the uniform grid start + step * arange(n_q) into anchors qa (A,) and offsets dm (M,), float64, with
+    q_k = qa_a + dm_m for k = a M + m.
+
+    M (a power of two, <= 32) is close to sqrt(n_q), which minimises the 2 (A + M) transcendentals per pair; the
+    last block may run past the grid and is trimmed by the caller. Grids shorter than 16 points get M = 1.
+    """
+    if n_q < 16 or step <= 0:
+        return start + step * np.arange(n_q), np.zeros(1)
+    m = int(min(32, 2 ** np.floor(np.log2(n_q / 8))))
+    a = -(-n_q // m)
+    return start + step * m * np.arange(a), step * np.arange(m)
+
+
+def blocks_of(q: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors and offsets of a concrete grid (see :func:`q_blocks`); a non-uniform grid gets A = n_q, M = 1.
+
+    ``dtype`` is the precision the grid was given in (default: its own), which sets the uniformity tolerance.
+    """
+    q = np.asarray(q)
+    step = _uniform_step(q, dtype)
+    if step is None:
+        return np.asarray(q, np.float64).copy(), np.zeros(1)
+    return q_blocks(float(q[0]), step, len(q))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class QGrid:
+    """A uniform momentum-transfer grid q_k = start + k (stop - start)/(num - 1), k = 0..num-1, in 1/A
+    (q = 4 pi sin(theta)/lambda), held as three Python numbers.
+
+    Use it where q would be traced: ``xfit.intensity`` takes it anywhere it takes a q array, and it is a static
+    pytree (no array leaves), so ``jax.jit(loss)(x, xfit.QGrid(0.5, 8.0, 512))`` keeps the fast angle-addition
+    kernel. Its values (float64) are ``np.asarray(grid)`` or ``grid.values``; a different grid recompiles, as a
+    different static argument does.
+
+    Example:
+        >>> grid = QGrid(0.5, 8.0, 512)
+        >>> len(grid), round(grid.step, 6)
+        (512, 0.014677)
+        >>> QGrid.from_values(np.linspace(0.5, 8.0, 512).astype(np.float32)) == grid
+        True
+    """
+
+    start: float
+    stop: float
+    num: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "start", float(self.start))
+        object.__setattr__(self, "stop", float(self.stop))
+        if isinstance(self.num, bool) or int(self.num) != self.num or self.num < 1:
+            raise ValueError(f"QGrid num must be a positive integer, got {self.num!r}")
+        object.__setattr__(self, "num", int(self.num))
+        if not (np.isfinite(self.start) and np.isfinite(self.stop)):
+            raise ValueError(f"QGrid start and stop must be finite, got {self.start}, {self.stop}")
+        if self.start < 0:
+            raise ValueError(f"QGrid start must be non-negative (q = 4 pi sin(theta)/lambda), got {self.start:g} 1/A")
+        single = self.num == 1
+        if self.stop < self.start or (single and self.stop != self.start) or (not single and self.stop == self.start):
+            raise ValueError(f"QGrid needs start < stop for num > 1 (start == stop for num = 1), got {self}")
+        if self.stop > _elements.Q_MAX:
+            raise ValueError(
+                f"QGrid stop {self.stop:g} 1/A is beyond the form-factor tables' range q <= {_elements.Q_MAX:.2f} 1/A"
+            )
+
+    @classmethod
+    def from_values(cls, q) -> QGrid:
+        """The grid of a concrete array that is uniform to within its dtype's rounding (``uniform_tolerance``).
+
+        Raises:
+            ValueError: q is not 1-D, has fewer than 2 points, or is not uniformly spaced (the message gives the
+                largest deviation).
+        """
+        q = np.asarray(q)
+        if q.ndim != 1 or len(q) < 2:
+            raise ValueError(f"a QGrid needs a 1-D array of at least 2 points, got shape {q.shape}")
+        if _uniform_step(q) is None:
+            values = np.asarray(q, np.float64)
+            dq = (values[-1] - values[0]) / (len(q) - 1)
+            deviation = np.max(np.abs(values - (values[0] + dq * np.arange(len(q)))))
+            raise ValueError(
+                f"q is not a uniform grid: it deviates from q[0] + k dq by up to {deviation:.3g} 1/A "
+                f"(tolerance {uniform_tolerance(q):.3g} for {q.dtype})"
+            )
+        return cls(float(q[0]), float(q[-1]), len(q))
+
+    @property
+    def step(self) -> float:
+        """Spacing dq in 1/A (0 for a single point)."""
+        return (self.stop - self.start) / (self.num - 1) if self.num > 1 else 0.0
+
+    @property
+    def values(self) -> np.ndarray:
+        """The grid points (num,), float64, 1/A."""
+        return np.linspace(self.start, self.stop, self.num)
+
+    def blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors and offsets of the angle-addition kernel (see :func:`q_blocks`)."""
+        return q_blocks(self.start, self.step, self.num)
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def warn_traced_q() -> None:
+    """The one-line warning for a traced q array: what it costs and how to avoid it."""
+    warnings.warn(
+        "q is a traced array (an argument of a jitted or vmapped function), so xfit cannot see whether the grid is "
+        "uniform and uses the direct pair sum: ~5x slower and O(batch x pairs x q) gradient memory. Pass "
+        "xfit.QGrid(start, stop, num) instead (static under jit), close over a NumPy q, or pass method='direct' "
+        "to silence this.",
+        PerformanceWarning,
+        stacklevel=3,
+    )
