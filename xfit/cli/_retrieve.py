@@ -13,23 +13,8 @@ from xfit.data._pattern import PATTERN_KINDS
 
 def run(args) -> int:
     import xfit
-    from xfit import _plot
 
-    patterns = xfit.load_patterns(args.pattern, kind=args.kind)
-    if args.index is not None:
-        if not -len(patterns) <= args.index < len(patterns):
-            raise IndexError(f"{args.pattern} holds {len(patterns)} patterns; --index {args.index} is out of range")
-        patterns = [patterns[args.index]]
-    if args.delays is not None:
-        lo, hi = args.delays
-        if any(p.delay is None for p in patterns):
-            raise ValueError(f"{args.pattern} has no delays; --delays needs a time series")
-        tolerance = 1e-9 * max(1.0, abs(lo), abs(hi))  # delays stored as 1.2000000000000002 still count as 1.2
-        patterns = [p for p in patterns if lo - tolerance <= p.delay <= hi + tolerance]
-        if not patterns:
-            raise ValueError(f"no pattern has a delay in [{lo:g}, {hi:g}] ps")
-    if args.q_max is not None:
-        patterns = [p.restrict(q_max=args.q_max) for p in patterns]
+    patterns = _selected_patterns(args)
     atoms = xfit.read_structures(args.atoms)[0]
     reference = xfit.read_structures(args.reference)[0] if args.reference else None
     print(f"{args.pattern}: {len(patterns)} pattern(s), {patterns[0]!r}")
@@ -49,6 +34,35 @@ def run(args) -> int:
         progress=len(patterns) > 1 and sys.stderr.isatty(),
         prior=None if args.no_prior else (args.prior or "auto"),
     )
+    _report(results)
+    _write_outputs(args, results, atoms)
+    return 0
+
+
+def _selected_patterns(args) -> list:
+    """The patterns the options pick from the file: --index, --delays, --q-max."""
+    import xfit
+
+    patterns = xfit.load_patterns(args.pattern, kind=args.kind)
+    if args.index is not None:
+        if not -len(patterns) <= args.index < len(patterns):
+            raise IndexError(f"{args.pattern} holds {len(patterns)} patterns; --index {args.index} is out of range")
+        patterns = [patterns[args.index]]
+    if args.delays is not None:
+        lo, hi = args.delays
+        if any(p.delay is None for p in patterns):
+            raise ValueError(f"{args.pattern} has no delays; --delays needs a time series")
+        tolerance = 1e-9 * max(1.0, abs(lo), abs(hi))  # delays stored as 1.2000000000000002 still count as 1.2
+        patterns = [p for p in patterns if lo - tolerance <= p.delay <= hi + tolerance]
+        if not patterns:
+            raise ValueError(f"no pattern has a delay in [{lo:g}, {hi:g}] ps")
+    if args.q_max is not None:
+        patterns = [p.restrict(q_max=args.q_max) for p in patterns]
+    return patterns
+
+
+def _report(results) -> None:
+    """One line per pattern: delay, chi2_reduced, the first nuisance parameter, mode mass or candidate count."""
     used = results[0].info.get("prior")
     method = results[0].info.get("method")
     print(f"method: {method}; prior: {used or 'none (no trained prior fits this molecule and pattern, or --no-prior)'}")
@@ -59,6 +73,12 @@ def run(args) -> int:
         delay = f"{r.pattern.delay:>9.3g}" if r.pattern.delay is not None else f"{'-':>9}"
         last = f"{r.modes[0]:>10.2f}" if r.modes is not None else f"{len(r.candidates):>10}"
         print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {last}")
+
+
+def _write_outputs(args, results, atoms) -> None:
+    """--samples (HDF5), -o (multi-frame xyz with the fit in each frame's info) and --plot."""
+    from xfit import _plot
+
     if args.samples:
         from xfit.data._samples import save_samples
 
@@ -83,20 +103,21 @@ def run(args) -> int:
             pairs = args.track or covalent_bonds(atoms, heavy_only=True)[:6].tolist()
             _plot.plot_time_course(results, args.plot, pairs=pairs)
         print(f"wrote {args.plot}")
-    return 0
 
 
 def add_parser(sub) -> None:
     """Register the subcommand on the ``xfit`` parser's subparsers."""
+    # Long on purpose: a declarative list, one add_argument per option, read top to bottom like the --help it makes.
     r = sub.add_parser(
         "retrieve",
         help="retrieve the structure behind a scattering pattern (or a time series of them)",
         description=textwrap.fill(
-            "Find the molecular structure behind a measured or simulated X-ray scattering pattern. When a learned "
-            "conformer prior covers the molecule, the posterior p(structure | pattern) is sampled (IAM likelihood, "
-            "nuisance parameters solved in closed form): the heaviest mode is written, with posterior error bars, "
-            "and bonds may break without being told which. Otherwise many starts around the given geometry are "
-            "refined by gradient descent on chi^2 with covalent restraints (--free-pair lets a bond break). Files "
+            "Find the molecular structure behind a measured or simulated X-ray scattering pattern. By default many "
+            "starts around the given geometry (and a proposal network's candidates, where one fits) are refined by "
+            "gradient descent on chi^2 with covalent restraints (--free-pair lets a bond break). With --prior "
+            "conformer (or a prior from xfit train-prior) the posterior p(structure | pattern) is sampled instead "
+            "(IAM likelihood, nuisance parameters solved in closed form): the heaviest mode is written, with "
+            "posterior error bars, and bonds may break without being told which. Files "
             "with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, one structure per delay. "
             "q = 4 pi sin(theta)/lambda in 1/Angstrom.",
             width=100,
@@ -133,8 +154,9 @@ def add_parser(sub) -> None:
         "--prior",
         metavar="FOLDER",
         help="a conformer prior (folder from 'xfit train-prior', or 'conformer'): posterior sampling with it; or a "
-        "proposal network (folder from 'xfit train', or nmm_chd_dt, broad): refinement seeded by it. Default: the "
-        "shipped conformer prior when it covers the molecule, else refinement with the NMM/CHD/DT proposals",
+        "proposal network (folder from 'xfit train', or nmm_chd_dt, broad): refinement seeded by it. Default: "
+        "refinement seeded by the shipped NMM/CHD/DT proposals where they fit (the posterior becomes the default "
+        "once it beats refinement on held-out frames; see benchmarks/posterior.py)",
     )
     prior.add_argument(
         "--no-prior", action="store_true", help="refinement with covalent restraints alone (no learned prior)"

@@ -148,6 +148,8 @@ def local_posterior(
         (samples (T, S, draws, n, 3), log mass (T, S), chi2 (T, S, draws), prior energy (T, S, draws),
         acceptance rate (T, S)).
     """
+    # Long on purpose: one pure function is the unit that jit and the two vmaps (patterns, particles) compile; the
+    # Laplace stage and the MALA chain share the basin's eigenbasis through closures rather than pytrees passed on.
     n_atoms = x_star.shape[-2]
     dim = 3 * n_atoms
 
@@ -312,6 +314,17 @@ class Posterior:
         x0 = np.concatenate(parts, axis=1)
         return x0 - x0.mean(axis=-2, keepdims=True) + start.mean(axis=0)
 
+    def _sample_weights(self, problem: Problem, log_mass, optima, ok):
+        """Normalised weights (T, S, draws) of the samples, each draw an equal share of its basin's Laplace mass
+        (basins found by several particles counted once, ``_share_basins``; dropped particles at zero), and the
+        effective sample size per pattern (T,)."""
+        log_mass = np.where(ok, log_mass, -np.inf)
+        shared = _share_basins(log_mass[..., None], optima, problem.molecule.heavy, self.duplicate_tolerance)
+        log_w = np.broadcast_to(shared, (*log_mass.shape, self.draws))
+        weights = np.exp(log_w - log_w.max(axis=(1, 2), keepdims=True))
+        weights /= weights.sum(axis=(1, 2), keepdims=True)
+        return weights, 1.0 / np.sum(weights.reshape(len(weights), -1) ** 2, axis=1)
+
     def run(self, problem: Problem, key: jax.Array) -> Ensemble:
         k_seed, k_draw = jax.random.split(key)
         x0 = self.particles(problem, k_seed)
@@ -347,18 +360,12 @@ class Posterior:
             np.asarray(a, np.float64) for a in (draws, log_mass, chi2_d, prior_d, acceptance)
         )
         ok = finite & np.isfinite(log_mass) & np.all(np.isfinite(draws), axis=(-3, -2, -1))
+        weights, ess = self._sample_weights(problem, log_mass, safe, ok)
         # A dropped particle keeps finite placeholders (its seed) at zero weight.
-        log_mass = np.where(ok, log_mass, -np.inf)
         draws = np.where(ok[..., None, None, None], draws, safe[:, :, None])
         chi2_d, prior_d = (np.where(ok[..., None], a, np.inf) for a in (chi2_d, prior_d))
-        # Each draw carries an equal share of its basin's mass.
-        shared = _share_basins(log_mass[..., None], safe, problem.molecule.heavy, self.duplicate_tolerance)
-        log_w = np.broadcast_to(shared, chi2_d.shape)
         s = x_star.shape[1]
-        weights = np.exp(log_w - log_w.max(axis=(1, 2), keepdims=True))
-        weights /= weights.sum(axis=(1, 2), keepdims=True)
         flat = lambda a: a.reshape(t, s * self.draws, *a.shape[3:])  # noqa: E731
-        ess = 1.0 / np.sum(weights.reshape(t, -1) ** 2, axis=1)
         return Ensemble(
             positions=flat(draws),
             chi2_data=flat(chi2_d),

@@ -162,9 +162,10 @@ def _padded_perms(perms: np.ndarray, n_perm: int, max_atoms: int) -> np.ndarray:
     return out
 
 
-@partial(jax.jit, static_argnums=0)
-def _reference_pattern(numbers: tuple, positions, q):
-    return _iam.intensity(numbers, positions, q, kind="total")
+@partial(jax.jit, static_argnums=(0, 2))
+def _reference_pattern(numbers: tuple, positions, q: tuple):
+    # q static (a tuple): the pool's grid is known when tracing, so a uniform one takes the fast kernel.
+    return _iam.intensity(numbers, positions, np.asarray(q), kind="total")
 
 
 def _host_batch(source: _Source, raw: dict, config: _proposal.PriorConfig, train: TrainConfig, rng) -> dict:
@@ -174,7 +175,8 @@ def _host_batch(source: _Source, raw: dict, config: _proposal.PriorConfig, train
     reference = source.atoms.positions + rng.normal(0.0, train.reference_jitter, source.atoms.positions.shape)
     numbers = tuple(int(z) for z in source.atoms.numbers)
     with jax.enable_x64(False):
-        i_ref = np.asarray(_reference_pattern(numbers, jnp.asarray(reference, jnp.float32), source.q), np.float64)
+        pool_q = tuple(source.q.tolist())
+        i_ref = np.asarray(_reference_pattern(numbers, jnp.asarray(reference, jnp.float32), pool_q), np.float64)
     clean = raw["patterns"].astype(np.float64)
     level = np.exp(rng.uniform(*np.log(train.noise), size=(b, 1)))
     noisy = clean * (1.0 + level * rng.standard_normal(clean.shape))
@@ -324,6 +326,63 @@ def _load_checkpoint(directory: Path, identity: str, params, opt_state, sources)
     return serialization.from_state_dict(template, raw)
 
 
+def _molecule_data(sources, config: _proposal.PriorConfig) -> list[dict]:
+    """Per pool, the device arrays the loss needs: padded automorphisms (a power of two of them, so that pools
+    share one compiled step), pattern weights and the scattering factors as data."""
+    n_perm = int(2 ** np.ceil(np.log2(max(len(s.perms) for s in sources))))
+    return [
+        {
+            "perms": jnp.asarray(_padded_perms(s.perms, n_perm, config.max_atoms)),
+            "weights": jnp.asarray(s.weights),
+            "factors": jnp.asarray(s.factors),
+            "incoherent": jnp.asarray(s.incoherent),
+        }
+        for s in sources
+    ]
+
+
+def _initial_state(output: Path, identity: dict, sources, config, train_config: TrainConfig):
+    """(params, opt_state, first step): fresh, or from ``output``'s checkpoint of the same run, whose pool streams
+    are replayed to where it left them (so that a resumed run is identical to an uninterrupted one)."""
+    params = _proposal.init_params(config, jax.random.key(train_config.seed))
+    opt_state = _optimizer(train_config).init(params)
+    start = 0
+    restored = _load_checkpoint(output, identity, params, opt_state, sources)
+    if restored is not None:
+        params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+        for k, s in enumerate(sources):
+            s.drawn = int(restored["drawn"][str(k)])
+    for k, s in enumerate(sources):
+        s.stream = _stream(s.path, train_config.batch_size, train_config.seed * 1000 + k)
+        for _ in range(s.drawn):
+            next(s.stream)
+    return params, opt_state, start
+
+
+def _metadata(sources, train_config: TrainConfig, history: list, examples_per_second: float) -> dict:
+    """What a finished prior records about its training: settings, pools, loss history, speed, version, date."""
+    import xfit
+
+    return {
+        "train": dataclasses.asdict(train_config),
+        "pools": [
+            {
+                "path": s.path,
+                "molecule": s.name,
+                "sampler": s.attrs.get("sampler"),
+                "n": int(s.attrs.get("n_complete", 0)),
+                "config": s.attrs.get("config", ""),
+            }
+            for s in sources
+        ],
+        "automorphisms": {s.name: len(s.perms) for s in sources},
+        "history": history[-200:],
+        "examples_per_second": examples_per_second,
+        "xfit_version": xfit.__version__,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def train(
     pools: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -360,31 +419,10 @@ def train(
     train_config = train_config or TrainConfig()
     output = Path(output)
     sources = _open_sources(pools, config, max_automorphisms)
-    n_perm = int(2 ** np.ceil(np.log2(max(len(s.perms) for s in sources))))
-    molecule_data = [
-        {
-            "perms": jnp.asarray(_padded_perms(s.perms, n_perm, config.max_atoms)),
-            "weights": jnp.asarray(s.weights),
-            "factors": jnp.asarray(s.factors),
-            "incoherent": jnp.asarray(s.incoherent),
-        }
-        for s in sources
-    ]
-
-    params = _proposal.init_params(config, jax.random.key(train_config.seed))
-    opt_state = _optimizer(train_config).init(params)
+    molecule_data = _molecule_data(sources, config)
     identity = _identity(config, train_config, sources)
-    start = 0
     output.mkdir(parents=True, exist_ok=True)
-    restored = _load_checkpoint(output, identity, params, opt_state, sources)
-    if restored is not None:
-        params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-        for k, s in enumerate(sources):
-            s.drawn = int(restored["drawn"][str(k)])
-    for k, s in enumerate(sources):
-        s.stream = _stream(s.path, train_config.batch_size, train_config.seed * 1000 + k)
-        for _ in range(s.drawn):  # replay the stream to where the checkpoint left it
-            next(s.stream)
+    params, opt_state, start = _initial_state(output, identity, sources, config, train_config)
 
     bar = None
     if progress is True:
@@ -422,29 +460,10 @@ def train(
         s.stream.close()
     seconds = time.perf_counter() - t0
 
-    import xfit
-
     molecules = {}
     for s in sources:
         molecules.setdefault(_proposal.graph_key(s.atoms), s.name)
-    metadata = {
-        "train": dataclasses.asdict(train_config),
-        "pools": [
-            {
-                "path": s.path,
-                "molecule": s.name,
-                "sampler": s.attrs.get("sampler"),
-                "n": int(s.attrs.get("n_complete", 0)),
-                "config": s.attrs.get("config", ""),
-            }
-            for s in sources
-        ],
-        "automorphisms": {s.name: len(s.perms) for s in sources},
-        "history": history[-200:],
-        "examples_per_second": examples / seconds if examples else 0.0,
-        "xfit_version": xfit.__version__,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    metadata = _metadata(sources, train_config, history, examples / seconds if examples else 0.0)
     elements = sorted({int(z) for s in sources for z in s.atoms.numbers})
     _proposal.save_prior(
         output, config, params, molecules, metadata, any_molecule_of=elements if any_molecule else None

@@ -32,6 +32,9 @@ __all__ = ["Detector", "radial_average", "simulate_image"]
 class Detector:
     """A flat detector, in pyFAI's geometry convention (module notes).
 
+    (One concept with many small derived quantities, each a short method or property: the class is long, its
+    methods are not.)
+
     Attributes:
         distance: sample to PONI distance, m. shape: (n1, n2) pixels (slow, fast).
         pixel1, pixel2: pixel sizes along the slow and fast axes, m.
