@@ -36,7 +36,7 @@ class BondPrior:
 
         return energy
 
-    def sample(self, key, graph, n):
+    def sample(self, key, graph, n, *, steps=None):  # exact draws: no levels to take
         k1, k2, k3 = jax.random.split(key, 3)
         component = jax.random.choice(k1, len(self.centres), (n,), p=jnp.asarray(self.masses) / sum(self.masses))
         d = jnp.asarray(self.centres)[component] + jnp.asarray(self.widths)[component] * jax.random.normal(k2, (n,))

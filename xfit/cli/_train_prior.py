@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,7 @@ def run(args) -> int:
     from xfit.learn._conformer import ConformerConfig
     from xfit.learn._conformer_train import ConformerTrainConfig, train_conformer_prior
 
-    config = ConformerConfig(width=args.width, components=args.components, max_atoms=args.max_atoms)
+    config = ConformerConfig(width=args.width, branches=args.branches, max_atoms=args.max_atoms)
     train = ConformerTrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -19,40 +20,55 @@ def run(args) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    print(f"train-prior: {len(args.pools)} pool(s) -> {args.output}; {config}")
+    resuming = (Path(args.output) / "checkpoint.msgpack").is_file()
+    print(f"train-prior: {len(args.pools)} pool(s) -> {args.output}{' (resuming)' if resuming else ''}; {config}")
     prior = train_conformer_prior(args.pools, args.output, config=config, train_config=train, progress=True)
-    last = prior.metadata["history"][-1] if prior.metadata["history"] else {}
+    meta = prior.metadata
+    rate = meta.get("examples_per_second")
     print(
-        f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; last denoising loss "
-        f"{last.get('loss', float('nan')):.3f}; {prior.metadata['steps_per_second']:.0f} steps/s"
+        f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; final denoising loss "
+        f"{meta['final_loss']:.4f}" + (f"; {rate:.0f} structures/s" if rate else "")
     )
     return 0
 
 
 def add_parser(sub) -> None:
     """Register the subcommand on the ``xfit`` parser's subparsers."""
+    from xfit.learn._conformer import ConformerConfig
+    from xfit.learn._conformer_train import ConformerTrainConfig
+
+    d = argparse.Namespace(**dataclasses.asdict(ConformerConfig()), **dataclasses.asdict(ConformerTrainConfig()))
     t = sub.add_parser(
         "train-prior",
         help="train the conformer prior (denoising score model over structures) on pools, for posterior retrieval",
         description=textwrap.fill(
-            "Train a conformer prior on one or more pools from 'xfit pool': a graph-conditioned density over "
-            "interatomic distances (a mixture per pair), learned by denoising score matching on the pools' "
-            "structures. Writes OUTPUT/conformer.json and OUTPUT/params.msgpack at the end, and a checkpoint every "
-            "--checkpoint-every steps: the same command resumes an interrupted run exactly. Use the result with "
-            "'xfit retrieve --prior OUTPUT'.",
+            "Train a conformer prior on one or more pools from 'xfit pool': a graph-conditioned energy over "
+            "interatomic distances, learned by denoising score matching on the pools' structures (every pool drawn "
+            "equally often). Writes OUTPUT/conformer.json and OUTPUT/params.msgpack at the end, and "
+            "OUTPUT/checkpoint.msgpack every --checkpoint-every steps: the same command resumes an interrupted run, "
+            "with the same result. Use the result with 'xfit retrieve --prior OUTPUT'.",
             width=100,
         ),
-        epilog="example:\n  xfit train-prior pools/chd_*.h5 pools/dt_*.h5 -o my_conformer_prior --steps 8000",
+        epilog="example:\n  xfit train-prior pools/chd_*.h5 pools/dt_*.h5 -o my_conformer_prior --steps 20000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("pools", nargs="+", type=Path, metavar="POOL.h5", help="training pools")
     t.add_argument("-o", "--output", type=Path, required=True, help="folder for the prior and its checkpoint")
-    t.add_argument("--steps", type=int, default=6000, help="optimisation steps (default 6000)")
-    t.add_argument("--batch-size", type=int, default=128, help="structures per step (default 128)")
-    t.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    t.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise (default 0)")
-    t.add_argument("--width", type=int, default=64, help="embedding width (default 64)")
-    t.add_argument("--components", type=int, default=6, help="Gaussians per interatomic distance (default 6)")
-    t.add_argument("--max-atoms", type=int, default=24, help="largest molecule (default 24)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    t.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"structures per step (default {d.batch_size})")
+    t.add_argument(
+        "--learning-rate", type=float, default=d.learning_rate, help=f"peak learning rate (default {d.learning_rate})"
+    )
+    t.add_argument("--seed", type=int, default=d.seed, help=f"seed of weights, batches and noise (default {d.seed})")
+    t.add_argument("--width", type=int, default=d.width, help=f"pair MLP width: cost per structure (default {d.width})")
+    t.add_argument(
+        "--branches", type=int, default=d.branches, help=f"modes per interatomic distance (default {d.branches})"
+    )
+    t.add_argument("--max-atoms", type=int, default=d.max_atoms, help=f"largest molecule (default {d.max_atoms})")
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
     t.set_defaults(run=run)

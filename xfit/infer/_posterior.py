@@ -262,8 +262,9 @@ class Posterior:
 
     Attributes:
         prior: the conformer prior (``energy_fn``, ``sample``, ``sigma_min``).
-        n_prior: particles drawn from the prior, per pattern. n_local: the input geometry and n_local - 1 random
-            perturbations of it (``perturbation`` A).
+        n_prior: particles drawn from the prior, per pattern, by ``prior_steps`` predictor-corrector levels (seeds
+            only: the annealed descent refines them, so fewer levels than an unconditional sample needs).
+        n_local: the input geometry and n_local - 1 random perturbations of it (``perturbation`` A).
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
             first step.
@@ -277,6 +278,7 @@ class Posterior:
 
     prior: object
     n_prior: int = 48
+    prior_steps: int = 100
     n_local: int = 16
     perturbation: float = 0.1
     extra_starts: np.ndarray | None = None
@@ -299,7 +301,8 @@ class Posterior:
         k_prior, k_local = jax.random.split(key)
         parts = []
         if self.n_prior:
-            drawn = np.asarray(self.prior.sample(k_prior, problem.molecule, t * self.n_prior), np.float64)
+            drawn = self.prior.sample(k_prior, problem.molecule, t * self.n_prior, steps=self.prior_steps)
+            drawn = np.asarray(drawn, np.float64)
             parts.append(drawn.reshape(t, self.n_prior, n, 3))
         start = np.asarray(problem.atoms.positions, np.float64)
         local = np.broadcast_to(start, (t, max(self.n_local, 1), n, 3)).copy()

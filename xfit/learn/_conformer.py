@@ -1,38 +1,49 @@
 """The conformer prior: a learned density p(x | molecular graph) over conformations, for posterior retrieval.
 
-Model. An energy E(x, sigma) = -log p_sigma(x) + const of the conformation x (n_atoms, 3) in A, smoothed by
-Gaussian noise of sigma A per coordinate (the noise levels of a denoising diffusion model; score = -grad_x E):
+Model. An energy E(x, sigma) = -log p_sigma(x) + const(sigma) of a conformation x (n_atoms, 3) in A, where p_sigma
+is the conformer density smoothed by Gaussian noise of sigma A per coordinate (the noise levels of a denoising
+diffusion model; the score is -grad_x E). It is a sum over pairs i < j of a function of the distance d_ij:
 
-    E(x, sigma) = - sum_{i<j} log sum_k pi_ijk N(d_ij ; mu_ijk, s_ijk^2 + 2 sigma^2),   d_ij = |x_i - x_j|,
+    E(x, sigma) = sum_{i<j} [ -log sum_k pi_ijk N(d_ij ; mu_ijk, w_ijk^2 + 2 sigma^2) + R(d_ij ; c_ij, sigma) ]
 
-a mixture of K Gaussians for every interatomic distance, whose weights, centres and widths a graph network
-predicts from the molecular graph alone (elements, bonds, the reference geometry's distances): two rounds of
-message passing over the bond graph give every atom an embedding of its chemical surroundings, and every pair an
-embedding of its two atoms, its bond-graph distance and its reference distance. Why this form:
+a mixture of K ("branches", 6) Gaussians per distance plus a small MLP residual R. Everything pair-specific
+(weights pi, centres mu, widths w, and R's first-layer biases, linear-in-d weights, noise gains and output weights)
+comes from a pair context c_ij computed once per molecule from the bond graph alone: element embeddings refined by
+a few rounds of message passing over the bonds, symmetrised over the pair (sum and product), and the bond-graph
+distance (hops, 0..4). R sees the distance through a Gaussian radial basis and d itself, and the noise level
+through Fourier features of log sigma (``sigma_features``). Per structure and pair the cost is rbf(d) -> width ->
+width -> 1 (16 x 32 + 32 x 32 multiply-adds at the defaults) plus K Gaussians.
 
-- Invariant by construction to rotation, translation and reflection (distances only: an isotropic pattern
-  cannot tell mirror images apart), and to relabelling of graph-equivalent atoms (equal embeddings).
-- Multimodal where the chemistry is: CHD's C1-C6 is 1.5 A closed and 3-6 A open, and both are components of one
-  pair's mixture; a bond that never breaks in the training pools keeps one narrow component.
-- The noise level enters analytically: a distance d between two atoms each displaced by N(0, sigma^2) per axis
-  varies by about 2 sigma^2 along the bond (for d >> sigma), so each component's variance grows by 2 sigma^2.
-  One network serves every noise level, from the data's own spread to sigma ~ 1 A. (Measured on a diatomic with
-  known bond-length spread: the learned score matches the analytic one at sigma >= 0.05 A; at 0.01 A its mode sits
-  ~0.02 A low, since the Cartesian density's 1/d^2 shell factor is not modelled separately.)
-- Smooth, with well-defined curvature everywhere (the posterior's Laplace and MALA stages use its Hessian), and
-  cheap: a few flops per pair and component, so the sampler's cost stays in the forward model.
+Why this form:
+
+- Invariance by construction: distances only, so rotation, translation and reflection (an isotropic pattern
+  cannot tell mirror images apart); atoms that a graph automorphism exchanges get equal embeddings and so equal
+  pair contexts, so the energy is invariant to relabelling them.
+- Multimodal where the chemistry is: CHD's C1-C6 is 1.5 A (closed) and 3-6 A (open), two branches of one pair.
+- The noise level enters the mixture analytically: a distance between two atoms each displaced by N(0, sigma^2)
+  per axis varies by about 2 sigma^2 along the bond (for d >> sigma), so each branch's variance grows by 2 sigma^2,
+  and one network serves every level from a bond's zero-point spread to sigma ~ 2.5 A. The residual R learns what
+  a mixture cannot hold: the 1/d^2 shell factor of a Cartesian density and non-Gaussian shapes.
+- Centres come from the graph alone (softplus above rbf_min, spread 1..5.5 A at initialisation), not from a
+  reference geometry: the earlier model placed them as offsets from the reference distances with a fixed spread
+  of -0.5..2.5 A, and its samples stretched bonds that never break (CHD C2-C3 5-95 % 0.91-3.77 A; this model:
+  1.25-1.49 A against 1.27-1.50 A in the pools). A reference-distance feature is optional (``reference``, off by
+  default): with it the density would follow whatever geometry a user passes.
+- Cheap and smooth (SiLU, Gaussian radial basis): the posterior takes its Hessian (Laplace, MALA).
 - What it cannot hold: correlations beyond those a pairwise potential induces through the geometry (a pairwise
-  distance potential is what classical force fields are made of, and enough to tell a ring from a chain).
+  distance potential is what classical force fields are made of, and enough to tell a ring from a chain). Measured:
+  with the ring open, CHD's bond lengths do not shift as they do in the pools (C2-C3 median 1.38 A against 1.46 A),
+  and the opened C1-C6 is short (median 3.1 A against 4.3 A).
 
 Training (``xfit.learn._conformer_train``): denoising score matching (Vincent, Neural Comput. 23, 1661 (2011);
-Song & Ermon, NeurIPS 2019) on xfit's own pools: x_sigma = x0 + sigma eps, loss |sigma grad E(x_sigma) - eps|^2
-(centre-of-mass components removed), sigma log-uniform. ``ConformerPrior.sample`` draws by annealed Langevin
-dynamics on the learned score.
+Song & Ermon, NeurIPS 2019). ``ConformerPrior.sample`` draws by reverse-diffusion predictor-corrector sampling
+(Song et al., ICLR 2021) on the learned score.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -48,129 +59,213 @@ from xfit.chem._graph import MAX_HOPS, MoleculeGraph
 __all__ = [
     "ConformerConfig",
     "ConformerPrior",
+    "graph_inputs",
+    "init_params",
     "load_conformer_prior",
-    "pair_inputs",
+    "pair_energy",
     "save_conformer_prior",
 ]
 
 CONFIG_FILE = "conformer.json"
 WEIGHTS_FILE = "params.msgpack"
 SHIPPED = ("conformer",)
-N_RBF = 16
-RBF_MAX = 8.0
+SIGMA_FEATURES = 8
+LOG_WIDTH_MIN, LOG_WIDTH_MAX = float(np.log(0.005)), float(np.log(5.0))
+"""Bounds on the branches' own spreads (A): sharper than any bond's zero-point spread, wider than a molecule."""
+PAIR_KEYS = ("centres", "log_widths", "log_weights", "b1", "w_lin", "g", "v")
+"""The per-pair entries of a ``PairContext`` output (the rest are weights shared by all pairs)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ConformerConfig:
-    """Hyperparameters of a conformer prior (stored beside its weights).
+    """Hyperparameters of a conformer prior (stored beside its weights). Lengths in A.
 
-    width: atom and pair embedding width. components: K Gaussians per distance. max_atoms: padding size (the
-    largest molecule one compiled training step takes). sigma_min, sigma_max: the noise levels (A) it is trained
-    on; sigma_min is the level the posterior uses.
+    width: the pair MLP's width (the per-structure cost). embed: the graph network's width (once per molecule).
+    rounds: message-passing rounds over the bond graph. n_rbf, rbf_min, rbf_max: Gaussian radial basis of the
+    distance. max_atoms: the largest molecule it takes. sigma_min, sigma_max: the noise levels it is trained on
+    (sigma_min is the level the posterior uses). branches: Gaussians per distance. reference: also condition on the
+    reference geometry's distances.
     """
 
-    width: int = 64
-    components: int = 6
-    rounds: int = 2
+    width: int = 32
+    embed: int = 64
+    rounds: int = 3
+    n_rbf: int = 16
+    rbf_min: float = 0.5
+    rbf_max: float = 8.0
     max_atoms: int = 24
     sigma_min: float = 0.01
-    sigma_max: float = 1.0
+    sigma_max: float = 2.5
+    branches: int = 6
+    reference: bool = False
 
     def __post_init__(self):
-        if self.components < 1 or self.width < 4 or self.max_atoms < 2:
-            raise ValueError("components >= 1, width >= 4 and max_atoms >= 2 are needed")
+        if self.width < 2 or self.embed < 2 or self.n_rbf < 2 or self.max_atoms < 2 or self.rounds < 0:
+            raise ValueError("width, embed, n_rbf, max_atoms >= 2 and rounds >= 0 are needed")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if not 0 < self.rbf_min < self.rbf_max or self.branches < 1:
+            raise ValueError("need 0 < rbf_min < rbf_max and branches >= 1")
 
 
-def _graph(atoms) -> MoleculeGraph:
+def as_graph(atoms: Atoms | MoleculeGraph) -> MoleculeGraph:
+    """A ``MoleculeGraph`` from either an ``ase.Atoms`` or a graph."""
     return atoms if isinstance(atoms, MoleculeGraph) else MoleculeGraph.from_atoms(atoms)
 
 
-def pair_inputs(graph: MoleculeGraph, max_atoms: int) -> dict[str, np.ndarray]:
-    """The graph side of the network, padded to ``max_atoms``: numbers (N,), bond adjacency (N, N), hops (N, N),
-    reference distances (N, N) in A averaged over the graph's automorphisms (so that equivalent atoms, an axial
-    and an equatorial hydrogen of one CH2 say, get equal inputs and the energy is exactly invariant to relabelling
-    them), atom mask (N,)."""
-    n = len(graph)
-    if n > max_atoms:
-        raise ValueError(f"{graph.formula} has {n} atoms; this prior takes at most {max_atoms}")
-    numbers = np.zeros(max_atoms, np.int32)
-    numbers[:n] = graph.numbers
-    adjacency = np.zeros((max_atoms, max_atoms), np.float32)
-    adjacency[graph.bonds[:, 0], graph.bonds[:, 1]] = adjacency[graph.bonds[:, 1], graph.bonds[:, 0]] = 1.0
-    hops = np.full((max_atoms, max_atoms), MAX_HOPS, np.int32)
-    hops[:n, :n] = graph.hops
-    d0 = np.zeros((max_atoms, max_atoms), np.float32)
-    x = graph.positions
+def symmetric_distances(graph: MoleculeGraph, positions: np.ndarray | None = None) -> np.ndarray:
+    """Distances (n, n) in A of ``positions`` (default: the reference geometry), averaged over the graph's
+    automorphisms, so that equivalent atoms (an axial and an equatorial hydrogen of one CH2) get equal values."""
+    x = graph.positions if positions is None else positions
     d = np.linalg.norm(x[:, None] - x[None], axis=-1)
     perms = graph.automorphisms()
-    d0[:n, :n] = np.mean([d[np.ix_(p, p)] for p in perms], axis=0)
-    mask = np.zeros(max_atoms, bool)
+    return np.mean(d[perms[:, :, None], perms[:, None, :]], axis=0)
+
+
+def graph_inputs(graph: MoleculeGraph, size: int | None = None, d0: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The graph side of the model, padded to ``size`` atoms (default: the molecule's own): numbers (N,), bond
+    adjacency (N, N), hops (N, N), reference distances d0 (N, N) in A (default ``symmetric_distances``), atom mask
+    (N,), and the pairs i < j (P,), (P,) with their mask (P,), P = N (N - 1) / 2. Padding atoms have no bonds, so
+    they change nothing for the real ones."""
+    n = len(graph)
+    size = n if size is None else size
+    if n > size:
+        raise ValueError(f"{graph.formula} has {n} atoms; at most {size} fit")
+    numbers = np.zeros(size, np.int32)
+    numbers[:n] = graph.numbers
+    adjacency = np.zeros((size, size), np.float32)
+    adjacency[graph.bonds[:, 0], graph.bonds[:, 1]] = adjacency[graph.bonds[:, 1], graph.bonds[:, 0]] = 1.0
+    hops = np.full((size, size), MAX_HOPS, np.int32)
+    hops[:n, :n] = graph.hops
+    reference = np.zeros((size, size), np.float32)
+    reference[:n, :n] = symmetric_distances(graph) if d0 is None else d0
+    mask = np.zeros(size, bool)
     mask[:n] = True
-    return {"numbers": numbers, "adjacency": adjacency, "hops": hops, "d0": d0, "mask": mask}
+    i, j = np.triu_indices(size, k=1)
+    return {
+        "numbers": numbers,
+        "adjacency": adjacency,
+        "hops": hops,
+        "d0": reference,
+        "mask": mask,
+        "pair_i": i.astype(np.int32),
+        "pair_j": j.astype(np.int32),
+        "pair_mask": mask[i] & mask[j],
+    }
 
 
-def _rbf(d, n=N_RBF, top=RBF_MAX):
-    centres = jnp.linspace(0.0, top, n)
+def _rbf(d, n: int, lo: float, hi: float):
+    centres = jnp.linspace(lo, hi, n, dtype=d.dtype)
     return jnp.exp(-(((d[..., None] - centres) / (centres[1] - centres[0])) ** 2))
 
 
-class PairMixtures(nn.Module):
-    """Graph inputs (batched or not) -> per-pair mixture parameters (log weights, centres in A, log widths in A),
-    each (..., N, N, K)."""
+def sigma_features(sigma, config: ConformerConfig):
+    """(..., SIGMA_FEATURES) of noise levels sigma (...) in A: Fourier features of log sigma mapped onto [-1, 1]
+    over the trained range (clipped outside it, where the branches' 2 sigma^2 alone carries the change)."""
+    lo, hi = float(np.log(config.sigma_min)), float(np.log(config.sigma_max))  # Python floats: keep the dtype
+    u = jnp.clip(2.0 * (jnp.log(sigma) - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+    k = jnp.arange(1, SIGMA_FEATURES // 2, dtype=u.dtype) * jnp.pi
+    uk = u[..., None] * k
+    return jnp.concatenate([u[..., None], u[..., None] ** 2, jnp.sin(uk), jnp.cos(uk)], -1)
+
+
+class PairContext(nn.Module):
+    """Graph inputs (one molecule, from ``graph_inputs``) -> the pair MLP of that molecule (see ``pair_energy``):
+    per-pair first-layer biases b1, noise gains g and output weights v, each (P, width), and the shared weights."""
 
     config: ConformerConfig
 
     @nn.compact
-    def __call__(self, numbers, adjacency, hops, d0, mask):
+    def __call__(self, numbers, adjacency, hops, d0, mask, pair_i, pair_j, pair_mask):
         c = self.config
-        h = nn.Embed(120, c.width)(numbers) * mask[..., None]
-        for _ in range(c.rounds):  # message passing over the bond graph: chemical surroundings, not geometry
-            messages = jnp.einsum("...ij,...jw->...iw", adjacency, nn.Dense(c.width)(h))
-            h = h + nn.gelu(nn.Dense(c.width)(jnp.concatenate([h, messages], -1))) * mask[..., None]
-            h = nn.LayerNorm()(h)
-        a = nn.Dense(c.width)(h)
-        pair = jnp.concatenate(
-            [
-                nn.gelu(a[..., :, None, :] + a[..., None, :, :]),  # symmetric in i, j
-                a[..., :, None, :] * a[..., None, :, :],
-                jax.nn.one_hot(hops, MAX_HOPS + 1),
-                _rbf(d0),
-            ],
-            -1,
-        )
-        z = nn.gelu(nn.Dense(c.width)(pair))
-        z = nn.gelu(nn.Dense(c.width)(z))
-        k = c.components
-        logits = nn.Dense(k)(z)
-        # Centres as offsets from the reference distance (spread at initialisation so components can specialise),
-        # widths from 0.005 to ~2 A.
-        spread = jnp.linspace(-0.5, 2.5, k) if k > 1 else jnp.zeros(1)
-        centres = d0[..., None] + spread + nn.Dense(k, kernel_init=nn.initializers.zeros)(z)
-        log_widths = jnp.clip(nn.Dense(k)(z) - 2.5, np.log(0.005), np.log(2.0))
-        return logits, centres, log_widths
+        dtype = jnp.float32
+        atom_mask = mask[:, None].astype(dtype)
+        h = nn.Embed(120, c.embed)(numbers) * atom_mask
+        for _ in range(c.rounds):  # chemical surroundings from the bond graph, never from the geometry
+            messages = adjacency.astype(dtype) @ nn.Dense(c.embed)(h)
+            update = nn.Dense(c.embed)(nn.gelu(nn.Dense(c.embed)(jnp.concatenate([h, messages], -1))))
+            h = nn.LayerNorm()(h + update) * atom_mask
+        hi, hj = h[pair_i], h[pair_j]
+        parts = [hi + hj, hi * hj, jax.nn.one_hot(hops[pair_i, pair_j], MAX_HOPS + 1, dtype=dtype)]
+        d0_pair = d0[pair_i, pair_j].astype(dtype)
+        if c.reference:
+            parts.append(_rbf(d0_pair, c.n_rbf, c.rbf_min, c.rbf_max))
+        z = nn.gelu(nn.Dense(c.embed)(jnp.concatenate(parts, -1)))
+        z = nn.gelu(nn.Dense(c.embed)(z))
+        w, k = c.width, c.branches
+        scaled = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
+        dense = nn.initializers.lecun_normal()
+        # Branch centres spread over bonded to far distances, widths from a bond's to a floppy pair's, at first.
+        spread = np.linspace(1.0, 5.5, k) if k > 1 else np.array([1.5])
+        if c.reference:
+            centres = d0_pair[:, None] + nn.Dense(k, bias_init=_constant(spread - spread[0]))(z)
+        else:
+            centres = c.rbf_min + nn.softplus(nn.Dense(k, bias_init=_constant(np.log(np.expm1(spread - c.rbf_min))))(z))
+        log_widths = np.full(k, np.log(0.25))
+        return {
+            "centres": centres,
+            "log_widths": jnp.clip(nn.Dense(k, bias_init=_constant(log_widths))(z), LOG_WIDTH_MIN, LOG_WIDTH_MAX),
+            "log_weights": jax.nn.log_softmax(nn.Dense(k, kernel_init=nn.initializers.zeros)(z), axis=-1),
+            "b1": nn.Dense(w)(z),
+            "w_lin": nn.Dense(w, bias_init=nn.initializers.normal(2.0))(z),
+            "g": 1.0 + nn.Dense(w, kernel_init=scaled)(z),
+            "v": nn.Dense(w, kernel_init=scaled)(z) / float(np.sqrt(w)),
+            "w_rbf": self.param("w_rbf", dense, (c.n_rbf, w)),
+            "w_sigma1": self.param("w_sigma1", dense, (SIGMA_FEATURES, w)),
+            "w2": self.param("w2", dense, (w, w)),
+            "b2": self.param("b2", nn.initializers.zeros, (w,)),
+            "w_sigma2": self.param("w_sigma2", dense, (SIGMA_FEATURES, w)),
+        }
 
 
-def mixture_energy(x, sigma, logits, centres, log_widths, pair_mask):
-    """E(x, sigma) (...) of structures x (..., N, 3) for per-pair mixtures (N, N, K) (see the module notes);
-    sigma in A, a scalar or one per structure (...)."""
-    sigma = jnp.asarray(sigma, x.dtype)[..., None, None, None]
-    diff = x[..., :, None, :] - x[..., None, :, :]
+@functools.partial(jax.jit, static_argnames="config")
+def _context(params, inputs, *, config):
+    return PairContext(config).apply({"params": params}, **inputs)
+
+
+def _constant(values):
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.broadcast_to(jnp.asarray(values, dtype), shape)
+
+    return init
+
+
+def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
+    """E(x, sigma) (...) for structures x (..., N, 3) in A and noise levels sigma in A (a scalar or (...)), in the
+    dtype of x. ``head``: a molecule's ``PairContext`` output (any float dtype); pair_i, pair_j (P,): the pairs;
+    pair_mask (P,): which are real (padding pairs in training), None for all."""
+    x = jnp.asarray(x)
+    dtype = x.dtype
+    head = {k: jnp.asarray(v, dtype) for k, v in head.items()}
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype), x.shape[:-2])
+    diff = x[..., pair_i, :] - x[..., pair_j, :]
     sq = jnp.sum(diff * diff, axis=-1)
-    safe = jnp.where(pair_mask, sq, 1.0)
-    d = jnp.sqrt(jnp.maximum(safe, 1e-12))
-    var = jnp.exp(2.0 * log_widths) + 2.0 * sigma**2
-    log_pi = jax.nn.log_softmax(logits, axis=-1)
-    log_n = -0.5 * (d[..., None] - centres) ** 2 / var - 0.5 * jnp.log(2.0 * jnp.pi * var)
-    log_p = jax.scipy.special.logsumexp(log_pi + log_n, axis=-1)
-    return -0.5 * jnp.sum(jnp.where(pair_mask, log_p, 0.0), axis=(-2, -1))  # each pair counted once
+    if pair_mask is not None:  # padding atoms sit on one point: keep their (discarded) gradients finite
+        sq = jnp.where(pair_mask, sq, 1.0)
+    d = jnp.sqrt(jnp.maximum(sq, 1e-12))
+    s = sigma_features(sigma, config)
+    a1 = (
+        _rbf(d, config.n_rbf, config.rbf_min, config.rbf_max) @ head["w_rbf"]
+        + d[..., None] * head["w_lin"]
+        + head["b1"]
+        + (s @ head["w_sigma1"])[..., None, :] * head["g"]
+    )
+    a2 = jax.nn.silu(a1) @ head["w2"] + head["b2"] + (s @ head["w_sigma2"])[..., None, :]
+    residual = jnp.sum(jax.nn.silu(a2) * head["v"], axis=-1)
+    var = jnp.exp(2.0 * head["log_widths"]) + 2.0 * sigma[..., None, None] ** 2
+    branch = 0.5 * (d[..., None] - head["centres"]) ** 2 / var + 0.5 * jnp.log(var) - head["log_weights"]
+    f = residual - jax.nn.logsumexp(-branch, axis=-1)
+    if pair_mask is not None:
+        f = jnp.where(pair_mask, f, 0.0)
+    return jnp.sum(f, axis=-1)
 
 
 def init_params(config: ConformerConfig, key: jax.Array) -> dict:
-    n = config.max_atoms
-    dummy = (jnp.ones(n, jnp.int32), jnp.zeros((n, n)), jnp.zeros((n, n), jnp.int32), jnp.ones((n, n)))
-    return PairMixtures(config).init(key, *dummy, jnp.ones(n, bool))["params"]
+    """Random weights of the model (float32)."""
+    numbers = np.array([6, 1, 1], np.int32)
+    graph = MoleculeGraph.from_bonds(numbers, [[0, 1], [0, 2]], np.eye(3))
+    inputs = graph_inputs(graph)
+    return PairContext(config).init(key, **{k: jnp.asarray(v) for k, v in inputs.items()})["params"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -178,6 +273,7 @@ class ConformerPrior:
     """A trained conformer prior: its config, weights and the molecules it knows.
 
     ``molecules`` maps graph keys (``MoleculeGraph.key``) to names; ``metadata`` records how it was trained.
+    Wherever a molecule is asked for, an ``ase.Atoms`` or a ``MoleculeGraph`` will do.
     """
 
     config: ConformerConfig
@@ -190,88 +286,125 @@ class ConformerPrior:
     def sigma_min(self) -> float:
         return self.config.sigma_min
 
+    @property
+    def sigma_max(self) -> float:
+        return self.config.sigma_max
+
     def fits(self, atoms: Atoms | MoleculeGraph) -> bool:
         """Whether this prior knows the molecule (same bond graph, any atom order) and it is small enough."""
-        graph = _graph(atoms)
+        graph = as_graph(atoms)
         return len(graph) <= self.config.max_atoms and graph.key in self.molecules
 
-    def mixtures(self, atoms: Atoms | MoleculeGraph):
-        """Per-pair mixture parameters (logits, centres, log widths), each (n, n, K), and the pair mask (n, n)."""
-        graph = _graph(atoms)
+    def head(self, atoms: Atoms | MoleculeGraph) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The molecule's pair MLP (``PairContext`` output, float32 numpy) and its pairs i < j (P,), (P,).
+
+        Raises:
+            ValueError: the prior was not trained on this molecule.
+        """
+        graph = as_graph(atoms)
         if not self.fits(graph):
+            known = ", ".join(f"{name} ({key})" for key, name in sorted(self.molecules.items()))
             raise ValueError(
-                f"this conformer prior knows {sorted(self.molecules.values())} ({', '.join(sorted(self.molecules))}),"
-                f" not {graph.formula} ({graph.key})"
+                f"this conformer prior was not trained on {graph.formula} ({graph.key}, {len(graph)} atoms); it "
+                f"knows {known} (at most {self.config.max_atoms} atoms)"
             )
-        inputs = pair_inputs(graph, self.config.max_atoms)
-        with jax.enable_x64(False):
-            out = PairMixtures(self.config).apply({"params": self.params}, *(jnp.asarray(v) for v in inputs.values()))
-        n = len(graph)
-        upper = np.triu(np.ones((n, n), bool), k=1)
-        return tuple(np.asarray(a[:n, :n], np.float64) for a in out), upper
+        inputs = graph_inputs(graph)
+        head = jax.tree.map(np.asarray, _context(self.params, inputs, config=self.config))
+        # Equivalent pairs get equal contexts only up to float32 rounding (neighbour sums in another order): one
+        # representative per orbit of the automorphisms makes the energy exactly invariant to relabelling.
+        i, j = inputs["pair_i"], inputs["pair_j"]
+        index = np.zeros((len(graph), len(graph)), np.int64)
+        index[i, j] = index[j, i] = np.arange(len(i))
+        images = np.stack([index[perm[i], perm[j]] for perm in graph.automorphisms()])  # (n_perm, P)
+        representative = images.min(axis=0)
+        for key in PAIR_KEYS:
+            head[key] = head[key][representative]
+        return head, i, j
 
     def energy_fn(self, atoms: Atoms | MoleculeGraph):
-        """A pure JAX function E(x, sigma) of structures x (..., n_atoms, 3) in A and a noise level sigma in A,
-        in the dtype of x; jit/vmap/grad-friendly (the graph's network outputs are computed once, here)."""
-        (logits, centres, log_widths), upper = self.mixtures(atoms)
-        pair_mask = upper | upper.T  # both triangles, halved in mixture_energy: symmetric gradients
+        """A pure JAX function E(x, sigma) -> (...) of structures x (..., n_atoms, 3) in A and a noise level sigma
+        in A (a scalar or one per structure), in the dtype of x: -log p_sigma(x) up to a constant per sigma.
+        jit/vmap/grad-friendly; the graph network runs once, here."""
+        head, pair_i, pair_j = self.head(atoms)
+        config = self.config
 
         def energy(x, sigma):
-            cast = lambda a: jnp.asarray(a, x.dtype)  # noqa: E731
-            return mixture_energy(x, sigma, cast(logits), cast(centres), cast(log_widths), pair_mask)
+            return pair_energy(head, x, sigma, pair_i, pair_j, config)
 
         return energy
 
     def energy(self, x, atoms: Atoms | MoleculeGraph, sigma: float | None = None) -> np.ndarray:
         """E(x, sigma) (...) for x (..., n_atoms, 3) in A (default sigma: ``sigma_min``)."""
-        return np.asarray(self.energy_fn(atoms)(jnp.asarray(x), self.sigma_min if sigma is None else sigma))
+        x = jnp.asarray(x)
+        return np.asarray(self.energy_fn(atoms)(x, self.sigma_min if sigma is None else sigma))
 
     def score(self, x, atoms: Atoms | MoleculeGraph, sigma: float | None = None) -> np.ndarray:
-        """The score grad_x log p_sigma(x) = -grad_x E, (..., n_atoms, 3) in 1/A."""
+        """The score grad_x log p_sigma(x) = -grad_x E, (..., n_atoms, 3) in 1/A (default sigma: ``sigma_min``)."""
         energy = self.energy_fn(atoms)
         sigma = self.sigma_min if sigma is None else sigma
         return np.asarray(-jax.grad(lambda v: jnp.sum(energy(v, sigma)))(jnp.asarray(x)))
 
     def sample(
-        self, key: jax.Array, atoms: Atoms | MoleculeGraph, n: int, *, levels: int = 60, steps_per_level: int = 4
+        self,
+        key: jax.Array,
+        atoms: Atoms | MoleculeGraph,
+        n: int,
+        *,
+        steps: int = 300,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        snr: float = 0.1,
     ) -> np.ndarray:
-        """n unconditional samples (n, n_atoms, 3) in A by annealed Langevin dynamics on the learned score (Song &
-        Ermon 2019, step 0.1 sigma^2 per level), from the reference geometry plus sigma_max noise down to
-        sigma_min."""
-        graph = _graph(atoms)
-        energy = self.energy_fn(graph)
-        sigmas = np.geomspace(self.config.sigma_max, self.config.sigma_min, levels).astype(np.float32)
+        """n unconditional samples (n, n_atoms, 3) in A (float32 precision): from the reference geometry plus
+        sigma_max noise (default: the prior's), ``steps`` noise levels geometric down to ``sigma_min`` (default:
+        the prior's), each a reverse-diffusion step and a Langevin corrector step (see ``annealed_sampling``)."""
+        graph = as_graph(atoms)
+        top, bottom = sigma_max or self.config.sigma_max, sigma_min or self.config.sigma_min
+        sigmas = np.geomspace(top, bottom, max(int(steps), 2))
+        head, pair_i, pair_j = self.head(graph)
         k0, k1 = jax.random.split(key)
         x0 = jnp.asarray(graph.positions, jnp.float32) + sigmas[0] * jax.random.normal(k0, (n, len(graph), 3))
-        return np.asarray(_annealed_langevin(energy, x0, jnp.asarray(sigmas), k1, steps_per_level), np.float64)
+        out = _sample(head, pair_i, pair_j, x0, jnp.asarray(sigmas, jnp.float32), k1, config=self.config, snr=snr)
+        return np.asarray(out, np.float64)
 
 
-def _annealed_langevin(energy, x0, sigmas, key, steps_per_level: int):
+@functools.partial(jax.jit, static_argnames=("config", "snr"))
+def _sample(head, pair_i, pair_j, x0, sigmas, key, *, config, snr):
+    """``annealed_sampling`` compiled once per molecule size and config (the weights are arguments, not
+    constants)."""
+
+    def energy(x, s):
+        return pair_energy(head, x, s, pair_i, pair_j, config)
+
+    return annealed_sampling(energy, x0, sigmas, key, snr=snr)
+
+
+def annealed_sampling(energy, x0, sigmas, key, *, snr: float = 0.1):
+    """Predictor-corrector sampling (Song et al., ICLR 2021, variance-exploding SDE) from x0 (..., N, 3) at
+    sigmas[0] down to sigmas[-1] (A). Predictor: the reverse-diffusion step x += (s_k^2 - s_{k+1}^2) score +
+    sqrt(s_k^2 - s_{k+1}^2) z, which carries the mass between modes (CHD open vs closed) as the smoothed density
+    sharpens, with no need to wait for Langevin to cross between them. Corrector: one Langevin step of size
+    snr * s^2 at the new level (stable: the stiffest pair term has curvature ~ 1/(2 s^2) at most)."""
     grad = jax.grad(lambda x, s: jnp.sum(energy(x, s)))
 
-    @jax.jit
-    def run(x0, sigmas, key):
-        def level(carry, sigma):
-            x, key = carry
-            eta = 0.1 * sigma**2
+    def level(carry, pair):
+        x, key = carry
+        s, s_next = pair[0], pair[1]
+        key, k1, k2 = jax.random.split(key, 3)
+        var = s**2 - s_next**2
+        x = x - var * grad(x, s) + jnp.sqrt(var) * jax.random.normal(k1, x.shape, x.dtype)
+        eta = snr * s_next**2
+        x = x - eta * grad(x, s_next) + jnp.sqrt(2.0 * eta) * jax.random.normal(k2, x.shape, x.dtype)
+        return (x, key), None
 
-            def step(carry, _):
-                x, key = carry
-                key, sub = jax.random.split(key)
-                x = x - eta * grad(x, sigma) + jnp.sqrt(2 * eta) * jax.random.normal(sub, x.shape, x.dtype)
-                return (x, key), None
-
-            (x, key), _ = jax.lax.scan(step, (x, key), None, length=steps_per_level)
-            return (x, key), None
-
-        (x, _), _ = jax.lax.scan(level, (x0, key), sigmas)
-        return x
-
-    return run(x0, sigmas, key)
+    pairs = jnp.stack([sigmas[:-1], sigmas[1:]], -1).astype(x0.dtype)
+    (x, _), _ = jax.lax.scan(level, (x0, key), pairs)
+    return x
 
 
 def save_conformer_prior(directory: str | os.PathLike, config: ConformerConfig, params, molecules, metadata) -> None:
-    """Write ``directory/conformer.json`` (config, molecules, metadata) and ``params.msgpack``, each atomically."""
+    """Write ``directory/conformer.json`` (config, molecules {graph key: name}, metadata) and ``params.msgpack``
+    (flax serialisation), each atomically."""
     from flax import serialization
 
     from xfit._io import atomic_path
@@ -280,17 +413,17 @@ def save_conformer_prior(directory: str | os.PathLike, config: ConformerConfig, 
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         Path(tmp).write_bytes(serialization.to_bytes(jax.device_get(params)))
-    info = {"config": dataclasses.asdict(config), "molecules": molecules, "metadata": metadata}
+    info = {"config": dataclasses.asdict(config), "molecules": dict(molecules), "metadata": metadata}
     with atomic_path(directory / CONFIG_FILE) as tmp:
         Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
 def load_conformer_prior(name_or_path: str | os.PathLike | None = None) -> ConformerPrior:
-    """A conformer prior from a folder written by ``xfit train-prior``, or the shipped one by name ("conformer",
-    the default).
+    """A conformer prior from a folder written by ``xfit train-prior``, or a shipped one by name ("conformer", the
+    default, in ``xfit/weights/``).
 
     Raises:
-        FileNotFoundError: no such folder, or a file missing. ValueError: a corrupt file.
+        FileNotFoundError: no such folder, or one of its files missing. ValueError: a corrupt file (named).
     """
     from flax import serialization
 
@@ -304,8 +437,18 @@ def load_conformer_prior(name_or_path: str | os.PathLike | None = None) -> Confo
     try:
         info = json.loads((directory / CONFIG_FILE).read_text())
         config = ConformerConfig(**info["config"])
-        template = jax.device_get(init_params(config, jax.random.key(0)))
-        params = serialization.from_bytes(template, (directory / WEIGHTS_FILE).read_bytes())
+        molecules = dict(info["molecules"])
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{directory}: corrupt conformer prior ({type(err).__name__}: {err})") from None
-    return ConformerPrior(config, params, info["molecules"], info.get("metadata", {}), str(directory))
+        file = directory / CONFIG_FILE
+        raise ValueError(f"corrupt conformer prior file {file} ({type(err).__name__}: {err})") from None
+    template = jax.device_get(init_params(config, jax.random.key(0)))
+    try:
+        params = serialization.from_bytes(template, (directory / WEIGHTS_FILE).read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on bad bytes
+        raise ValueError(
+            f"corrupt conformer prior file {directory / WEIGHTS_FILE} ({type(err).__name__}: {err})"
+        ) from None
+    shapes = jax.tree.map(np.shape, template)
+    if jax.tree.structure(params) != jax.tree.structure(template) or jax.tree.map(np.shape, params) != shapes:
+        raise ValueError(f"corrupt conformer prior file {directory / WEIGHTS_FILE}: weights do not match the config")
+    return ConformerPrior(config, params, molecules, info.get("metadata", {}), str(directory))

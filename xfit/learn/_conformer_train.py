@@ -1,20 +1,30 @@
 """Training the conformer prior (``xfit.learn._conformer``) by denoising score matching on xfit's own pools.
 
 Each step draws one pool (every pool equally often, so that a 3,000-structure reaction sweep weighs as much as a
-65,000-structure Wigner pool), a batch of its structures and a noise level per structure, log-uniform in
-[sigma_min, sigma_max]; the loss is |sigma grad_x E(x0 + sigma eps, sigma) - eps|^2 per atom, with eps and the
-score's centre-of-mass components removed (translations carry no information). Everything is a function of
-(seed, step), and a checkpoint (weights, optimiser state, step) every ``checkpoint_every`` steps lets the same
-call resume exactly where it stopped; the finished prior is written atomically at the end.
+65,000-structure Wigner pool), the next batch of its shuffled stream (``xfit.iterate_pool``: memory stays flat),
+and per structure a noise level sigma, log-uniform in [sigma_min, sigma_max], and noise eps (n_atoms, 3) with zero
+centre of mass (translations carry no information). The loss, per coordinate of real atoms, is
+
+    | sigma s_theta(x0 + sigma eps, sigma) + eps |^2,     s_theta = -grad_x E_theta,
+
+the sigma^2-weighted denoising score-matching objective (Vincent 2011; Song & Ermon 2019): its minimiser is the
+score of the sigma-smoothed pool density. Its minimum is not 0: eps is only partly predictable from x (rotations,
+and the whole of it at large sigma). No random rotations: E sees distances only.
+
+One compiled step serves every molecule: structures are padded to the largest training molecule, padding pairs
+masked. Everything is a function of (seed, step): the pool drawn, the noise, the batch (each pool's stream has its
+own seed). A checkpoint holds the weights, the optimiser state, the step and how many batches each pool gave, so a
+resumed run continues exactly as if it had never stopped; the finished prior is written atomically at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +36,7 @@ import optax
 from ase import Atoms
 
 from xfit.chem._graph import MoleculeGraph
+from xfit.chem._pool import iterate_pool
 from xfit.learn import _conformer
 
 __all__ = ["ConformerTrainConfig", "train_conformer_prior"]
@@ -35,55 +46,68 @@ CHECKPOINT_FILE = "checkpoint.msgpack"
 
 @dataclasses.dataclass(frozen=True)
 class ConformerTrainConfig:
-    """Optimisation settings (stored with the prior)."""
+    """Optimisation settings (stored with the prior). reference_jitter: A per coordinate added to the reference
+    geometry each step (only used by a ``ConformerConfig(reference=True)`` model)."""
 
     steps: int = 6000
-    batch_size: int = 128
-    learning_rate: float = 3e-3
+    batch_size: int = 64
+    learning_rate: float = 2e-3
     warmup: int = 200
     weight_decay: float = 1e-5
     seed: int = 0
     checkpoint_every: int = 500
+    reference_jitter: float = 0.03
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
 
 
 @dataclasses.dataclass
-class _Pool:
+class _Source:
+    """One pool: its molecule, graph inputs and batch stream."""
+
     path: str
     name: str
     graph: MoleculeGraph
-    positions: np.ndarray  # (N, n_atoms, 3) float32
-    inputs: dict
-    sampler: str
+    attrs: dict
+    inputs: dict | None = None
+    stream: Iterator | None = None
+    drawn: int = 0
 
 
-def _open(path: str, config: _conformer.ConformerConfig) -> _Pool:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"pool not found: {path}")
-    try:
-        with h5py.File(path, "r") as f:
-            for name in ("positions", "numbers", "reference_positions"):
-                if name not in f:
-                    raise ValueError(f"{path} is not an xfit pool: no {name!r} dataset")
-            positions = np.asarray(f["positions"][()], np.float32)
-            atoms = Atoms(numbers=f["numbers"][()], positions=f["reference_positions"][()])
-            attrs = dict(f.attrs)
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable HDF5 pool ({err})") from None
-    if len(positions) == 0:
-        raise ValueError(f"{path}: the pool is empty")
-    graph = MoleculeGraph.from_atoms(atoms)
-    return _Pool(
-        path=path,
-        name=str(attrs.get("molecule", Path(path).stem)),
-        graph=graph,
-        positions=positions,
-        inputs=_conformer.pair_inputs(graph, config.max_atoms),
-        sampler=str(attrs.get("sampler", "")),
-    )
+def _open_sources(paths: Sequence[str | os.PathLike], config: _conformer.ConformerConfig) -> list[_Source]:
+    sources = []
+    for path in map(str, paths):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"pool not found: {path}")
+        try:
+            with h5py.File(path, "r") as f:
+                for name in ("positions", "numbers", "reference_positions"):
+                    if name not in f:
+                        raise ValueError(f"{path} is not an xfit pool: no {name!r} dataset")
+                attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+                attrs.setdefault("n_complete", f["positions"].shape[0])
+                atoms = Atoms(numbers=f["numbers"][()], positions=f["reference_positions"][()])
+        except OSError as err:
+            raise ValueError(f"{path} is not a readable HDF5 pool ({err})") from None
+        if not attrs["n_complete"]:
+            raise ValueError(f"{path}: the pool is empty")
+        graph = MoleculeGraph.from_atoms(atoms)
+        if len(graph) > config.max_atoms:
+            raise ValueError(f"{path}: {graph.formula} has {len(graph)} atoms, the model takes {config.max_atoms}")
+        sources.append(_Source(path, str(attrs.get("molecule", Path(path).stem)), graph, attrs))
+    return sources
+
+
+def _stream(path: str, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Endless batches of exactly ``batch_size`` structures (float32) from a pool, reshuffled every epoch."""
+    held = None
+    for part in iterate_pool(path, batch_size, seed=seed, fields=("positions",), epochs=1 << 30):
+        held = part["positions"] if held is None else np.concatenate([held, part["positions"]])
+        while held is not None and len(held) >= batch_size:
+            yield held[:batch_size]
+            held = held[batch_size:] if len(held) > batch_size else None
 
 
 def _optimizer(train: ConformerTrainConfig) -> optax.GradientTransformation:
@@ -93,42 +117,86 @@ def _optimizer(train: ConformerTrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=train.weight_decay))
 
 
-def _loss(params, x0, eps, sigma, inputs, *, config):
-    logits, centres, log_widths = _conformer.PairMixtures(config).apply({"params": params}, **inputs)
-    mask = inputs["mask"]
-    pair_mask = mask[:, None] & mask[None, :] & ~jnp.eye(mask.shape[0], dtype=bool)
-
-    def energy(x, s):
-        return _conformer.mixture_energy(x, s, logits, centres, log_widths, pair_mask)
-
+def dsm_loss(params, x0, eps, sigma, inputs, *, config: _conformer.ConformerConfig):
+    """The denoising loss per coordinate of real atoms, for clean structures x0 (B, N, 3) in A (padded), noise eps
+    (B, N, 3) (zero on padding atoms), levels sigma (B,) in A, and one molecule's ``graph_inputs``."""
+    head = _conformer.PairContext(config).apply({"params": params}, **inputs)
     x = x0 + sigma[:, None, None] * eps
-    grad = jax.grad(lambda v: jnp.sum(energy(v, sigma)))(x)
-    m = mask[None, :, None]
-    n = jnp.sum(mask)
-    grad = (grad - jnp.sum(grad * m, axis=1, keepdims=True) / n) * m
-    residual = sigma[:, None, None] * grad - eps
-    return jnp.sum(residual**2) / (x0.shape[0] * n * 3)
+
+    def energy(v):
+        return jnp.sum(
+            _conformer.pair_energy(head, v, sigma, inputs["pair_i"], inputs["pair_j"], config, inputs["pair_mask"])
+        )
+
+    residual = (-sigma[:, None, None] * jax.grad(energy)(x) + eps) * inputs["mask"][None, :, None]
+    return jnp.sum(residual**2) / (x0.shape[0] * 3 * jnp.sum(inputs["mask"]))
 
 
-@partial(jax.jit, static_argnames=("config", "train"))
+@partial(jax.jit, static_argnames=("config", "train"), donate_argnums=(0, 1))
 def _step(params, opt_state, x0, eps, sigma, inputs, *, config, train):
-    loss, grads = jax.value_and_grad(_loss)(params, x0, eps, sigma, inputs, config=config)
+    loss, grads = jax.value_and_grad(dsm_loss)(params, x0, eps, sigma, inputs, config=config)
     updates, opt_state = _optimizer(train).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-def _batch(pool: _Pool, config, train: ConformerTrainConfig, rng):
-    """(x0, eps, sigma) for one step: structures centred, padded to max_atoms; eps with zero centre of mass."""
-    n = len(pool.graph)
-    x = pool.positions[rng.integers(len(pool.positions), size=train.batch_size)].astype(np.float64)
-    x -= x.mean(axis=1, keepdims=True)
-    x0 = np.zeros((train.batch_size, config.max_atoms, 3), np.float32)
-    x0[:, :n] = x
+def _host_batch(source: _Source, raw: np.ndarray, size: int, config, train: ConformerTrainConfig, rng):
+    """(x0, eps, sigma, graph inputs) for one step, numpy float32, padded to ``size`` atoms."""
+    n, b = len(source.graph), len(raw)
+    x0 = np.zeros((b, size, 3), np.float32)
+    x0[:, :n] = raw - raw.mean(axis=1, keepdims=True)
+    x0[(b + 1) // 2 :] = x0[: b // 2]
+    # Antithetic noise: each structure and level twice, with eps and -eps. The terms of the loss gradient linear
+    # in eps cancel between the two, which would otherwise swamp the small-sigma signal (there sigma s ~ sigma/s_bond
+    # << eps); the estimate stays unbiased.
+    half = (b + 1) // 2
+    e = rng.standard_normal((half, n, 3))
+    e = np.concatenate([e, -e])[:b]
     eps = np.zeros_like(x0)
-    e = rng.standard_normal((train.batch_size, n, 3))
     eps[:, :n] = e - e.mean(axis=1, keepdims=True)
-    sigma = np.exp(rng.uniform(np.log(config.sigma_min), np.log(config.sigma_max), train.batch_size))
-    return x0, eps, sigma.astype(np.float32)
+    sigma = np.exp(rng.uniform(np.log(config.sigma_min), np.log(config.sigma_max), half))
+    sigma = np.concatenate([sigma, sigma])[:b].astype(np.float32)
+    if not config.reference:
+        if source.inputs is None:
+            source.inputs = _conformer.graph_inputs(source.graph, size)
+        return x0, eps, sigma, source.inputs
+    # A jittered reference, so that the model cannot lean on one exact geometry.
+    jittered = source.graph.positions + train.reference_jitter * rng.standard_normal(source.graph.positions.shape)
+    d0 = _conformer.symmetric_distances(source.graph, jittered)
+    return x0, eps, sigma, _conformer.graph_inputs(source.graph, size, d0)
+
+
+def _identity(config, train: ConformerTrainConfig, sources: list[_Source]) -> str:
+    pools = [{"path": os.path.abspath(s.path), "config": str(s.attrs.get("config", ""))} for s in sources]
+    return json.dumps(
+        {"model": dataclasses.asdict(config), "train": dataclasses.asdict(train), "pools": pools}, sort_keys=True
+    )
+
+
+def _state(params, opt_state, step: int, sources: list[_Source], identity: str) -> dict:
+    drawn = {str(k): s.drawn for k, s in enumerate(sources)}
+    return {"params": params, "opt_state": opt_state, "step": step, "drawn": drawn, "identity": identity}
+
+
+def _load_checkpoint(path: Path, template: dict) -> dict | None:
+    from flax import serialization
+
+    if not path.is_file():
+        return None
+    try:
+        raw = serialization.msgpack_restore(path.read_bytes())
+        if not isinstance(raw, dict):
+            raise TypeError("not a mapping")
+    except Exception as err:  # msgpack raises several unrelated types on bad bytes
+        raise ValueError(f"corrupt checkpoint {path} ({type(err).__name__}: {err}); remove it to start over") from None
+    if raw.get("identity") != template["identity"]:
+        raise ValueError(
+            f"{path} belongs to a different training run (other pools or settings); remove it or choose another "
+            "output folder"
+        )
+    try:
+        return serialization.from_state_dict(template, raw)
+    except Exception as err:
+        raise ValueError(f"corrupt checkpoint {path} ({type(err).__name__}: {err}); remove it to start over") from None
 
 
 def train_conformer_prior(
@@ -141,16 +209,23 @@ def train_conformer_prior(
 ) -> _conformer.ConformerPrior:
     """Train a conformer prior on pools and write it to ``output`` (see ``xfit.load_conformer_prior``).
 
+    A checkpoint is written to ``output/checkpoint.msgpack`` every ``train_config.checkpoint_every`` steps; calling
+    again with the same pools and settings resumes from it, with weights identical to an uninterrupted run. The
+    finished prior (``conformer.json`` + ``params.msgpack``) is written only at the end, atomically.
+
     Args:
-        pools: HDF5 pools from ``xfit.build_pool`` (their structures; the patterns are not used).
-        output: folder for the checkpoint and the finished prior; calling again with the same pools and settings
-            resumes from its checkpoint, with the same result as an uninterrupted run.
+        pools: HDF5 pools from ``xfit.build_pool`` (their structures; the patterns are not read).
+        output: folder for the checkpoint and the finished prior.
         config: the model (default ``ConformerConfig()``); train_config: optimisation (default
             ``ConformerTrainConfig()``).
-        progress: True for a progress bar (stderr), or a callback(step, loss).
+        progress: True for a progress bar (stderr), or a callback(step, loss) called after every step.
 
     Returns:
         The trained :class:`xfit.ConformerPrior`.
+
+    Raises:
+        FileNotFoundError: a pool is missing. ValueError: not a pool, empty, too large a molecule, a corrupt
+        checkpoint or one from another run.
     """
     from flax import serialization
 
@@ -160,49 +235,60 @@ def train_conformer_prior(
         raise ValueError("no pools given")
     config = config or _conformer.ConformerConfig()
     train = train_config or ConformerTrainConfig()
-    sources = [_open(str(p), config) for p in pools]
+    sources = _open_sources(pools, config)
+    size = max(len(s.graph) for s in sources)  # pad to the largest training molecule, not max_atoms: fewer pairs
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    identity = repr((dataclasses.asdict(config), dataclasses.asdict(train), [os.path.abspath(s.path) for s in sources]))
+    checkpoint = output / CHECKPOINT_FILE
+
     params = _conformer.init_params(config, jax.random.key(train.seed))
     opt_state = _optimizer(train).init(params)
+    identity = _identity(config, train, sources)
     start = 0
-    checkpoint = output / CHECKPOINT_FILE
-    if checkpoint.is_file():
-        raw = serialization.msgpack_restore(checkpoint.read_bytes())
-        if raw.get("identity") != identity:
-            raise ValueError(f"{checkpoint} belongs to another training run; remove it or choose another folder")
-        state = serialization.from_state_dict(
-            {"params": params, "opt_state": opt_state, "step": 0, "identity": identity}, raw
-        )
-        params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-    inputs = [{k: jnp.asarray(v) for k, v in s.inputs.items()} for s in sources]
+    restored = _load_checkpoint(checkpoint, _state(params, opt_state, 0, sources, identity))
+    if restored is not None:
+        params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+        for k, s in enumerate(sources):
+            s.drawn = int(restored["drawn"][str(k)])
+    for k, s in enumerate(sources):
+        s.stream = _stream(s.path, train.batch_size, train.seed * 1000 + k)
+        for _ in range(s.drawn):  # replay the stream to where the checkpoint left it
+            next(s.stream)
 
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=train.steps, initial=start, desc="train-prior", unit="step")
-    history, t0 = [], time.perf_counter()
-    for step in range(start, train.steps):
-        rng = np.random.default_rng([train.seed, step])
-        k = int(rng.integers(len(sources)))
-        x0, eps, sigma = _batch(sources[k], config, train, rng)
-        params, opt_state, loss = _step(params, opt_state, x0, eps, sigma, inputs[k], config=config, train=train)
-        if (step + 1) % 50 == 0 or step + 1 == train.steps:
-            history.append({"step": step + 1, "pool": sources[k].name, "loss": float(loss)})
+    history, recent = [], []
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, train.steps):
+            rng = np.random.default_rng([train.seed, step])
+            k = int(rng.integers(len(sources)))
+            source = sources[k]
+            raw = next(source.stream)
+            source.drawn += 1
+            x0, eps, sigma, inputs = _host_batch(source, raw, size, config, train, rng)
+            params, opt_state, loss = _step(params, opt_state, x0, eps, sigma, inputs, config=config, train=train)
+            recent = [*recent[-99:], loss]
+            if (step + 1) % 50 == 0 or step + 1 == train.steps:
+                history.append({"step": step + 1, "loss": float(np.mean(recent[-50:]))})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+            if callable(progress):
+                progress(step + 1, float(loss))
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-        if callable(progress):
-            progress(step + 1, float(loss))
+                bar.update(1)
+            if (step + 1) % train.checkpoint_every == 0 and step + 1 < train.steps:
+                with atomic_path(checkpoint) as tmp:
+                    state = _state(params, opt_state, step + 1, sources, identity)
+                    Path(tmp).write_bytes(serialization.to_bytes(jax.device_get(state)))
+    finally:
         if bar is not None:
-            bar.update(1)
-        if (step + 1) % train.checkpoint_every == 0 and step + 1 < train.steps:
-            state = {"params": params, "opt_state": opt_state, "step": step + 1, "identity": identity}
-            with atomic_path(checkpoint) as tmp:
-                Path(tmp).write_bytes(serialization.to_bytes(jax.device_get(state)))
-    if bar is not None:
-        bar.close()
+            bar.close()
+        for s in sources:
+            s.stream.close()
     seconds = time.perf_counter() - t0
 
     import xfit
@@ -210,11 +296,27 @@ def train_conformer_prior(
     molecules = {}
     for s in sources:
         molecules.setdefault(s.graph.key, s.name)
+    done = train.steps - start
     metadata = {
         "train": dataclasses.asdict(train),
-        "pools": [{"path": s.path, "molecule": s.name, "sampler": s.sampler, "n": len(s.positions)} for s in sources],
-        "history": history[-100:],
-        "steps_per_second": (train.steps - start) / seconds if seconds > 0 else 0.0,
+        "seed": train.seed,
+        "steps": train.steps,
+        "pools": [
+            {
+                "path": s.path,
+                "molecule": s.name,
+                "sampler": str(s.attrs.get("sampler", "")),
+                "n": int(s.attrs["n_complete"]),
+                "status": str(s.attrs.get("status", "")),
+                "config": str(s.attrs.get("config", "")),
+            }
+            for s in sources
+        ],
+        "final_loss": float(np.mean(recent)) if recent else None,
+        "history": history[-200:],
+        "examples_per_second": done * train.batch_size / seconds if done and seconds > 0 else None,
+        "seconds": seconds,
+        "resumed_at": start or None,
         "xfit_version": xfit.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
