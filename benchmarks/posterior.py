@@ -134,6 +134,8 @@ def run_chd(args, q) -> dict:
     patterns = chd_patterns(frames, q, args.noise, args.seed)
     out = {}
     for name, method in METHODS.items():
+        if args.methods and name not in args.methods:
+            continue
         kwargs = options(method, args.smoke, start)
         xfit.retrieve(patterns[:1], start, **kwargs)  # compile outside the timing
         t0 = time.perf_counter()
@@ -218,6 +220,10 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=1e-3, help="relative Gaussian noise (default 0.1 %%)")
     parser.add_argument("--nmm-stride", type=int, default=1, help="every N-th delay of the NMM series")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--methods", type=lambda v: v.split(","), help=f"comma-separated subset of: {', '.join(METHODS)}"
+    )
+    parser.add_argument("--no-nmm", action="store_true", help="skip the NMM series")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -230,7 +236,8 @@ def main(argv=None) -> int:
             calibration_plot(results["chd"], args.json.with_name(args.json.stem + "_calibration.png"))
     else:
         print(f"{CHD} not found: CHD section skipped")
-    results["nmm"] = run_nmm(args)
+    if not args.no_nmm:
+        results["nmm"] = run_nmm(args)
     write_json(args.json, results)
     return 0
 

@@ -307,7 +307,16 @@ def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtyp
     if conformer is not None:
         from xfit.infer._posterior import Posterior
 
-        return Posterior(conformer, extra_starts=extra, dtype=dtype, progress=progress), conformer.path
+        # The shipped proposal network's candidates join the particles where it fits: more basins found, never a
+        # different target (the posterior weighs every particle's basin by its own mass).
+        proposal = _resolve_proposal("auto", graph, patterns[0].kind)
+        seeds = None
+        if proposal is not None:
+            seeds = proposal_starts(proposal, patterns, problem.reference, fraction, model_kind)
+        if extra is not None:
+            extra = np.broadcast_to(extra, (len(patterns), *extra.shape))
+            seeds = extra if seeds is None else np.concatenate([seeds, extra], axis=1)
+        return Posterior(conformer, extra_starts=seeds, dtype=dtype, progress=progress), conformer.path
     if isinstance(prior, str) and prior == "auto":
         _warn_fallback(graph)
     proposal = _resolve_proposal(prior, graph, patterns[0].kind)
