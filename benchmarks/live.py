@@ -57,8 +57,9 @@ def run_live(folder: Path, batch: int, args, cache: Path) -> dict:
     index = read_index(out)
     written = np.array([datetime.datetime.fromisoformat(i["written"]).timestamp() for i in index])
     mtimes = np.array([Path(i["source"]).stat().st_mtime for i in index])
-    steady = written[batch:] if len(written) > batch + 1 else written
-    rate = (len(steady) - 1) / max(steady[-1] - steady[0], 1e-9) if len(steady) > 1 else float("nan")
+    written.sort()
+    # after the first batch (compiled by then): files over the time from the first batch's last record to the end
+    rate = (len(written) - batch) / (written[-1] - written[batch - 1]) if len(written) > batch else float("nan")
     return {
         "batch": batch,
         "files": len(index),
@@ -73,7 +74,7 @@ def run_live(folder: Path, batch: int, args, cache: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", default="1,2,4,8,16,32,64,128,256", help="comma-separated batch sizes")
-    parser.add_argument("--files", type=int, default=0, help="files per batch size (default 2 x batch, >= 8)")
+    parser.add_argument("--files", type=int, default=0, help="files per batch size (default 3 x batch, >= 16)")
     parser.add_argument("--starts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--smoke", action="store_true", help="batch sizes 1 and 4, 2 starts, 20 steps")
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
             print(f"{attempt}: {row['wall_s']:.1f} s for {row['files']} file(s)", flush=True)
         for b in batches:
             folder = work / f"batch{b}"
-            write_patterns(folder, args.files or max(2 * b, 8))
+            write_patterns(folder, args.files or max(3 * b, 16))
             row = run_live(folder, b, args, cache)
             results["rows"].append(row)
             print(
