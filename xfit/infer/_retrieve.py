@@ -100,11 +100,12 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
             )
         if len(p) < 2:
             raise ValueError(f"pattern {k} has {len(p)} point(s); a fit needs more")
-        _check_signal(p, k)
     try:
         _iam.check_q(first.q, name="pattern q")
     except ValueError as err:
         raise ValueError(f"{err} (the model cannot be evaluated there)") from None
+    for k, p in enumerate(patterns):
+        _check_signal(p, k)
     return numbers
 
 
