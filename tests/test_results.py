@@ -195,3 +195,22 @@ def test_poor_fit_warns_with_likely_causes(fitted):
 
     assert chi2_warning(dataclasses.replace(wrong, chi2_reduced=0.99 * CHI2_WARNING_THRESHOLD)) is None
     assert "sigma too small" in chi2_warning(dataclasses.replace(wrong, chi2_reduced=1.01 * CHI2_WARNING_THRESHOLD))
+
+
+def test_retrieve_cli_writes_a_results_file_for_h5_output(fitted, tmp_path, capsys):
+    """``xfit retrieve ... -o results.h5`` writes the results file; ``-o x.xyz`` still writes xyz frames."""
+    import argparse
+
+    from ase.io import read
+
+    from xfit.cli._retrieve import _write_outputs
+
+    results, _, _ = fitted
+    for name in ("r.h5", "r.xyz"):
+        args = argparse.Namespace(samples=None, output=tmp_path / name, plot=None, track=[])
+        _write_outputs(args, results, results[0].atoms)
+    assert "xfit.load_results" in capsys.readouterr().out
+    for a, b in zip(results, xfit.load_results(tmp_path / "r.h5"), strict=True):
+        _assert_same(a, b)
+    frames = read(tmp_path / "r.xyz", index=":")
+    assert len(frames) == 2 and frames[1].info["delay_ps"] == pytest.approx(0.5)
