@@ -79,6 +79,8 @@ def test_dashboard_in_a_headless_browser_updates_when_a_pattern_arrives(chd, tmp
         api = json.loads(_get(f"{base}/api/results?since=0")[0])
         assert api["records"][0]["source"] == str((folder / "p0.txt").resolve())
         assert len(api["latest"]["q"]) == len(Q) and len(api["records"][0]["positions"]) == len(chd)
+        d, e = api["records"][0]["distances"]["0-1"]  # the C1-C2 bond of CHD with its standard error
+        assert 1.2 < d < 1.6 and 0 < e < 0.2
         assert json.loads(_get(f"{base}/api/results?since=1")[0])["records"] == []
         script, kind = _get(f"{base}/dashboard.js")
         assert "javascript" in kind and "fetch(" in script

@@ -3,7 +3,8 @@ extra).
 
 Endpoints: ``/`` the page; ``/dashboard.js`` its script (served by xfit: no CDN, no internet needed);
 ``/api/results?since=N`` the complete records after the first N, as JSON: for each, index, status, source,
-chi2_reduced, written (UTC), and for successful records the structure (numbers, positions in A); plus ``n`` (all
+chi2_reduced, written (UTC), and for successful records the structure (numbers, positions in A) and the tracked
+distances (the heavy-atom bonds of the first structure) as {"i-j": [distance, standard error] in A}; plus ``n`` (all
 complete records), ``n_ok``, ``throughput`` (files/s over the last minute) and ``latest``: the newest successful
 record's pattern and fit (q in 1/A, q = 4 pi sin(theta)/lambda; values, model, sigma or null).
 """
@@ -36,6 +37,8 @@ throughput: <span id="throughput">-</span> files/s; latest: <span id="latest">-<
 <div><b>latest structure</b><br><canvas id="structure" width="520" height="320"></canvas></div>
 <div><b>chi2_reduced per result</b><br><canvas id="chi2" width="520" height="240"></canvas></div>
 <div><b>files per second (last minute)</b><br><canvas id="rate" width="520" height="240"></canvas></div>
+<div><b>heavy-atom bond distances (A) with standard errors</b> <span id="pairs"></span><br>
+<canvas id="distances" width="520" height="240"></canvas></div>
 </div>
 <script src="dashboard.js"></script>
 </body></html>
@@ -65,9 +68,12 @@ function drawFit() {
   const c = document.getElementById("fit"), ctx = c.getContext("2d"), L = state.latest;
   axes(ctx, c.width, c.height);
   if (!L) return;
-  const [ylo, yhi] = range(L.values.concat(L.model));
+  const positive = L.values.concat(L.model).every(v => v > 0), f = positive ? Math.log10 : (v => v);
+  const data = L.values.map(f), model = L.model.map(f);
+  const [ylo, yhi] = range(data.concat(model));
   const top = [L.q[0], L.q[L.q.length - 1], ylo, yhi, 40, 10, c.width - 50, 190];
-  line(ctx, L.q, L.values, top, "#000", true); line(ctx, L.q, L.model, top, "#d62728", false);
+  line(ctx, L.q, data, top, "#000", true); line(ctx, L.q, model, top, "#d62728", false);
+  if (positive) label(ctx, "log10", 45, 22);
   const res = L.values.map((v, i) => (v - L.model[i]) / (L.sigma ? L.sigma[i] : 1));
   const [rlo, rhi] = range(res);
   line(ctx, L.q, res, [L.q[0], L.q[L.q.length - 1], rlo, rhi, 40, 215, c.width - 50, 65], "#1f77b4", false);
@@ -109,6 +115,31 @@ function drawSeries(id, xs, ys, name) {
   label(ctx, name, c.width / 2, c.height - 12);
 }
 
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+function drawDistances(ok) {
+  const c = document.getElementById("distances"), ctx = c.getContext("2d");
+  axes(ctx, c.width, c.height);
+  const rows = ok.filter(r => r.distances);
+  if (!rows.length) return;
+  const pairs = Object.keys(rows[0].distances);
+  const all = rows.flatMap(r => pairs.flatMap(k => [r.distances[k][0] - r.distances[k][1],
+                                                    r.distances[k][0] + r.distances[k][1]]));
+  const [lo, hi] = range(all), n = Math.max(rows.length - 1, 1), pw = c.width - 50, ph = c.height - 40;
+  const X = i => 40 + i / n * pw, Y = v => 10 + ph - (v - lo) / (hi - lo || 1) * ph;
+  pairs.forEach((k, p) => {
+    ctx.strokeStyle = ctx.fillStyle = COLORS[p % COLORS.length];
+    rows.forEach((r, i) => {
+      const [d, e] = r.distances[k];
+      ctx.fillRect(X(i) - 2, Y(d) - 2, 4, 4);
+      ctx.beginPath(); ctx.moveTo(X(i), Y(d - e)); ctx.lineTo(X(i), Y(d + e)); ctx.stroke();
+    });
+  });
+  label(ctx, hi.toFixed(2), 2, 18); label(ctx, lo.toFixed(2), 2, c.height - 32);
+  label(ctx, "result #", c.width / 2, c.height - 12);
+  document.getElementById("pairs").innerHTML = pairs.map((k, p) =>
+    '<span style="color:' + COLORS[p % COLORS.length] + '">' + k + "</span>").join(" ");
+}
+
 async function poll() {
   try {
     const response = await fetch("api/results?since=" + state.n);
@@ -129,6 +160,7 @@ async function poll() {
     }
     drawFit();
     drawSeries("chi2", ok.map((r, i) => i), ok.map(r => r.chi2_reduced), "result #");
+    drawDistances(ok);
     const t0 = state.rates[0][0];
     drawSeries("rate", state.rates.map(r => r[0] - t0), state.rates.map(r => r[1]), "time (s)");
   } catch (e) { console.log(e); }
@@ -149,9 +181,11 @@ def _listify(a):
     return None if a is None else np.asarray(a, np.float64).tolist()
 
 
-def results_json(path: Path, since: int) -> dict:
-    """The payload of ``/api/results?since=N`` (module notes)."""
+def results_json(path: Path, since: int, pairs=None) -> dict:
+    """The payload of ``/api/results?since=N`` (module notes); ``pairs(atoms)`` picks the tracked distances."""
     from xfit.data._results import load_results, read_index
+
+    pairs = pairs or _Pairs()
 
     if not path.exists():
         return {"file": path.name, "n": 0, "n_ok": 0, "throughput": 0.0, "records": [], "latest": None}
@@ -167,6 +201,9 @@ def results_json(path: Path, since: int) -> dict:
             k += 1
             record["numbers"] = r.atoms.numbers.tolist()
             record["positions"] = _listify(r.atoms.positions)
+            x, e = r.atoms.positions, r.uncertainty.distances
+            d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+            record["distances"] = {f"{a}-{b}": [float(d[a, b]), float(e[a, b])] for a, b in pairs(r.atoms)}
         records.append(record)
     latest = None
     if ok_new:
@@ -188,13 +225,27 @@ def results_json(path: Path, since: int) -> dict:
     }
 
 
+class _Pairs:
+    """The tracked atom pairs: the heavy-atom bonds (at most 6) of the first structure seen, then kept fixed."""
+
+    def __init__(self):
+        self.pairs = None
+
+    def __call__(self, atoms) -> list[tuple[int, int]]:
+        if self.pairs is None:
+            from xfit.chem._structures import covalent_bonds
+
+            self.pairs = [(int(a), int(b)) for a, b in covalent_bonds(atoms, heavy_only=True)[:6]]
+        return self.pairs
+
+
 def make_app(path: str | Path):
     """The Starlette application serving the dashboard of results file ``path``."""
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    path = Path(path)
+    path, pairs = Path(path), _Pairs()
 
     async def page(request):
         return HTMLResponse(_PAGE)
@@ -207,7 +258,7 @@ def make_app(path: str | Path):
             since = max(int(request.query_params.get("since", 0)), 0)
         except ValueError:
             return JSONResponse({"error": "since must be an integer"}, status_code=400)
-        return JSONResponse(results_json(path, since))
+        return JSONResponse(results_json(path, since, pairs))
 
     routes = [Route("/", page), Route("/dashboard.js", script), Route("/api/results", api)]
     return Starlette(routes=routes)
