@@ -1,5 +1,7 @@
 """Strict test set-up: float64 on, NaN checks on, warnings are errors (pyproject), explicit keys."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -8,6 +10,8 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_debug_nans", True)
+# The CLI's persistent compilation cache goes to a per-session folder, never the user's ~/.cache (subprocesses too).
+os.environ["XFIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="xfit-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"

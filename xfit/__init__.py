@@ -20,6 +20,8 @@ from xfit.data._pattern import Pattern as Pattern
 from xfit.data._pattern import load_pattern as load_pattern
 from xfit.data._pattern import load_patterns as load_patterns
 from xfit.data._pattern import save_patterns as save_patterns
+from xfit.data._results import load_results as load_results
+from xfit.data._results import save_results as save_results
 from xfit.data._signals import difference as difference
 from xfit.data._signals import gaussian_noise as gaussian_noise
 from xfit.data._signals import percent_difference as percent_difference
@@ -106,6 +108,7 @@ __all__ = [
     "load_pattern",
     "load_patterns",
     "load_prior",
+    "load_results",
     "modified_scattering",
     "molecule",
     "oriented_intensity",
@@ -119,6 +122,7 @@ __all__ = [
     "retrieve",
     "rmsd",
     "save_patterns",
+    "save_results",
     "scattering",
     "simulate_image",
     "train",

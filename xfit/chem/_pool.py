@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from ase import Atoms
 
+from xfit._h5 import open_h5
 from xfit.physics import _iam
 
 __all__ = ["METHODS", "PoolSpec", "build_pool", "iterate_pool", "pool_summary"]
@@ -422,7 +423,7 @@ def iterate_pool(
     buffer of ``buffer_blocks`` blocks. The same seed gives the same batches. The last batch may be smaller.
     """
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "r") as f:
+    with open_h5(path, what="a structure pool (xfit pool)") as f:
         n = int(f.attrs.get("n_complete", f["positions"].shape[0]))
         block = 1024
         starts = np.arange(0, n, block)
@@ -442,7 +443,7 @@ def iterate_pool(
 
 def pool_summary(path: str | os.PathLike, pairs: list[tuple[int, int]] | None = None, bins: int = 60) -> dict:
     """Counts, attributes, coordinate ranges and streamed histograms of chosen interatomic distances."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path, what="a structure pool (xfit pool)") as f:
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         numbers = f["numbers"][()]
         q = f["q"][()]

@@ -2,6 +2,7 @@
 
     xfit pattern STRUCTURE [--q QMIN:QMAX:NQ] [--kind KIND] [-o OUT] [--plot PNG]
     xfit retrieve PATTERN_FILE --atoms START.xyz [--reference REF.xyz] -o result.xyz --plot fit.png
+    xfit live WATCH_DIR --atoms START.xyz -o RESULTS.h5 [--batch N] [--once] [--serve PORT]
     xfit pool MOLECULE --method {wigner,md,mc,sweep} -n N --q QMIN:QMAX:NQ --seed S -o FILE.h5
     xfit pool info FILE.h5 [--pair I,J] [--plot PNG]
 
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xfit.cli import _pattern, _pool, _retrieve, _train, _train_prior
+from xfit.cli import _live, _pattern, _pool, _retrieve, _train, _train_prior
+from xfit.cli._common import compilation_cache
 from xfit.cli._common import parse_q as parse_q
 from xfit.cli._train import train_configs as train_configs
 
-SUBCOMMANDS = (_pattern, _retrieve, _pool, _train, _train_prior)
+SUBCOMMANDS = (_pattern, _retrieve, _live, _pool, _train, _train_prior)
 """One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args) -> int``."""
 
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "no_cache"):
+            compilation_cache(disabled=args.no_cache)
         return args.run(args)
     except (ValueError, FileNotFoundError, TypeError, IndexError) as err:
         print(f"xfit {args.command}: error: {err}", file=sys.stderr)

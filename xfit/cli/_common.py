@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,39 @@ def write_xyz(path: Path, frames) -> None:
 
     with atomic_path(path) as tmp:
         write(tmp, frames, format="extxyz")
+
+
+def cache_dir() -> Path:
+    """Where the CLI keeps JAX's persistent compilation cache: $XFIT_CACHE_DIR, else $XDG_CACHE_HOME/xfit/jax, else
+    ~/.cache/xfit/jax."""
+    if os.environ.get("XFIT_CACHE_DIR"):
+        return Path(os.environ["XFIT_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "xfit" / "jax"
+
+
+def compilation_cache(*, disabled: bool = False) -> Path | None:
+    """Turn on JAX's persistent compilation cache in :func:`cache_dir` (the next run of the same command loads the
+    compiled functions instead of compiling again); returns the folder, or None when disabled or not writable."""
+    if disabled:
+        return None
+    import jax
+
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache rather than fail
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def add_cache_option(parser) -> None:
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache ($XFIT_CACHE_DIR, default ~/.cache/xfit/jax): every run "
+        "compiles afresh",
+    )

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from xfit.cli._common import pair, value_range, write_xyz
+from xfit.cli._common import add_cache_option, pair, value_range, write_xyz
 from xfit.data._pattern import PATTERN_KINDS
 
 
@@ -73,10 +73,14 @@ def _report(results) -> None:
         delay = f"{r.pattern.delay:>9.3g}" if r.pattern.delay is not None else f"{'-':>9}"
         last = f"{r.modes[0]:>10.2f}" if r.modes is not None else f"{len(r.candidates):>10}"
         print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {last}")
+    for k, r in enumerate(results):
+        if "warning" in r.info:
+            print(f"warning: pattern {k}: {r.info['warning']}")
 
 
 def _write_outputs(args, results, atoms) -> None:
     """--samples (HDF5), -o (multi-frame xyz with the fit in each frame's info) and --plot."""
+    import xfit
     from xfit import _plot
 
     if args.samples:
@@ -84,7 +88,10 @@ def _write_outputs(args, results, atoms) -> None:
 
         save_samples(results, args.samples)
         print(f"wrote {args.samples} (posterior samples, modes and structures)")
-    if args.output:
+    if args.output and args.output.suffix.lower() in (".h5", ".hdf5"):
+        xfit.save_results(results, args.output)
+        print(f"wrote {args.output} ({len(results)} result(s): structures, fits, uncertainties; xfit.load_results)")
+    elif args.output:
         frames = []
         for r in results:
             frame = r.atoms.copy()
@@ -163,6 +170,7 @@ def add_parser(sub) -> None:
     )
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
+    add_cache_option(r)
     r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
     r.add_argument(
         "--track",
@@ -172,7 +180,12 @@ def add_parser(sub) -> None:
         metavar="I,J",
         help="distance to follow in a time-series plot (repeatable; default: heavy-atom bonds)",
     )
-    r.add_argument("-o", "--output", type=Path, help="write the best structure(s) as (multi-frame) extended xyz")
+    r.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="write the best structure(s) as (multi-frame) extended xyz; PATH.h5: the full results (xfit.load_results)",
+    )
     r.add_argument(
         "--samples", type=Path, metavar="PATH.h5", help="write the posterior samples, modes and structures (HDF5)"
     )

@@ -313,7 +313,9 @@ def _read_any(path: Path, kind: str | None, probe: str | None) -> list[Pattern]:
     elif suffix in (".h5", ".hdf5"):
         import h5py
 
-        with h5py.File(path, "r") as f:
+        from xfit._h5 import open_h5
+
+        with open_h5(path, what="a pattern file (datasets q and values)") as f:
             mapping = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
             attrs = dict(f.attrs)
         q, values, sigma, delays, header = _read_mapping(path, mapping, attrs)

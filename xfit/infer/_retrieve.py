@@ -12,6 +12,7 @@ strategy, run it and summarise its ensemble into :class:`Retrieval` objects.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Sequence
@@ -105,7 +106,43 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
         _iam.check_q(first.q, name="pattern q")
     except ValueError as err:
         raise ValueError(f"{err} (the model cannot be evaluated there)") from None
+    for k, p in enumerate(patterns):
+        _check_signal(p, k)
     return numbers
+
+
+def _check_signal(p: Pattern, k: int) -> None:
+    """A pattern without signal has nothing to fit (numpy would fail later with "SVD did not converge")."""
+    source = p.metadata.get("source")
+    where = f"pattern {k}" + (f" ({source})" if source else "")
+    v = p.values
+    if not np.any(v):
+        raise ValueError(f"{where} has no signal: every value is zero")
+    if np.ptp(v) <= 1e-12 * np.max(np.abs(v)):
+        raise ValueError(f"{where} has no signal: every value is {v[0]:g} (constant; no structure to fit)")
+    if p.sigma is not None and not np.any(np.abs(v) > p.sigma):
+        raise ValueError(
+            f"{where} has no signal: no value is above its sigma (max |value|/sigma is "
+            f"{np.max(np.abs(v) / p.sigma):.3g})"
+        )
+
+
+# A fit with the right molecule, kind, units and noise level has chi2_reduced ~ 1 +- sqrt(2/dof); IAM model error
+# and a misjudged sigma (up to 2x) raise it to a few. Above 25 the residual is 5x the stated (or assumed) noise: no
+# noise misestimate of that size is common, and the causes are gross (see CHI2_WARNING).
+CHI2_WARNING_THRESHOLD = 25.0
+
+
+def chi2_warning(result: Retrieval) -> str | None:
+    """A one-line warning when result.chi2_reduced > CHI2_WARNING_THRESHOLD, naming the likely causes, else None."""
+    if not result.chi2_reduced > CHI2_WARNING_THRESHOLD:
+        return None
+    sigma = "sigma too small" if result.pattern.sigma is not None else "no sigma given (0.1 % noise assumed)"
+    return (
+        f"poor fit: chi2_reduced = {result.chi2_reduced:.3g} > {CHI2_WARNING_THRESHOLD:g}; likely causes: wrong "
+        f"molecule for this pattern, {sigma}, wrong pattern kind ({result.pattern.kind!r}), or q not in 1/A "
+        "(q = 4 pi sin(theta)/lambda)"
+    )
 
 
 def _check_options(kind, model_kind, fraction, final_restraint_weight, n_starts, steps, relative_sigma):
@@ -298,7 +335,17 @@ def retrieve(
         strategy, info["prior"] = choice
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
+    results = [_annotate(r, p) for r, p in zip(results, patterns, strict=True)]
     return results[0] if single else results
+
+
+def _annotate(result: Retrieval, pattern: Pattern) -> Retrieval:
+    """info["source"]: the pattern file (or None); info["warning"] when the fit is poor (see chi2_warning)."""
+    info = {**result.info, "source": pattern.metadata.get("source")}
+    warning = chi2_warning(result)
+    if warning is not None:
+        info["warning"] = warning
+    return dataclasses.replace(result, info=info)
 
 
 def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtype, progress, options: dict):
