@@ -169,13 +169,13 @@ def _resolve_proposal(prior, graph: MoleculeGraph, kind: str, probe: str = "xray
     auto = isinstance(prior, str) and prior == "auto"
     if prior is None or prior is False or (auto and (kind not in PROPOSAL_KINDS or probe != "xray")):
         return None
+    if probe != "xray":
+        raise ValueError("the proposal networks were trained on X-ray patterns, not electron ones; pass prior=None")
     if isinstance(prior, str) and prior == "auto":
         # Only a network trained on this molecule: the broad one is opt-in (prior="broad"), since on molecules it
         # never saw it has not shown a consistent gain yet (benchmarks/prior.py, section 5).
         return next((m for m in map(_shipped_proposal, AUTO_PROPOSALS) if m.fits(graph)), None)
     model = prior if isinstance(prior, _proposal.Prior) else _proposal.load_prior(prior)
-    if probe != "xray":
-        raise ValueError("the proposal networks were trained on X-ray patterns, not electron ones; pass prior=None")
     if kind not in PROPOSAL_KINDS:
         raise ValueError(f"the proposal network reads {PROPOSAL_KINDS} patterns, not {kind!r}; pass prior=None")
     if len(graph) > model.config.max_atoms:
