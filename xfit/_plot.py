@@ -127,8 +127,14 @@ def plot_retrieval(result, path=None, *, pairs=None):
     from xfit.chem._structures import covalent_bonds
 
     pattern, model, atoms = result.pattern, result.model, result.atoms
-    fig = _pyplot().figure(figsize=(11, 6.5), constrained_layout=True)
-    grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1], height_ratios=[2, 1])
+    sm = _electron_sm(result) if pattern.probe == "electron" else None
+    if sm is None:
+        fig = _pyplot().figure(figsize=(11, 6.5), constrained_layout=True)
+        grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1], height_ratios=[2, 1])
+    else:
+        fig = _pyplot().figure(figsize=(15, 6.5), constrained_layout=True)
+        grid = fig.add_gridspec(2, 3, width_ratios=[1.5, 1, 1], height_ratios=[2, 1])
+        _pdf_panel(fig.add_subplot(grid[:, 2]), pattern.q, *sm)
     ax_fit, ax_res = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0])
     ax_mol, ax_dist = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
 
@@ -176,6 +182,71 @@ def plot_retrieval(result, path=None, *, pairs=None):
         _distance_panel(ax_dist, result, pairs)
     if path is None:
         return fig
+    return save_figure(fig, path)
+
+
+def _electron_sm(result):
+    """(label, data, model) as sM or Delta sM = q I_mol/I_at (1/A) of an electron retrieval, or None for kinds that do
+    not convert (plain differences). I_at is computed as the likelihood does (gamma = 1 without energy_kev)."""
+    import xfit
+    from xfit.physics._elements import relativistic_factor
+
+    pattern, model = result.pattern, result.model
+    kind, q = pattern.kind, pattern.q
+    if kind in ("sm", "delta_sm"):
+        return ("sM" if kind == "sm" else r"$\Delta$sM"), pattern.values, model.values
+    if kind not in ("elastic", "molecular", "percent_difference"):
+        return None
+    energy = pattern.energy_kev or 100.0
+    options = {"probe": "electron", "energy_kev": energy, "electron_model": model.metadata.get("electron_model")}
+    options["electron_model"] = options["electron_model"] or "mott-bethe"
+    gamma2 = 1.0 if pattern.energy_kev else relativistic_factor(energy) ** 2
+    i_at = xfit.scattering(result.atoms, q, kind="atomic", **options) / gamma2
+    if kind == "percent_difference":
+        i_ref = xfit.scattering(result.reference, q, kind=model.metadata["model_kind"], **options) / gamma2
+        fraction = result.parameters["fraction"]
+        return r"$\Delta$sM / f", *(q * v / 100 / fraction * i_ref / i_at for v in (pattern.values, model.values))
+    scale = result.parameters["scale"]
+    atomic = i_at if kind == "elastic" else 0.0
+    return "sM", *(q * (v / scale - atomic) / i_at for v in (pattern.values, model.values))
+
+
+def _pdf_panel(ax, q, label, data, model) -> None:
+    """The pair distribution function (damped sine transform, ``xfit.pair_distribution``) of data and fit."""
+    from xfit.physics._electron import pair_distribution
+
+    r = np.linspace(0.3, 6.0, 400)
+    ax.plot(r, np.asarray(pair_distribution(q, data, r)), color="k", lw=1.2, label=f"data ({label})")
+    ax.plot(r, np.asarray(pair_distribution(q, model, r)), color="C3", lw=1.2, label="IAM fit")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel(r"r ($\AA$)")
+    ax.set_ylabel("PDF (sine transform of sM)")
+    ax.set_title("pair distribution function", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def plot_sm(q, values, r, kind: str, path) -> Path:
+    """sM or Delta sM curves (top) and their pair distribution functions (bottom).
+
+    Args:
+        q: q = 4 pi sin(theta)/lambda in 1/A, (n_q,). values: (n_frames, n_q) sM or Delta sM (1/A). r: (n_r,) in A.
+        kind: "sm" or "delta_sm". path: output image.
+    """
+    from xfit.physics._electron import pair_distribution
+
+    fig, (top, bottom) = _figure(2)
+    label = "sM" if kind == "sm" else r"$\Delta$sM"
+    for k, v in enumerate(values[:10]):
+        top.plot(q, v, lw=1.0, label=f"frame {k}" if len(values) > 1 else None)
+        bottom.plot(r, np.asarray(pair_distribution(q, v, r)), lw=1.0)
+    top.axhline(0, color="0.6", lw=0.8)
+    top.set_xlabel(r"q = 4$\pi$ sin($\theta$)/$\lambda$ (1/$\AA$)")
+    top.set_ylabel(f"{label} (1/$\\AA$)")
+    bottom.axhline(0, color="0.6", lw=0.8)
+    bottom.set_xlabel(r"r ($\AA$)")
+    bottom.set_ylabel("PDF")
+    if 1 < len(values) <= 10:
+        top.legend(fontsize=8)
     return save_figure(fig, path)
 
 

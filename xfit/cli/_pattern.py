@@ -9,6 +9,8 @@ import numpy as np
 from xfit.cli._common import Q_HELP, parse_q
 from xfit.physics._iam import KINDS
 
+SM_KINDS = ("sm", "delta_sm")
+
 
 def run(args) -> int:
     import jax
@@ -30,6 +32,10 @@ def run(args) -> int:
     xray = args.probe == "xray"
     if not xray and args.kind == "inelastic":
         raise ValueError("electron inelastic scattering is not modelled; use --kind elastic")
+    if args.kind in SM_KINDS:
+        return _pattern_sm(args, frames, probe)
+    if args.reference is not None or args.fraction is not None:
+        raise ValueError("--reference and --fraction are for --kind delta_sm")
     # Every kind is a sum of three parts, each computed once (for electrons total = elastic: no Compton term).
     atomic = xfit.scattering(frames, q, kind="atomic", **probe)
     molecular = xfit.scattering(frames, q, kind="molecular", **probe)
@@ -38,7 +44,14 @@ def run(args) -> int:
     kind = args.kind if xray or args.kind != "total" else "elastic"
     values = {**parts, "elastic": atomic + molecular}[kind]
     patterns = [
-        xfit.Pattern(q, v, kind=kind, probe=args.probe, metadata={"structure": str(args.structure), "frame": k})
+        xfit.Pattern(
+            q,
+            v,
+            kind=kind,
+            probe=args.probe,
+            metadata={"structure": str(args.structure), "frame": k},
+            energy_kev=args.energy_kev,
+        )
         for k, v in enumerate(values)
     ]
     if args.noise is not None or args.photons is not None:
@@ -64,6 +77,71 @@ def run(args) -> int:
         labels = [f"frame {k}" for k in range(len(frames))]
         probe_name = "X-ray" if args.probe == "xray" else f"electron ({args.energy_kev:g} keV)"
         _plot.plot_scattering(q, parts, labels, f"{formula}: IAM {probe_name} scattering", args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _pattern_sm(args, frames, probe: dict) -> int:
+    """Electron sM = q I_mol/I_at, or Delta sM = f q (I_mol - I_mol,ref)/I_at,ref against ``--reference``, with
+    noise of ``--noise`` x I on the intensities propagated (I_on and I_off for Delta sM)."""
+    import jax
+
+    import xfit
+    from xfit import _plot
+
+    if args.probe != "electron":
+        raise ValueError(f"--kind {args.kind} (modified molecular scattering) needs --probe electron")
+    if args.photons is not None:
+        raise ValueError(f"--kind {args.kind}: use --noise (relative to I), not --photons")
+    q = args.q
+    if q[0] <= 0:
+        raise ValueError(f"--kind {args.kind} is identically zero at q = 0; start the q range above 0")
+    atomic = xfit.scattering(frames, q, kind="atomic", **probe)
+    molecular = xfit.scattering(frames, q, kind="molecular", **probe)
+    if args.kind == "sm":
+        if args.reference is not None or args.fraction is not None:
+            raise ValueError("--reference and --fraction are for --kind delta_sm")
+        values = q * molecular / atomic
+        relative_error = q * (atomic + molecular) / atomic
+    else:
+        if args.reference is None:
+            raise ValueError("--kind delta_sm needs --reference REF.xyz (the unexcited structure)")
+        fraction = 1.0 if args.fraction is None else args.fraction
+        if not 0 < fraction <= 1:
+            raise ValueError(f"--fraction must be in (0, 1], got {fraction}")
+        ref = xfit.read_structures(args.reference)[0]
+        ref_atomic = xfit.scattering(ref, q, kind="atomic", **probe)
+        ref_molecular = xfit.scattering(ref, q, kind="molecular", **probe)
+        values = fraction * q * (molecular - ref_molecular) / ref_atomic
+        relative_error = np.sqrt(2) * q * np.broadcast_to((ref_atomic + ref_molecular) / ref_atomic, values.shape)
+    values, sigma = np.atleast_2d(values), None
+    if args.noise is not None:
+        sigma = args.noise * np.atleast_2d(relative_error)
+        noise = np.asarray(jax.random.normal(jax.random.key(args.seed), values.shape), np.float64)
+        values = values + sigma * noise
+    patterns = [
+        xfit.Pattern(
+            q,
+            v,
+            None if sigma is None else sigma[k],
+            kind=args.kind,
+            probe="electron",
+            metadata={"structure": str(args.structure), "frame": k, "electron_model": "mott-bethe"},
+            energy_kev=args.energy_kev,
+        )
+        for k, v in enumerate(values)
+    ]
+    formula = frames[0].get_chemical_formula()
+    print(f"{args.structure}: {formula}, {len(frames[0])} atoms, {len(frames)} frame(s)")
+    print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; kind = {args.kind} (electron, {args.energy_kev:g} keV)")
+    for k, p in enumerate(patterns[:10]):
+        print(f"  frame {k}: max |{args.kind}| = {np.max(np.abs(p.values)):.4g} 1/A")
+    if args.output:
+        xfit.save_patterns(args.output, patterns)
+        print(f"wrote {args.output}")
+    if args.plot:
+        r = np.linspace(0.5, 6.0, 300)
+        _plot.plot_sm(q, np.stack([p.values for p in patterns]), r, args.kind, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
@@ -126,11 +204,14 @@ def add_parser(sub) -> None:
     p.add_argument("--q", type=parse_q, default=parse_q("0.5:8:512"), metavar="QMIN:QMAX:NQ", help=Q_HELP)
     p.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=(*KINDS, *SM_KINDS),
         default="total",
         help="which part of the scattering to write: total = elastic + Compton (default), elastic = atomic + "
-        "molecular, atomic, molecular (interference term), inelastic (Compton)",
+        "molecular, atomic, molecular (interference term), inelastic (Compton); with --probe electron also sm "
+        "(q I_mol/I_at) and delta_sm (f q (I_mol - I_mol,ref)/I_at against --reference)",
     )
+    p.add_argument("--reference", type=Path, help="with --kind delta_sm: the reference (unexcited) structure")
+    p.add_argument("--fraction", type=float, help="with --kind delta_sm: excitation fraction (default 1)")
     p.add_argument("-o", "--output", type=Path, help="write the pattern(s): .txt/.dat/.csv (one frame), .npz, .h5")
     p.add_argument("--plot", type=Path, metavar="PNG", help="plot I(q) and q I_mol/I_at to this image")
     p.add_argument("--probe", choices=("xray", "electron"), default="xray", help="X-rays (default) or electrons")

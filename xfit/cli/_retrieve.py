@@ -33,6 +33,7 @@ def run(args) -> int:
         seed=args.seed,
         progress=len(patterns) > 1 and sys.stderr.isatty(),
         prior=None if args.no_prior else (args.prior or "auto"),
+        electron_model=args.electron_model,
     )
     _report(results)
     _write_outputs(args, results, atoms)
@@ -43,7 +44,9 @@ def _selected_patterns(args) -> list:
     """The patterns the options pick from the file: --index, --delays, --q-max."""
     import xfit
 
-    patterns = xfit.load_patterns(args.pattern, kind=args.kind)
+    if args.energy_kev is not None and (args.probe or "electron") != "electron":
+        raise ValueError("--energy-kev is for --probe electron")
+    patterns = xfit.load_patterns(args.pattern, kind=args.kind, probe=args.probe, energy_kev=args.energy_kev)
     if args.index is not None:
         if not -len(patterns) <= args.index < len(patterns):
             raise IndexError(f"{args.pattern} holds {len(patterns)} patterns; --index {args.index} is out of range")
@@ -143,6 +146,18 @@ def add_parser(sub) -> None:
     r.add_argument("--reference", type=Path, help="reference (ground-state) structure for difference patterns")
     r.add_argument("--kind", choices=PATTERN_KINDS, help="override the pattern kind the file declares")
     r.add_argument("--fraction", type=float, help="excitation fraction of difference patterns (default: fit it)")
+    r.add_argument("--probe", choices=("xray", "electron"), help="override the probe the file declares (xray)")
+    r.add_argument(
+        "--energy-kev",
+        type=float,
+        help="electron kinetic energy in keV (electrons; optional: without it the fitted scale absorbs gamma^2)",
+    )
+    r.add_argument(
+        "--electron-model",
+        choices=("mott-bethe", "kirkland"),
+        default="mott-bethe",
+        help="electron scattering factors (default mott-bethe)",
+    )
     r.add_argument(
         "--free-pair",
         type=pair,

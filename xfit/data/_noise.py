@@ -17,7 +17,7 @@ from xfit.data._pattern import Pattern
 
 __all__ = ["estimate_noise"]
 
-DIFFERENCE_KINDS = ("percent_difference", "difference")
+DIFFERENCE_KINDS = ("percent_difference", "difference", "delta_sm")
 
 
 def estimate_noise(patterns: Sequence[Pattern], before: float = 0.0) -> tuple[list[Pattern], float]:
@@ -29,8 +29,8 @@ def estimate_noise(patterns: Sequence[Pattern], before: float = 0.0) -> tuple[li
     (a per-point noise level), applied to every pattern, and the factor is 1.
 
     Args:
-        patterns: a time series of difference patterns (``percent_difference`` or ``difference``) on one q grid,
-            each with its ``delay`` in ps (q = 4 pi sin(theta)/lambda in 1/A).
+        patterns: a time series of difference patterns (``percent_difference``, ``difference``, ``delta_sm``) on
+            one q grid, each with its ``delay`` in ps (q = 4 pi sin(theta)/lambda in 1/A).
         before: delays strictly below this (ps) count as signal-free; choose it before the pump arrives, allowing
             for the time resolution.
 

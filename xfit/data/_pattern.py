@@ -28,7 +28,11 @@ PATTERN_KINDS = (
     "inelastic",
     "percent_difference",
     "difference",
+    "sm",
+    "delta_sm",
 )
+ELECTRON_ONLY_KINDS = ("sm", "delta_sm")
+"""Kinds defined by electron diffraction: sM = q I_mol / I_at and Delta sM = q (I_mol - I_mol,ref) / I_at."""
 PROBES = ("xray", "electron")
 
 # Names under which readers look for each array in .npz, HDF5 and .mat files, first match wins.
@@ -52,16 +56,22 @@ class Pattern:
     Attributes:
         q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, shape (n_q,), strictly increasing, >= 0.
         values: the signal, shape (n_q,): an intensity in electron units (or arbitrary units for measured data),
-            or a percent difference 100 (I_on - I_off)/I_off, or a plain difference, as ``kind`` says.
+            or a percent difference 100 (I_on - I_off)/I_off, or a plain difference, or (electrons) the modified
+            molecular scattering sM = q I_mol/I_at or its change Delta sM = q (I_mol,on - I_mol,off)/I_at (1/A), as
+            ``kind`` says.
         sigma: standard errors of ``values``, shape (n_q,), positive; None when unknown.
-        kind: "total", "elastic", "atomic", "molecular", "inelastic", "percent_difference" or "difference".
+        kind: "total", "elastic", "atomic", "molecular", "inelastic", "percent_difference", "difference", or for
+            electrons "sm" or "delta_sm".
         probe: "xray" or "electron".
+        energy_kev: kinetic energy of the electrons in keV (probe="electron" only), or None when unknown: it sets
+            only the relativistic factor gamma^2 of absolute electron intensities (see ``xfit.Likelihood``).
         delay: pump-probe delay in ps, or None.
         metadata: free-form provenance (source file, excitation fraction, ...).
 
     Raises:
         ValueError: on construction, naming the problem: NaN or infinite values, mismatched lengths, q not strictly
-            increasing or negative, sigma not positive, unknown kind or probe.
+            increasing or negative, sigma not positive, unknown kind or probe, sM kinds for X-rays, energy_kev not
+            positive or given for X-rays.
     """
 
     q: np.ndarray
@@ -71,6 +81,7 @@ class Pattern:
     probe: str = "xray"
     delay: float | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    energy_kev: float | None = None
 
     def __post_init__(self):
         q = _as_vector(self.q, "q")
@@ -101,6 +112,14 @@ class Pattern:
             raise ValueError(f"unknown pattern kind {self.kind!r}; choose one of {PATTERN_KINDS}")
         if self.probe not in PROBES:
             raise ValueError(f"unknown probe {self.probe!r}; choose one of {PROBES}")
+        if self.kind in ELECTRON_ONLY_KINDS and self.probe != "electron":
+            raise ValueError(f"kind {self.kind!r} (modified molecular scattering) is for probe='electron'")
+        energy = None if self.energy_kev is None else float(self.energy_kev)
+        if energy is not None:
+            if self.probe != "electron":
+                raise ValueError("energy_kev is for probe='electron'; X-ray patterns do not depend on photon energy")
+            if not (np.isfinite(energy) and energy > 0):
+                raise ValueError(f"energy_kev must be a positive electron kinetic energy in keV, got {energy}")
         delay = None if self.delay is None else float(self.delay)
         if delay is not None and not np.isfinite(delay):
             raise ValueError("delay must be finite")
@@ -109,6 +128,7 @@ class Pattern:
                 value.setflags(write=False)
             object.__setattr__(self, name, value)
         object.__setattr__(self, "delay", delay)
+        object.__setattr__(self, "energy_kev", energy)
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     def __len__(self) -> int:
@@ -116,6 +136,7 @@ class Pattern:
 
     def __repr__(self) -> str:
         delay = "" if self.delay is None else f", delay={self.delay:g} ps"
+        delay += "" if self.energy_kev is None else f", {self.energy_kev:g} keV"
         sigma = "with sigma" if self.sigma is not None else "no sigma"
         return (
             f"Pattern({self.kind}, {self.probe}, {len(self.q)} points, q = {self.q[0]:.3g}..{self.q[-1]:.3g} 1/A, "
@@ -175,6 +196,8 @@ class Pattern:
 
     def _header(self) -> dict[str, Any]:
         header = {"kind": self.kind, "probe": self.probe}
+        if self.energy_kev is not None:
+            header["energy_kev"] = self.energy_kev
         if self.delay is not None:
             header["delay_ps"] = self.delay
         return header
@@ -224,7 +247,7 @@ def _first(mapping, keys, path, what, required=True):
     return None, None
 
 
-def _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, metadata) -> list[Pattern]:
+def _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, metadata, energy_kev=None) -> list[Pattern]:
     q = np.asarray(q, dtype=np.float64).ravel()
     values = np.asarray(values, dtype=np.float64)
     sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -258,6 +281,7 @@ def _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, metadata)
                     probe=probe,
                     delay=None if delays is None else delays[k],
                     metadata={**metadata, "source": str(path), "index": k},
+                    energy_kev=energy_kev,
                 )
             )
         except ValueError as err:
@@ -294,7 +318,7 @@ def _read_mapping(path: Path, mapping, attrs):
     value_key, values = _first(mapping, _VALUE_KEYS, path, "values")
     _, sigma = _first(mapping, _SIGMA_KEYS, path, "sigma", required=False)
     _, delays = _first(mapping, _DELAY_KEYS, path, "delay", required=False)
-    header = {k: str(np.asarray(v).squeeze()) for k, v in attrs.items() if k in ("kind", "probe")}
+    header = {k: str(np.asarray(v).squeeze()) for k, v in attrs.items() if k in ("kind", "probe", "energy_kev")}
     if "delay_ps" in attrs and delays is None:
         delays = [float(np.asarray(attrs["delay_ps"]))]
     if value_key == "iso" and "kind" not in header:  # the LCLS isotropic percent-difference layout (NMM data)
@@ -302,7 +326,7 @@ def _read_mapping(path: Path, mapping, attrs):
     return q, values, sigma, delays, header
 
 
-def _read_any(path: Path, kind: str | None, probe: str | None) -> list[Pattern]:
+def _read_any(path: Path, kind: str | None, probe: str | None, energy_kev: float | None = None) -> list[Pattern]:
     if not path.exists():
         raise FileNotFoundError(f"pattern file not found: {path}")
     suffix = path.suffix.lower()
@@ -328,16 +352,23 @@ def _read_any(path: Path, kind: str | None, probe: str | None) -> list[Pattern]:
         q, values, sigma, delays, header = _read_text(path)
     kind = kind or header.get("kind", "total")
     probe = probe or header.get("probe", "xray")
-    return _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, {})
+    if energy_kev is None and "energy_kev" in header and probe == "electron":
+        try:
+            energy_kev = float(header["energy_kev"])
+        except ValueError:
+            raise ValueError(f"{path}: energy_kev = {header['energy_kev']!r} is not a number (keV)") from None
+    return _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, {}, energy_kev)
 
 
-def load_patterns(path: str | os.PathLike, *, kind: str | None = None, probe: str | None = None) -> list[Pattern]:
+def load_patterns(
+    path: str | os.PathLike, *, kind: str | None = None, probe: str | None = None, energy_kev: float | None = None
+) -> list[Pattern]:
     """Read every pattern in a file: a list with one Pattern per delay (or a single-element list).
 
     Formats, by extension:
         - text (.txt, .dat, .csv or anything else): two or three columns q, value[, sigma]; '#' comment lines, of
-          which ``# kind = ...``, ``# probe = ...`` and ``# delay_ps = ...`` are read (as :meth:`Pattern.save`
-          writes them).
+          which ``# kind = ...``, ``# probe = ...``, ``# energy_kev = ...`` and ``# delay_ps = ...`` are read (as
+          :meth:`Pattern.save` writes them).
         - .npz, HDF5 (.h5, .hdf5) and MATLAB (.mat): arrays ``q`` and one of values/intensity/I/iso/signal, with
           optional sigma (or iso_stdx/stdx/err) and delays (or t, in ps). A 2-D values array holds one pattern per
           delay, stored as (n_delays, n_q) or (n_q, n_delays). The LCLS layout of the measured NMM data (q, t, iso,
@@ -346,24 +377,31 @@ def load_patterns(path: str | os.PathLike, *, kind: str | None = None, probe: st
     Args:
         path: the file.
         kind, probe: override what the file says (default "total" and "xray" when it says nothing).
+        energy_kev: electron kinetic energy (keV), overriding the file's ``energy_kev`` (read for electrons only, so
+            that ``probe="xray"`` on an electron file is not an error).
 
     Raises:
         FileNotFoundError, ValueError naming the file, the pattern and the problem.
     """
-    return _read_any(Path(path), kind, probe)
+    return _read_any(Path(path), kind, probe, energy_kev)
 
 
 def load_pattern(
-    path: str | os.PathLike, *, index: int | None = None, kind: str | None = None, probe: str | None = None
+    path: str | os.PathLike,
+    *,
+    index: int | None = None,
+    kind: str | None = None,
+    probe: str | None = None,
+    energy_kev: float | None = None,
 ) -> Pattern:
     """Read one pattern from a file (formats as in :func:`load_patterns`).
 
     Args:
         path: the file.
         index: which pattern of a multi-pattern file (e.g. which delay); required when there are several.
-        kind, probe: override what the file says.
+        kind, probe, energy_kev: override what the file says.
     """
-    patterns = load_patterns(path, kind=kind, probe=probe)
+    patterns = load_patterns(path, kind=kind, probe=probe, energy_kev=energy_kev)
     if index is None:
         if len(patterns) > 1:
             raise ValueError(
@@ -390,6 +428,8 @@ def save_patterns(path: str | os.PathLike, patterns: list[Pattern]) -> Path:
     for k, p in enumerate(patterns[1:], start=1):
         if not np.array_equal(p.q, first.q) or p.kind != first.kind or p.probe != first.probe:
             raise ValueError(f"pattern {k} differs from pattern 0 in q grid, kind or probe; save them separately")
+        if p.energy_kev != first.energy_kev:
+            raise ValueError(f"pattern {k} differs from pattern 0 in energy_kev; save them separately")
     has_sigma = all(p.sigma is not None for p in patterns)
     arrays = {"q": first.q, "values": np.stack([p.values for p in patterns])}
     if has_sigma:
@@ -397,6 +437,8 @@ def save_patterns(path: str | os.PathLike, patterns: list[Pattern]) -> Path:
     if all(p.delay is not None for p in patterns):
         arrays["delays"] = np.array([p.delay for p in patterns])
     attrs = {"kind": first.kind, "probe": first.probe}
+    if first.energy_kev is not None:
+        attrs["energy_kev"] = first.energy_kev
     suffix = path.suffix.lower()
     if suffix == ".npz":
 

@@ -10,7 +10,19 @@ where the model m depends on the pattern's kind and its nuisance parameters thet
 - intensity kinds (total, elastic, ...): m = a I(x) [+ b], overall scale a (and flat background b when asked);
 - "percent_difference": m = 100 f (I(x) - I_ref)/I_ref with the excitation fraction f fixed or solved (and then
   held in [0, 1]);
-- "difference": m = c (I(x) - I_ref), c = fraction x scale, fixed or solved.
+- "difference": m = c (I(x) - I_ref), c = fraction x scale, fixed or solved;
+- electrons only, "sm" (modified molecular scattering): m = a q I_mol(x)/I_at, scale a solved (a measured sM has an
+  arbitrary scale, set by how I_at was fitted to the data);
+- electrons only, "delta_sm": m = f q (I_mol(x) - I_mol(ref))/I_at, the excitation fraction f fixed or solved in
+  [0, 1] (Delta sM is a ratio of intensities, so it has no free scale).
+
+Electron patterns (``probe="electron"``) use the same IAM kernel with electron scattering factors f_e (Mott-Bethe
+or Kirkland, ``electron_model``). Both parametrisations depend on the electrons' energy only through the
+relativistic factor gamma = 1 + E/(m c^2) multiplying every f_e (``xfit.electron_form_factor``), so every electron
+intensity is gamma^2 times an energy-independent curve: the shape of every kind is exact without the energy.
+Without ``energy_kev`` the model takes gamma = 1 and the fitted scale (or fraction x scale of a plain difference)
+absorbs gamma^2; ratios (sm, delta_sm, percent_difference) do not depend on it at all. Only a plain difference
+with a fixed fraction, whose model is absolute (A^2), needs the energy.
 
 :class:`Likelihood` is a pytree (arrays as leaves, the static description as metadata), so a strategy passes it
 into its jit-compiled loop as an argument; its methods are pure functions of the structure. The probe does not
@@ -32,11 +44,30 @@ import numpy as np
 
 from xfit.data._pattern import Pattern
 from xfit.physics import _iam
+from xfit.physics._elements import relativistic_factor
 
-__all__ = ["INTENSITY_KINDS", "Likelihood", "LikelihoodSpec", "build_likelihood", "weights"]
+__all__ = [
+    "DIFFERENCE_KINDS",
+    "ELECTRON_KINDS",
+    "INTENSITY_KINDS",
+    "Likelihood",
+    "LikelihoodSpec",
+    "build_likelihood",
+    "weights",
+]
 
 INTENSITY_KINDS = ("total", "elastic", "atomic", "molecular", "inelastic")
-DIFFERENCE_KINDS = ("percent_difference", "difference")
+DIFFERENCE_KINDS = ("percent_difference", "difference", "delta_sm")
+"""Kinds measured against a reference structure, with an excitation fraction."""
+SCALED_KINDS = (*INTENSITY_KINDS, "sm")
+"""Kinds with a free overall scale."""
+ELECTRON_KINDS = ("elastic", "atomic", "molecular", "sm", "percent_difference", "difference", "delta_sm")
+"""The kinds an electron pattern may have: electron inelastic scattering is not modelled, so "total" and
+"inelastic" would be modelled as something they are not."""
+FRACTION_KINDS = ("percent_difference", "delta_sm")
+"""Difference kinds whose solved coefficient is the excitation fraction itself, held in [0, 1]."""
+_NOMINAL_KEV = 100.0
+"""Energy at which the electron kernel is evaluated when the pattern has none; gamma^2 is divided out again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +81,9 @@ class LikelihoodSpec:
         model_kind: the intensity the model computes ("total", "elastic", ...).
         fraction: fixed excitation fraction (difference kinds), or None to solve it.
         background: fit a flat background (intensity kinds).
+        probe: "xray" or "electron".
+        energy_kev: electron kinetic energy (keV), or None: the model then uses gamma = 1 (see module notes).
+        electron_model: "mott-bethe" or "kirkland" (electrons).
     """
 
     numbers: tuple[int, ...]
@@ -58,13 +92,37 @@ class LikelihoodSpec:
     model_kind: str
     fraction: float | None
     background: bool
+    probe: str = "xray"
+    energy_kev: float | None = None
+    electron_model: str = "mott-bethe"
 
     @property
     def n_nuisance(self) -> int:
         """Nuisance parameters solved per pattern (subtracted from the degrees of freedom of chi2)."""
-        if self.kind in INTENSITY_KINDS:
+        if self.kind in SCALED_KINDS:
             return 1 + int(self.background)
         return 0 if self.fraction is not None else 1
+
+    def intensity(self, x, kind: str):
+        """IAM intensity (..., n_q) of ``kind`` for structures x (..., n_atoms, 3) in A, for this spec's probe.
+
+        Electrons without an energy: gamma = 1, i.e. the kernel at a nominal energy divided by its gamma^2 (both
+        electron models carry the energy only in that factor; see module notes).
+        """
+        numbers, q = np.asarray(self.numbers), np.asarray(self.q)
+        if self.probe == "xray":
+            return _iam.intensity(numbers, x, q, kind=kind)
+        energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
+        out = _iam.intensity(
+            numbers, x, q, kind=kind, probe="electron", energy_kev=energy, electron_model=self.electron_model
+        )
+        if self.energy_kev is None:
+            out = out / relativistic_factor(_NOMINAL_KEV) ** 2
+        return out
+
+    def modified(self, i_molecular, i_atomic):
+        """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda."""
+        return jnp.asarray(np.asarray(self.q), i_molecular.dtype) * i_molecular / i_atomic
 
 
 def _weighted_lstsq(columns, y, w):
@@ -81,12 +139,19 @@ def _weighted_lstsq(columns, y, w):
 def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
 
+    i_ref: the reference structure's ``spec.model_kind`` intensity (difference kinds; for "delta_sm", its molecular
+    intensity), broadcastable to the model.
+
     Returns:
         (model (..., n_q), parameters dict of (...,) arrays).
     """
-    q = np.asarray(spec.q)
-    intensity = _iam.intensity(np.asarray(spec.numbers), x, q, kind=spec.model_kind)
-    if spec.kind in INTENSITY_KINDS:
+    intensity = spec.intensity(x, spec.model_kind)
+    if spec.kind in ("sm", "delta_sm"):
+        # I_at does not depend on the structure; computed from x only for its batch shape and dtype.
+        i_atomic = spec.intensity(x, "atomic")
+        if spec.kind == "sm":
+            intensity = spec.modified(intensity, i_atomic)
+    if spec.kind in SCALED_KINDS:
         columns = [intensity] + ([jnp.ones_like(intensity)] if spec.background else [])
         coef = _weighted_lstsq(jnp.stack(columns, axis=-2), y, w)
         model = jnp.einsum("...k,...kq->...q", coef, jnp.stack(columns, axis=-2))
@@ -94,17 +159,22 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
         if spec.background:
             params["background"] = coef[..., 1]
         return model, params
-    shape = 100.0 * (intensity - i_ref) / i_ref if spec.kind == "percent_difference" else intensity - i_ref
+    if spec.kind == "percent_difference":
+        shape = 100.0 * (intensity - i_ref) / i_ref
+    elif spec.kind == "delta_sm":
+        shape = spec.modified(intensity - i_ref, i_atomic)
+    else:
+        shape = intensity - i_ref
     if spec.fraction is None:
         f = jnp.sum(w * y * shape, axis=-1) / (jnp.sum(w * shape * shape, axis=-1) + 1e-30)
-        if spec.kind == "percent_difference":
+        if spec.kind in FRACTION_KINDS:
             # A fraction of molecules lies in [0, 1]. Unbounded, it trades off against the size of the structural
             # change (a smaller change with f > 1 fits as well): measured on CHD, f = 2.6 and 0.14 A carbon RMSD
             # unbounded, against 0.05 A with f known.
             f = jnp.clip(f, 1e-6, 1.0)
     else:
         f = jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
-    name = "fraction" if spec.kind == "percent_difference" else "fraction_x_scale"
+    name = "fraction" if spec.kind in FRACTION_KINDS else "fraction_x_scale"
     return f[..., None] * shape, {name: f}
 
 
@@ -165,13 +235,15 @@ class Likelihood:
         return Likelihood(self.spec, self.has_sigma, *(jnp.asarray(a, dtype) for a in (self.y, self.w, self.i_ref)))
 
 
-def weights(pattern: Pattern, relative_sigma: float) -> tuple[np.ndarray, bool]:
+def weights(pattern: Pattern, relative_sigma: float, sm_scale: float = 1.0) -> tuple[np.ndarray, bool]:
     """1/sigma^2 (n_q,), and whether sigma was given.
 
     Without sigma the noise is assumed to be ``relative_sigma`` of each intensity value, or, for difference
     patterns, ``relative_sigma`` x 100 sqrt(2) percent (that noise on both I_on and I_off) and relative_sigma x
-    sqrt(2) x the RMS of the signal for plain differences. The scale matters: it sets how the data weigh against
-    the restraints or the prior.
+    sqrt(2) x the RMS of the signal for plain differences. For sM = q I_mol/I_at that noise on I ~ I_at is
+    relative_sigma x q in sM units, times the data's own scale ``sm_scale`` (measured sM has an arbitrary one); for
+    Delta sM, relative_sigma x sqrt(2) x q. The scale matters: it sets how the data weigh against the restraints
+    or the prior.
     """
     if pattern.sigma is not None:
         return 1.0 / pattern.sigma**2, True
@@ -181,9 +253,23 @@ def weights(pattern: Pattern, relative_sigma: float) -> tuple[np.ndarray, bool]:
         sigma = relative_sigma * np.where(y > 0, y, floor)
     elif pattern.kind == "percent_difference":
         sigma = np.full_like(y, 100 * np.sqrt(2) * relative_sigma)
+    elif pattern.kind == "sm":
+        sigma = relative_sigma * abs(sm_scale) * pattern.q
+    elif pattern.kind == "delta_sm":
+        sigma = np.sqrt(2) * relative_sigma * pattern.q
     else:
         sigma = np.full_like(y, np.sqrt(2) * relative_sigma * max(np.sqrt(np.mean(y * y)), 1e-300))
     return 1.0 / sigma**2, False
+
+
+def model_kind_for(kind: str, model_kind: str, probe: str) -> str:
+    """The intensity kind the model computes: its own for intensity patterns, the molecular intensity for sM kinds,
+    ``model_kind`` for other differences (for electrons "total" is the elastic intensity: no inelastic model)."""
+    if kind in ("sm", "delta_sm"):
+        return "molecular"
+    if kind not in DIFFERENCE_KINDS:
+        return kind
+    return "elastic" if probe == "electron" and model_kind == "total" else model_kind
 
 
 def build_likelihood(
@@ -196,33 +282,44 @@ def build_likelihood(
     background: bool,
     relative_sigma: float,
     dtype=jnp.float64,
+    electron_model: str = "mott-bethe",
 ) -> Likelihood:
     """The likelihood of validated patterns on one q grid, its arrays in ``dtype``.
 
     Args:
-        patterns: ``Pattern``s sharing q (q = 4 pi sin(theta)/lambda in 1/A) and kind.
+        patterns: ``Pattern``s sharing q (q = 4 pi sin(theta)/lambda in 1/A), kind, probe and energy_kev.
         numbers: atomic numbers (n_atoms,). reference_positions: (n_atoms, 3) in A, the reference structure of
-            difference patterns.
+            difference patterns (and of the scale guess behind sM weights without sigma).
         fraction: fixed excitation fraction for difference kinds, None to solve it.
-        model_kind: the intensity kind difference patterns were taken in (intensity patterns model their own).
+        model_kind: the intensity kind difference patterns were taken in (intensity patterns model their own; sM
+            kinds the molecular intensity; see ``model_kind_for``).
         background: fit a flat background (intensity kinds).
         relative_sigma: assumed relative noise where a pattern has no sigma (see ``weights``).
         dtype: float32 or float64 (needs jax_enable_x64). The reference intensity is computed in it, so that a
             difference model of the reference itself is exactly zero.
+        electron_model: "mott-bethe" or "kirkland", for electron patterns.
     """
-    kind = patterns[0].kind
-    difference = kind in DIFFERENCE_KINDS
+    first = patterns[0]
+    kind = first.kind
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=tuple(float(v) for v in patterns[0].q),
+        q=tuple(float(v) for v in first.q),
         kind=kind,
-        model_kind=model_kind if difference else kind,
+        model_kind=model_kind_for(kind, model_kind, first.probe),
         fraction=fraction,
-        background=background and not difference,
+        background=background and kind in INTENSITY_KINDS,
+        probe=first.probe,
+        energy_kev=first.energy_kev if first.probe == "electron" else None,
+        electron_model=electron_model if first.probe == "electron" else "mott-bethe",
     )
-    ws = [weights(p, relative_sigma) for p in patterns]
     y = np.stack([p.values for p in patterns])
     with jax.enable_x64(dtype == jnp.float64):
-        i_ref = _iam.intensity(numbers, jnp.asarray(reference_positions, dtype), patterns[0].q, kind=spec.model_kind)
+        x_ref = jnp.asarray(reference_positions, dtype)
+        i_ref = spec.intensity(x_ref, spec.model_kind)
+        scales = np.ones(len(patterns))
+        if kind == "sm":  # the data's scale against the reference's sM: only for the assumed sigma
+            s_ref = np.asarray(spec.modified(i_ref, spec.intensity(x_ref, "atomic")), np.float64)
+            scales = y @ s_ref / max(float(s_ref @ s_ref), 1e-300)
+        ws = [weights(p, relative_sigma, a) for p, a in zip(patterns, scales, strict=True)]
         arrays = (jnp.asarray(y, dtype), jnp.asarray(np.stack([w for w, _ in ws]), dtype))
         return Likelihood(spec, tuple(bool(h) for _, h in ws), *arrays, jnp.broadcast_to(i_ref, y.shape))

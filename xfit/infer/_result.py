@@ -169,7 +169,12 @@ def _model_pattern(problem: Problem, t: int, model: np.ndarray) -> Pattern:
         kind=pattern.kind,
         probe=pattern.probe,
         delay=pattern.delay,
-        metadata={"model": "IAM", "model_kind": problem.likelihood.spec.model_kind},
+        metadata={
+            "model": "IAM",
+            "model_kind": problem.likelihood.spec.model_kind,
+            **({"electron_model": problem.likelihood.spec.electron_model} if pattern.probe == "electron" else {}),
+        },
+        energy_kev=pattern.energy_kev,
     )
 
 

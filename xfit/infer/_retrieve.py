@@ -27,7 +27,7 @@ from xfit.chem._graph import MoleculeGraph
 from xfit.chem._structures import as_arrays
 from xfit.data._pattern import Pattern
 from xfit.infer import _restraints
-from xfit.infer._likelihood import DIFFERENCE_KINDS, build_likelihood
+from xfit.infer._likelihood import DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
 from xfit.infer._problem import Problem, Strategy
 from xfit.infer._refinement import Refinement
 from xfit.infer._result import Retrieval, summarise
@@ -93,12 +93,15 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
     for k, p in enumerate(patterns):
         if not isinstance(p, Pattern):
             raise TypeError(f"pattern {k} is a {type(p).__name__}, not an xfit.Pattern")
-        if p.probe != "xray":
-            raise ValueError(f"pattern {k}: probe {p.probe!r} is not supported by retrieval yet (X-ray only)")
         if not np.array_equal(p.q, first.q) or p.kind != first.kind:
             raise ValueError(
                 f"pattern {k} has a different q grid or kind from pattern 0; patterns retrieved in one call must share "
                 "both (call retrieve separately for each grid)"
+            )
+        if p.probe != first.probe or p.energy_kev != first.energy_kev:
+            raise ValueError(
+                f"pattern {k} has a different probe or energy_kev from pattern 0 ({p.probe}, {p.energy_kev} keV "
+                f"against {first.probe}, {first.energy_kev} keV); patterns retrieved in one call must share both"
             )
         if len(p) < 2:
             raise ValueError(f"pattern {k} has {len(p)} point(s); a fit needs more")
@@ -106,6 +109,16 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
         _iam.check_q(first.q, name="pattern q")
     except ValueError as err:
         raise ValueError(f"{err} (the model cannot be evaluated there)") from None
+    if first.probe == "electron" and first.kind not in ELECTRON_KINDS:
+        raise ValueError(
+            f"an electron pattern of kind {first.kind!r} cannot be modelled: electron inelastic scattering is not in "
+            f"the IAM here; use one of {ELECTRON_KINDS} (for a measured total curve, 'elastic')"
+        )
+    if first.kind in ("sm", "delta_sm") and first.q[0] <= 0:
+        raise ValueError(
+            f"a {first.kind} pattern (q I_mol/I_at) is identically zero at q = 0, where it carries no information and "
+            "has no noise model; drop the q = 0 point (pattern.restrict(q_min=...))"
+        )
     for k, p in enumerate(patterns):
         _check_signal(p, k)
     return numbers
@@ -129,7 +142,7 @@ def _check_signal(p: Pattern, k: int) -> None:
 
 # A fit with the right molecule, kind, units and noise level has chi2_reduced ~ 1 +- sqrt(2/dof); IAM model error
 # and a misjudged sigma (up to 2x) raise it to a few. Above 25 the residual is 5x the stated (or assumed) noise: no
-# noise misestimate of that size is common, and the causes are gross (see CHI2_WARNING).
+# noise misestimate of that size is common, and the causes are gross (see chi2_warning).
 CHI2_WARNING_THRESHOLD = 25.0
 
 
@@ -145,9 +158,26 @@ def chi2_warning(result: Retrieval) -> str | None:
     )
 
 
-def _check_options(kind, model_kind, fraction, final_restraint_weight, n_starts, steps, relative_sigma):
+def _check_options(
+    pattern, model_kind, fraction, final_restraint_weight, n_starts, steps, relative_sigma, background, electron_model
+):
+    from xfit.physics._elements import ELECTRON_MODELS
+
+    kind = pattern.kind
     if model_kind not in _iam.KINDS:
         raise ValueError(f"unknown model_kind {model_kind!r}; choose one of {_iam.KINDS}")
+    if electron_model not in ELECTRON_MODELS:
+        raise ValueError(f"unknown electron_model {electron_model!r}; choose one of {ELECTRON_MODELS}")
+    if pattern.probe == "electron":
+        if model_kind == "inelastic" and kind in ("percent_difference", "difference"):
+            raise ValueError("electron inelastic scattering is not modelled; use model_kind='elastic'")
+        if kind == "difference" and fraction is not None and pattern.energy_kev is None:
+            raise ValueError(
+                "an electron 'difference' pattern with a fixed fraction is absolute (A^2), which needs the electrons' "
+                "energy for the relativistic factor: give the Pattern energy_kev, or fit the fraction (fraction=None)"
+            )
+    if background and kind not in ("total", "elastic", "atomic", "molecular", "inelastic"):
+        raise ValueError(f"background is for intensity patterns; this pattern's kind is {kind!r}")
     if fraction is not None and kind not in DIFFERENCE_KINDS:
         raise ValueError(f"fraction is for difference patterns; this pattern's kind is {kind!r}")
     if fraction is not None and not 0 < fraction <= 1:
@@ -172,10 +202,14 @@ def _restraint_set(restraints, graph: MoleculeGraph, free_pairs, bond_sigma, ang
     raise ValueError(f"restraints must be 'covalent', None or a Restraints, got {restraints!r}")
 
 
-def _resolve_proposal(prior, graph: MoleculeGraph, kind: str):
-    """The proposal network for the refinement fallback, or None."""
-    if prior is None or prior is False or (isinstance(prior, str) and prior == "auto" and kind not in PROPOSAL_KINDS):
+def _resolve_proposal(prior, graph: MoleculeGraph, kind: str, probe: str = "xray"):
+    """The proposal network for the refinement fallback, or None (always for electrons: the networks read X-ray
+    patterns)."""
+    auto = isinstance(prior, str) and prior == "auto"
+    if prior is None or prior is False or (auto and (kind not in PROPOSAL_KINDS or probe != "xray")):
         return None
+    if probe != "xray":
+        raise ValueError("the proposal networks were trained on X-ray patterns, not electron ones; pass prior=None")
     if isinstance(prior, str) and prior == "auto":
         # Only a network trained on this molecule: the broad one is opt-in (prior="broad"), since on molecules it
         # never saw it has not shown a consistent gain yet (benchmarks/prior.py, section 5).
@@ -238,6 +272,7 @@ def retrieve(
     chunk: int | None = None,
     prior="auto",
     strategy: Strategy | None = None,
+    electron_model: str = "mott-bethe",
 ) -> Retrieval | list[Retrieval]:
     """Retrieve the molecular structure behind a scattering pattern (or a batch of them).
 
@@ -251,6 +286,12 @@ def retrieve(
         model_kind: which intensity the model computes for difference patterns ("total" or "elastic", ...).
             Intensity patterns are modelled with their own kind.
         background: also fit a flat background (intensity patterns).
+        electron_model: electron scattering factors for ``probe="electron"`` patterns: "mott-bethe" (from the X-ray
+            form factors) or "kirkland". Neither needs the pattern's ``energy_kev``: the energy enters both only as
+            the relativistic factor gamma^2 of the intensity, which the fitted scale absorbs (or ratios cancel);
+            only a plain "difference" with a fixed ``fraction`` needs it. Electron kinds: "elastic", "atomic",
+            "molecular", "sm" (scale fitted), "percent_difference", "difference", "delta_sm" (fraction fixed or
+            fitted); "total" and "inelastic" are errors for electrons (no inelastic model).
         prior: which learned prior, and so which strategy.
             "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
             that fits (the posterior becomes the default once its error bars hold: see AUTO_CONFORMER).
@@ -293,7 +334,8 @@ def retrieve(
     Raises:
         ValueError: NaN or sigma <= 0 in a pattern (raised when the Pattern is built), q outside the model's range,
         a difference pattern with no reference geometry, atoms whose count or order does not match the reference,
-        patterns on different q grids, unknown options, a conformer prior given for another molecule.
+        patterns on different q grids, unknown options, a conformer prior given for another molecule, an electron
+        pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid.
     """
     single = isinstance(pattern, Pattern)
     patterns = [pattern] if single else list(pattern)
@@ -302,7 +344,17 @@ def retrieve(
     numbers = _check_inputs(patterns, atoms, reference)
     reference = atoms if reference is None else reference
     kind = patterns[0].kind
-    _check_options(kind, model_kind, fraction, final_restraint_weight, n_starts, steps, relative_sigma)
+    _check_options(
+        patterns[0],
+        model_kind,
+        fraction,
+        final_restraint_weight,
+        n_starts,
+        steps,
+        relative_sigma,
+        background,
+        electron_model,
+    )
 
     graph = MoleculeGraph.from_atoms(reference)
     likelihood = build_likelihood(
@@ -314,6 +366,7 @@ def retrieve(
         background=background,
         relative_sigma=relative_sigma,
         dtype=dtype,
+        electron_model=electron_model,
     )
     problem = Problem(tuple(patterns), likelihood, graph, atoms, reference, kind in DIFFERENCE_KINDS)
     info = {"seed": seed}
@@ -358,7 +411,7 @@ def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtyp
 
         # The shipped proposal network's candidates join the particles where it fits: more basins found, never a
         # different target (the posterior weighs every particle's basin by its own mass).
-        proposal = _resolve_proposal("auto", graph, patterns[0].kind)
+        proposal = _resolve_proposal("auto", graph, patterns[0].kind, patterns[0].probe)
         seeds = None
         if proposal is not None:
             seeds = proposal_starts(proposal, patterns, problem.reference, fraction, model_kind)
@@ -368,7 +421,7 @@ def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtyp
         return Posterior(conformer, extra_starts=seeds, dtype=dtype, progress=progress), conformer.path
     if isinstance(prior, str) and prior == "auto":
         _warn_fallback(graph)
-    proposal = _resolve_proposal(prior, graph, patterns[0].kind)
+    proposal = _resolve_proposal(prior, graph, patterns[0].kind, patterns[0].probe)
     x_extra = None if extra is None else np.broadcast_to(extra, (len(patterns), *extra.shape))
     if proposal is not None:
         seeds = proposal_starts(proposal, patterns, problem.reference, fraction, model_kind)

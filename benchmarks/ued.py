@@ -1,0 +1,94 @@
+"""Electron-diffraction retrieval on data xfit never trained on: CHD frames as UED sM (and elastic) patterns.
+
+Question: on the simulated CHD ring-opening frames of ../shared/reference (traj001 and traj090, validation only),
+recorded as electron patterns at a UED-like q range, how close does the default call
+``xfit.retrieve(pattern, chd_reference)`` get, and how fast is it?
+
+Patterns: Mott-Bethe electron scattering at ``--energy-kev`` (default 3000, MeV UED), q = 1..10 1/A in 181 points,
+Gaussian noise of 0.2 % of I_at with sigma given: sM = q I_mol/I_at with sigma = 0.002 q, elastic with sigma =
+0.002 I_at. Start = chd_reference.xyz. Reported per kind (frames, scoring and summary as in
+``benchmarks/posterior.py``): carbon RMSD (heavy atoms, reflection allowed) median, fraction <= 0.10 A, near-closed
+(C1-C6 <= 2.3 A) and opened medians, median |C1-C6 error|, time per retrieval (one batched call over all frames,
+after compilation). Targets (issue 14): near-closed median carbon RMSD <= 0.075 A, all frames <= 0.10 A.
+
+    python benchmarks/ued.py --stride 10 --max-frames 3 --json /tmp/ued.json   # a handful of frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header as run_header
+from _common import write_json
+from posterior import CHD, _f, load_frames, score, summarise
+
+KINDS = ("sm", "elastic")
+NOISE = 2e-3
+"""Relative to I_at, as the issue's done-when criterion states it."""
+
+
+def ued_patterns(frames, q, kind: str, energy_kev: float, noise: float, seed: int):
+    """Noisy electron patterns (sM or elastic) of the frames, with sigma = noise x I_at propagated."""
+    import jax
+
+    import xfit
+
+    options = {"probe": "electron", "energy_kev": energy_kev}
+    keys = jax.random.split(jax.random.key(seed), len(frames))
+    patterns = []
+    for (_, atoms), key in zip(frames, keys, strict=True):
+        i_at = xfit.scattering(atoms, q, kind="atomic", **options)
+        i_mol = xfit.scattering(atoms, q, kind="molecular", **options)
+        clean, sigma = (q * i_mol / i_at, noise * q) if kind == "sm" else (i_at + i_mol, noise * i_at)
+        values = clean + sigma * np.asarray(jax.random.normal(key, q.shape), np.float64)
+        patterns.append(xfit.Pattern(q, values, sigma, kind=kind, probe="electron", energy_kev=energy_kev))
+    return patterns
+
+
+def main(argv=None) -> int:
+    import xfit
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stride", type=int, default=1, help="every STRIDE-th frame of each trajectory")
+    parser.add_argument("--max-frames", type=int, help="at most this many frames per trajectory")
+    parser.add_argument("--kinds", type=lambda v: v.split(","), default=list(KINDS), help="sm,elastic (default)")
+    parser.add_argument("--energy-kev", type=float, default=3000.0, help="electron energy (default 3000 keV)")
+    parser.add_argument("--noise", type=float, default=NOISE, help="Gaussian noise relative to I_at (default 0.2 %%)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not CHD.exists():
+        print(f"{CHD} not found: nothing to benchmark")
+        return 0
+    q = np.linspace(1.0, 10.0, 181)
+    frames = load_frames(args.stride, args.max_frames)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    results = {**run_header(), "noise_of_i_at": args.noise, "q": [1.0, 10.0, 181], "energy_kev": args.energy_kev}
+    print(f"{len(frames)} CHD frames, electrons at {args.energy_kev:g} keV, noise {100 * args.noise:g} % of I_at")
+    for kind in args.kinds:
+        patterns = ued_patterns(frames, q, kind, args.energy_kev, args.noise, args.seed)
+        xfit.retrieve(patterns[:1], start)  # compile outside the timing
+        t0 = time.perf_counter()
+        found = xfit.retrieve(patterns, start)
+        seconds = (time.perf_counter() - t0) / len(patterns)
+        rows = score(found, frames)
+        s = results[kind] = {**summarise(rows), "seconds_per_retrieval": seconds, "rows": rows}
+        print(
+            f"{kind:<8} {s['method']}: C-RMSD median {s['carbon_median']:.3f} A, <= 0.10 A: "
+            f"{100 * s['carbon_le_0.10']:.0f} %, near-closed {_f(s['closed_median'])} ({s['n_closed']} frames), "
+            f"opened {_f(s['opened_median'])}; C1-C6 error {s['c1c6_error_median']:.3f} A; "
+            f"{seconds:.2f} s/retrieval",
+            flush=True,
+        )
+    write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
