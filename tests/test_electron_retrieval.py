@@ -12,6 +12,7 @@ from xfit.physics._elements import relativistic_factor
 from .conftest import DATA
 
 Q = np.linspace(1.0, 10.0, 46)  # q = 4 pi sin(theta)/lambda in 1/A, a keV-UED range
+RAMP = np.linspace(1.0, 2.0, len(Q))  # any pattern with signal: these tests are about the options
 E = 90.0  # keV
 F = 0.3  # excitation fraction
 
@@ -166,12 +167,12 @@ def test_fitted_fraction_is_recovered_at_the_truth(skeleton, kind):
 @pytest.mark.parametrize(
     ("make", "options", "match"),
     [
-        (lambda: xfit.Pattern(Q, np.ones_like(Q), kind="total", probe="electron"), {}, "kind 'total' cannot"),
-        (lambda: xfit.Pattern(Q, np.ones_like(Q), kind="inelastic", probe="electron"), {}, "inelastic"),
-        (lambda: xfit.Pattern(np.linspace(0, 10, 46), np.ones(46), kind="sm", probe="electron"), {}, "q = 0"),
-        (lambda: xfit.Pattern(Q, np.ones_like(Q), kind="difference", probe="electron"), {"fraction": F}, "energy"),
-        (lambda: xfit.Pattern(Q, np.ones_like(Q), kind="sm", probe="electron"), {"electron_model": "x"}, "electron_"),
-        (lambda: xfit.Pattern(Q, np.ones_like(Q), kind="sm", probe="electron"), {"background": True}, "background"),
+        (lambda: xfit.Pattern(Q, RAMP, kind="total", probe="electron"), {}, "kind 'total' cannot"),
+        (lambda: xfit.Pattern(Q, RAMP, kind="inelastic", probe="electron"), {}, "inelastic"),
+        (lambda: xfit.Pattern(np.linspace(0, 10, 46), np.linspace(1, 2, 46), kind="sm", probe="electron"), {}, "q = 0"),
+        (lambda: xfit.Pattern(Q, RAMP, kind="difference", probe="electron"), {"fraction": F}, "energy"),
+        (lambda: xfit.Pattern(Q, RAMP, kind="sm", probe="electron"), {"electron_model": "x"}, "electron_"),
+        (lambda: xfit.Pattern(Q, RAMP, kind="sm", probe="electron"), {"background": True}, "background"),
     ],
 )
 def test_retrieve_rejects_what_electrons_cannot_model(skeleton, make, options, match):
