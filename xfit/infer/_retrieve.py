@@ -27,13 +27,13 @@ from xfit.chem._graph import MoleculeGraph
 from xfit.chem._structures import as_arrays
 from xfit.data._pattern import Pattern
 from xfit.infer import _restraints
-from xfit.infer._likelihood import DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
+from xfit.infer._likelihood import ANISOTROPIC_KINDS, DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
 from xfit.infer._problem import Problem, Strategy
 from xfit.infer._refinement import Refinement
-from xfit.infer._result import Retrieval, summarise
+from xfit.infer._result import Retrieval, _fit, _model_pattern, summarise
 from xfit.infer._starts import extra_starts, proposal_starts
 from xfit.learn import _proposal
-from xfit.physics import _iam
+from xfit.physics import _anisotropy, _iam
 
 __all__ = ["PriorFallbackWarning", "retrieve"]
 
@@ -122,6 +122,51 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
     for k, p in enumerate(patterns):
         _check_signal(p, k)
     return numbers
+
+
+def _split_components(patterns: list[Pattern], dipole) -> tuple[list[Pattern], list[Pattern] | None]:
+    """(isotropic patterns, their P2 partners or None): legendre=2 patterns pair in order with legendre=0 ones."""
+    for k, p in enumerate(patterns):
+        if not isinstance(p, Pattern):
+            raise TypeError(f"pattern {k} is a {type(p).__name__}, not an xfit.Pattern")
+    iso = [p for p in patterns if p.legendre == 0]
+    p2 = [p for p in patterns if p.legendre == 2]
+    if not p2:
+        if dipole is not None:
+            raise ValueError(
+                "dipole is for anisotropic retrieval: pass the P2 component (a Pattern with legendre=2) beside each "
+                "isotropic one, e.g. retrieve([p0, p2], atoms, dipole=('bond', i, j))"
+            )
+        return iso, None
+    if dipole is None:
+        raise ValueError(
+            "a P2 (legendre=2) pattern needs the transition dipole in the molecular frame: retrieve([p0, p2], atoms, "
+            "dipole=('bond', i, j)) or dipole=('normal', i, j, k) (atom indices)"
+        )
+    if len(iso) != len(p2):
+        raise ValueError(
+            f"{len(iso)} isotropic (legendre=0) and {len(p2)} P2 (legendre=2) patterns: anisotropic retrieval pairs "
+            "them in order, one P2 component per isotropic one"
+        )
+    for k, (a, b) in enumerate(zip(iso, p2, strict=True)):
+        if not np.array_equal(a.q, b.q):
+            raise ValueError(
+                f"P2 pattern {k} is on a different q grid ({len(b.q)} points, {b.q[0]:.3g}..{b.q[-1]:.3g} 1/A) from "
+                f"its isotropic partner ({len(a.q)} points, {a.q[0]:.3g}..{a.q[-1]:.3g} 1/A); the two components of "
+                "one measurement share their q grid"
+            )
+        if a.kind != b.kind or a.probe != b.probe:
+            raise ValueError(
+                f"P2 pattern {k} is a {b.probe} {b.kind!r} pattern, its isotropic partner a {a.probe} {a.kind!r} one; "
+                "the two components of one measurement share kind and probe"
+            )
+        if b.probe != "xray" or b.kind not in ANISOTROPIC_KINDS:
+            raise ValueError(
+                f"anisotropic retrieval models X-ray patterns of kinds {ANISOTROPIC_KINDS}, not a {b.probe} {b.kind!r} "
+                "pattern (the P2 kernel uses X-ray form factors)"
+            )
+        _check_signal(b, k)
+    return iso, p2
 
 
 def _check_signal(p: Pattern, k: int) -> None:
@@ -273,6 +318,7 @@ def retrieve(
     prior="auto",
     strategy: Strategy | None = None,
     electron_model: str = "mott-bethe",
+    dipole: tuple | None = None,
 ) -> Retrieval | list[Retrieval]:
     """Retrieve the molecular structure behind a scattering pattern (or a batch of them).
 
@@ -292,6 +338,15 @@ def retrieve(
             only a plain "difference" with a fixed ``fraction`` needs it. Electron kinds: "elastic", "atomic",
             "molecular", "sm" (scale fitted), "percent_difference", "difference", "delta_sm" (fraction fixed or
             fitted); "total" and "inelastic" are errors for electrons (no inelastic model).
+        dipole: anisotropic (photoselected) retrieval, X-rays: the pump's transition dipole in the molecular frame,
+            ``("bond", i, j)`` (along r_j - r_i) or ``("normal", i, j, k)`` (normal to the plane of atoms i, j, k),
+            atom indices of ``atoms``; it moves with the structure (``xfit.dipole_vector``). ``pattern`` then mixes
+            isotropic (``legendre=0``) and P2 (``legendre=2``) components on the same q grid, paired in order:
+            ``retrieve([p0, p2], atoms, dipole=("bond", 0, 1))``, or [p0_a, p0_b, p2_a, p2_b] for two time points.
+            Each pair is fitted jointly (chi2 of both components summed) by one structure, with one shared scale
+            (intensity kinds) or excitation fraction (differences); one Retrieval per pair, its ``pattern``/``model``
+            the isotropic component and ``pattern_p2``/``model_p2`` the P2 one. Kinds: total, elastic, molecular,
+            percent_difference (P2 as 100 Delta I2 / I_off), difference.
         prior: which learned prior, and so which strategy.
             "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
             that fits (the posterior becomes the default once its error bars hold: see AUTO_CONFORMER).
@@ -335,14 +390,19 @@ def retrieve(
         ValueError: NaN or sigma <= 0 in a pattern (raised when the Pattern is built), q outside the model's range,
         a difference pattern with no reference geometry, atoms whose count or order does not match the reference,
         patterns on different q grids, unknown options, a conformer prior given for another molecule, an electron
-        pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid.
+        pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid; for anisotropic
+        retrieval a P2 pattern without a dipole (or a dipole without P2 patterns), unpaired components, a P2
+        component on another q grid than its partner's, a dipole naming atoms that do not exist or repeated ones.
     """
     single = isinstance(pattern, Pattern)
     patterns = [pattern] if single else list(pattern)
     if not patterns:
         raise ValueError("no patterns given")
+    patterns, p2_patterns = _split_components(patterns, dipole)
     numbers = _check_inputs(patterns, atoms, reference)
     reference = atoms if reference is None else reference
+    if p2_patterns is not None:
+        dipole = _anisotropy.check_dipole(dipole, len(atoms), reference.positions)
     kind = patterns[0].kind
     _check_options(
         patterns[0],
@@ -367,6 +427,8 @@ def retrieve(
         relative_sigma=relative_sigma,
         dtype=dtype,
         electron_model=electron_model,
+        p2_patterns=p2_patterns,
+        dipole=dipole,
     )
     problem = Problem(tuple(patterns), likelihood, graph, atoms, reference, kind in DIFFERENCE_KINDS)
     info = {"seed": seed}
@@ -389,6 +451,13 @@ def retrieve(
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
     results = [_annotate(r, p) for r, p in zip(results, patterns, strict=True)]
+    if p2_patterns is not None:
+        results = [
+            dataclasses.replace(
+                r, pattern_p2=p2, model_p2=_model_pattern(problem, t, _fit(problem, t, r.atoms.positions)[0], 2)
+            )
+            for t, (r, p2) in enumerate(zip(results, p2_patterns, strict=True))
+        ]
     return results[0] if single else results
 
 

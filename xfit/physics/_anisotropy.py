@@ -18,13 +18,26 @@ detector q has a component along the beam, from the Ewald sphere).
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from xfit.physics import _elements, _iam
 
-__all__ = ["anisotropic_intensity", "anisotropic_scattering", "oriented_intensity", "spherical_j2"]
+__all__ = [
+    "DIPOLE_KINDS",
+    "anisotropic_intensity",
+    "anisotropic_scattering",
+    "check_dipole",
+    "dipole_vector",
+    "oriented_intensity",
+    "spherical_j2",
+]
+
+DIPOLE_KINDS = {"bond": 2, "normal": 3}
+"""Transition-dipole specifications attached to the molecule, and how many atom indices each takes."""
 
 
 def spherical_j2(x):
@@ -36,6 +49,69 @@ def spherical_j2(x):
     x2 = x * x
     series = x2 / 15.0 * (1.0 - x2 / 14.0 * (1.0 - x2 / 36.0))
     return jnp.where(small, series, closed)
+
+
+def check_dipole(spec, n_atoms: int, positions=None) -> tuple:
+    """A validated transition-dipole specification ``(kind, i, j[, k])`` as a hashable tuple of Python values.
+
+    ``("bond", i, j)``: along r_j - r_i; ``("normal", i, j, k)``: normal to the plane of atoms i, j, k (a pi-pi*
+    transition of a planar chromophore). Indices are 0-based into the structure's atoms. With ``positions``
+    (n_atoms, 3) in A, also checks that the direction is defined there (atoms not coincident, not collinear).
+
+    A lab-frame vector is deliberately not accepted: the P2 component depends on r_ij . mu, so a fixed mu is
+    rotation invariant only when the structure is fitted in a fixed frame, which retrieval does not do (its
+    structures float freely, the likelihood of an isotropic pattern being invariant to rigid motions). A dipole
+    attached to atoms rotates with the structure, keeping the whole likelihood invariant to rigid rotations.
+
+    Raises:
+        ValueError naming the problem: unknown kind, wrong number of indices, indices out of range or repeated,
+        direction undefined at ``positions``.
+    """
+    if isinstance(spec, str) or not isinstance(spec, tuple | list) or not spec:
+        raise ValueError(f"dipole must be a tuple ('bond', i, j) or ('normal', i, j, k) of atom indices, got {spec!r}")
+    kind, indices = spec[0], spec[1:]
+    if kind not in DIPOLE_KINDS:
+        hint = " (a lab-frame vector is not invariant under the fit's rigid motions)" if kind == "vector" else ""
+        raise ValueError(f"unknown dipole kind {kind!r}{hint}; choose one of {tuple(DIPOLE_KINDS)}")
+    if len(indices) != DIPOLE_KINDS[kind]:
+        raise ValueError(f"a {kind!r} dipole takes {DIPOLE_KINDS[kind]} atom indices, got {len(indices)}: {spec!r}")
+    try:
+        out = tuple(int(operator.index(v)) for v in indices)
+    except TypeError:
+        raise ValueError(f"dipole atom indices must be integers, got {indices!r}") from None
+    bad = [v for v in out if not 0 <= v < n_atoms]
+    if bad:
+        raise ValueError(f"dipole {spec!r} refers to atom(s) {bad} that do not exist (the molecule has {n_atoms})")
+    if len(set(out)) != len(out):
+        raise ValueError(f"dipole {spec!r} repeats an atom; its atom indices must be distinct")
+    if positions is not None:
+        with jax.enable_x64(True):
+            raw = np.asarray(_raw_dipole((kind, *out), jnp.asarray(np.asarray(positions, np.float64))))
+        if np.linalg.norm(raw) < 1e-6:
+            what = "coincide" if kind == "bond" else "are collinear"
+            raise ValueError(f"dipole {spec!r} is undefined: its atoms {what} in the given structure")
+    return (kind, *out)
+
+
+def _raw_dipole(spec: tuple, positions):
+    kind, *idx = spec
+    if kind == "bond":
+        return positions[..., idx[1], :] - positions[..., idx[0], :]
+    a = positions[..., idx[1], :] - positions[..., idx[0], :]
+    b = positions[..., idx[2], :] - positions[..., idx[0], :]
+    return jnp.cross(a, b)
+
+
+def dipole_vector(spec: tuple, positions):
+    """Unit transition dipole (..., 3) of structures (..., n_atoms, 3) in A, for a molecule-frame ``spec``.
+
+    ``spec``: ``("bond", i, j)`` (unit r_j - r_i) or ``("normal", i, j, k)`` (unit (r_j - r_i) x (r_k - r_i)),
+    validated by :func:`check_dipole`. Pure JAX, differentiable; it rotates with the structure (R x -> R mu), so
+    every quantity built from r_ij . mu is invariant to rigid motions. The sign is immaterial: photoselection
+    depends on (mu . epsilon)^2 only.
+    """
+    raw = _raw_dipole(tuple(spec), jnp.asarray(positions))
+    return raw / jnp.sqrt(jnp.sum(raw * raw, axis=-1, keepdims=True) + 1e-30)
 
 
 def anisotropic_intensity(numbers, positions, q, dipole, *, kind: str = "elastic"):
