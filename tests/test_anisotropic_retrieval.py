@@ -114,7 +114,7 @@ def test_joint_chi2_gradient_matches_central_differences(skeleton, kind, options
     ref, truth = skeleton
     like = _joint(ref, _pair(ref, truth, kind, NORMAL), NORMAL, **options)
     x = truth.positions + 0.02 * np.random.default_rng(5).standard_normal((6, 3))
-    chi2 = lambda p: like.chi2(p[None])[0]  # noqa: E731
+    chi2 = jax.jit(lambda p: like.chi2(p[None])[0])
     grad = np.asarray(jax.grad(chi2)(jnp.asarray(x)))
     step, numeric = 1e-5, np.zeros_like(x)
     for k in np.ndindex(x.shape):
@@ -215,13 +215,18 @@ def test_round_trip_recovers_the_structure_from_both_components(skeleton):
     )
 
 
-def test_fitted_fraction_is_shared_and_recovered_at_the_truth(skeleton):
+@pytest.mark.parametrize(("kind", "dipole"), [("percent_difference", BOND), ("difference", NORMAL)])
+def test_one_fitted_fraction_serves_both_components_and_is_recovered_at_the_truth(skeleton, kind, dipole):
     ref, truth = skeleton
-    pair = _pair(ref, truth, "percent_difference", BOND)
-    options = {"n_starts": 1, "steps": 5, "learning_rate": 1e-6, "restraints": None, "prior": None}
-    result = xfit.retrieve(list(pair), truth, reference=ref, dipole=BOND, **options)[0]
-    assert result.parameters["fraction"] == pytest.approx(F, rel=1e-3)
-    assert result.model_p2 is not None and result.reference is ref
+    like = _joint(ref, _pair(ref, truth, kind, dipole), dipole)
+    model, params = like.model_and_parameters(jnp.asarray(truth.positions)[None])
+    name = "fraction" if kind == "percent_difference" else "fraction_x_scale"
+    assert list(params) == [name] and float(params[name][0]) == pytest.approx(F, rel=1e-10)
+    assert float(like.chi2(jnp.asarray(truth.positions)[None])[0]) < 1e-12
+    # The reference's own difference is zero in both halves: the depleted ground state carries the reference's dipole.
+    fixed = _joint(ref, _pair(ref, truth, kind, dipole), dipole, fraction=F)  # solved, f would blow up roundoff
+    zero, _ = fixed.model_and_parameters(jnp.asarray(ref.positions)[None])
+    assert np.abs(np.asarray(zero)).max() < 1e-9 * np.abs(np.asarray(model)).max()
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".npz", ".h5"])
@@ -284,3 +289,24 @@ def test_bad_component_sets_are_named(skeleton):
     electron = [p.replace(probe="electron", kind="elastic") for p in (p0, p2)]
     with pytest.raises(ValueError, match="X-ray patterns"):
         xfit.retrieve(electron, ref, dipole=NORMAL, prior=None, **options)
+
+
+def test_cli_writes_a_p2_pattern_and_retrieves_jointly_from_it(tmp_path, capsys, skeleton):
+    from xfit.cli import main
+
+    ref, truth = skeleton
+    truth.write(tmp_path / "truth.xyz")
+    ref.write(tmp_path / "ref.xyz")
+    q = ["--q", "0.5:8:40"]
+    assert main(["pattern", str(tmp_path / "truth.xyz"), *q, "-o", str(tmp_path / "iso.txt")]) == 0
+    p2_argv = ["--legendre", "2", "--dipole", "normal:0,1,2", "--noise", "1e-4", "-o", str(tmp_path / "p2.txt")]
+    assert main(["pattern", str(tmp_path / "truth.xyz"), *q, *p2_argv]) == 0
+    p2 = xfit.load_pattern(tmp_path / "p2.txt")
+    assert p2.legendre == 2 and p2.sigma is not None
+    np.testing.assert_allclose(p2.values, _components(truth, NORMAL)[1], atol=5 * p2.sigma.max())
+    argv = ["retrieve", str(tmp_path / "iso.txt"), "--p2", str(tmp_path / "p2.txt"), "--dipole", "normal:0,1,2"]
+    argv += ["--atoms", str(tmp_path / "ref.xyz"), "--no-prior", "--no-restraints", "--steps", "20", "--starts", "1"]
+    assert main([*argv, "-o", str(tmp_path / "r.xyz")]) == 0
+    assert "P2 component" in capsys.readouterr().out and (tmp_path / "r.xyz").is_file()
+    assert main(argv[:3] + argv[5:]) == 2  # --p2 without --dipole
+    assert "needs both --p2 FILE and --dipole" in capsys.readouterr().err
