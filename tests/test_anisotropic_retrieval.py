@@ -185,7 +185,7 @@ def test_p2_only_adds_curvature_to_the_profiled_chi2(skeleton):
 # --------------------------------------------------------------------------------------------------- retrieval
 
 
-def test_round_trip_recovers_the_structure_from_both_components(skeleton):
+def test_round_trip_recovers_the_structure_from_both_components(skeleton, tmp_path):
     # Noiseless I0 + P2 (sigma 0.1 %) of the distorted ring, retrieved jointly from a start 0.02 A per atom away, one
     # start, no restraints. With the dipole on atoms the fit pins atom labels (see above): compared by RMSD and
     # atom-pair distances. Tolerance: near the truth (chi2 = 0) a fit with chi2 = c <= 1 lies within sqrt(c) <= 1
@@ -213,6 +213,9 @@ def test_round_trip_recovers_the_structure_from_both_components(skeleton):
     np.testing.assert_allclose(
         result.model_p2.values, result.parameters["scale"] * _components(result.atoms, NORMAL)[1], rtol=1e-8
     )
+    back = xfit.load_results(xfit.save_results(result, tmp_path / "r.h5"))[0]  # the results file keeps P2
+    assert back.pattern_p2.legendre == 2 and back.model_p2.legendre == 2 and back.pattern.legendre == 0
+    np.testing.assert_array_equal(back.model_p2.values, result.model_p2.values)
 
 
 @pytest.mark.parametrize(("kind", "dipole"), [("percent_difference", BOND), ("difference", NORMAL)])
