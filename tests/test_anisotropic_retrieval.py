@@ -94,9 +94,10 @@ def test_p2_model_is_invariant_to_rigid_motions_only_with_a_molecule_frame_dipol
     like = _joint(ref, _pair(ref, truth, "total", NORMAL), NORMAL)
     x = truth.positions
     moved = x @ _rotation(4).T + np.array([0.3, 0.1, -1.0])
-    i2, i2_moved = (np.asarray(like.spec.intensity_p2(jnp.asarray(p))) for p in (x, moved))
+    p2_of, chi2 = jax.jit(like.spec.intensity_p2), jax.jit(like.chi2)
+    i2, i2_moved = (np.asarray(p2_of(jnp.asarray(p))) for p in (x, moved))
     np.testing.assert_allclose(i2_moved, i2, rtol=1e-10, atol=1e-10 * np.abs(i2).max())
-    assert float(like.chi2(moved[None])[0]) == pytest.approx(float(like.chi2(x[None])[0]), abs=1e-8)
+    assert float(chi2(moved[None])[0]) == pytest.approx(float(chi2(x[None])[0]), abs=1e-8)
     # The reason a lab-frame dipole is not offered: with mu fixed, the same rotation changes I2 at first order.
     mu = np.asarray(xfit.dipole_vector(NORMAL, x))
     fixed = [np.asarray(anisotropic_intensity(ref.numbers, jnp.asarray(p), Q, mu)[1]) for p in (x, moved)]
@@ -173,13 +174,55 @@ def test_p2_only_adds_curvature_to_the_profiled_chi2(skeleton):
             model, _ = like.model_and_parameters(flat.reshape(1, 6, 3))
             return (jnp.sqrt(like.w) * (like.y - model))[0]
 
-        jac = np.asarray(jax.jacrev(residuals)(jnp.asarray(truth.positions.ravel())))
+        jac = np.asarray(jax.jit(jax.jacrev(residuals))(jnp.asarray(truth.positions.ravel())))
         return jac.T @ jac
 
     h_iso, h_joint = gauss_newton(_iso(ref, pair[0])), gauss_newton(_joint(ref, pair, NORMAL))
     gain = np.linalg.eigvalsh(h_joint - h_iso)
     assert gain.min() > -1e-8 * np.abs(h_joint).max()
     assert gain.max() > 1e-2 * np.linalg.eigvalsh(h_iso).max()  # and it adds information, not nothing
+
+
+def _electron_i2_numpy(atoms, q, dipole, energy):
+    """Independent electron I2 = -2 sum_{i != j} f_i f_j j2(q r_ij) P2(r_ij . mu), summed in NumPy with SciPy's j2."""
+    from scipy.special import spherical_jn
+
+    x = atoms.positions
+    f = np.asarray(xfit.electron_form_factor(atoms.numbers, q, energy_kev=energy))
+    mu = np.asarray(xfit.dipole_vector(dipole, x))
+    out = np.zeros_like(q)
+    for i in range(len(x)):
+        for j in range(len(x)):
+            if i != j:
+                d = x[j] - x[i]
+                r = np.linalg.norm(d)
+                out -= 2 * f[i] * f[j] * spherical_jn(2, q * r) * 0.5 * (3 * (d @ mu / r) ** 2 - 1)
+    return out
+
+
+@pytest.mark.parametrize(("kind", "name", "value"), [("sm", "scale", 7.0), ("delta_sm", "fraction", F)])
+def test_electron_sm_pair_fits_exactly_at_the_truth(skeleton, kind, name, value):
+    # UED: sM = q I_mol/I_at and its P2 component q I2/I_at (I2 molecular by construction), built here from the public
+    # electron factors and an independent NumPy I2; the joint model must fit them exactly with one scale/fraction.
+    ref, truth = skeleton
+    e = {"probe": "electron", "energy_kev": 90.0}
+    qe = np.linspace(1.0, 10.0, 46)
+    i_at = xfit.scattering(ref, qe, kind="atomic", **e)
+    mol, mol_ref = (xfit.scattering(a, qe, kind="molecular", **e) for a in (truth, ref))
+    i2, i2_ref = (_electron_i2_numpy(a, qe, NORMAL, 90.0) for a in (truth, ref))
+    if kind == "sm":
+        y0, y2 = value * qe * mol / i_at, value * qe * i2 / i_at
+    else:
+        y0, y2 = value * qe * (mol - mol_ref) / i_at, value * qe * (i2 - i2_ref) / i_at
+    pair = [xfit.Pattern(qe, y, kind=kind, legendre=k, **e) for y, k in ((y0, 0), (y2, 2))]
+    like = _joint(ref, pair, NORMAL)
+    _, params = like.model_and_parameters(jnp.asarray(truth.positions)[None])
+    assert float(params[name][0]) == pytest.approx(value, rel=1e-8)
+    assert float(like.chi2(jnp.asarray(truth.positions)[None])[0]) < 1e-10 * like.dof
+    assert float(like.chi2(jnp.asarray(ref.positions)[None])[0]) > 100.0  # the data do see the structure
+    np.testing.assert_allclose(
+        np.asarray(like.spec.intensity_p2(jnp.asarray(truth.positions))), i2, rtol=1e-9, atol=1e-12 * np.abs(i2).max()
+    )
 
 
 # --------------------------------------------------------------------------------------------------- retrieval
@@ -289,8 +332,8 @@ def test_bad_component_sets_are_named(skeleton):
         p0.replace(legendre=1)
     with pytest.raises(ValueError, match="no P2"):
         p0.replace(kind="atomic", legendre=2)
-    electron = [p.replace(probe="electron", kind="elastic") for p in (p0, p2)]
-    with pytest.raises(ValueError, match="X-ray patterns"):
+    electron = [p.replace(probe="electron", kind="total") for p in (p0, p2)]
+    with pytest.raises(ValueError, match="no 'total' for electrons"):
         xfit.retrieve(electron, ref, dipole=NORMAL, prior=None, **options)
 
 

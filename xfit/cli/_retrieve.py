@@ -180,7 +180,7 @@ def add_parser(sub) -> None:
         "--p2",
         type=Path,
         metavar="FILE",
-        help="anisotropic retrieval (X-rays): the P2 Legendre component of the same measurement(s), same q grid, "
+        help="anisotropic retrieval: the P2 Legendre component of the same measurement(s), same q grid, "
         "kind and delays as PATTERN (read as legendre=2), fitted jointly with it (one scale or fraction); needs "
         "--dipole",
     )

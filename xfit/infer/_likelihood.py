@@ -28,13 +28,14 @@ with a fixed fraction, whose model is absolute (A^2), needs the energy.
 into its jit-compiled loop as an argument; its methods are pure functions of the structure. The probe does not
 enter anywhere else: a prior over structures serves X-ray and electron likelihoods alike.
 
-Anisotropic (photoselected) patterns, X-rays: with a transition dipole ``dipole`` (attached to atoms, see
+Anisotropic (photoselected) patterns, X-rays or electrons: with a transition dipole ``dipole`` (attached to atoms, see
 ``xfit.dipole_vector``) each measurement is a pair, its isotropic component y0 (legendre=0) and its P2 component y2
 (legendre=2), fitted jointly to one structure: y = [y0, y2] and m = [m0, m2] concatenated along q (2 n_q points),
 so chi2 is the sum of both components' chi2 and ONE nuisance parameter serves both (they are two projections of the
 same measured image): the scale a of intensity kinds (m2 = a I2(x), I2 from ``xfit.physics._anisotropy``; a flat
-background is isotropic and enters m0 only) and the fraction f of difference kinds (m2 = f (I2(x) - I2(ref)), and
-for percent differences 100 f (I2(x) - I2(ref))/I0(ref): the unexcited sample is isotropic). The excited structure
+background is isotropic and enters m0 only; for sM, m2 = a q I2(x)/I_at) and the fraction f of difference kinds
+(m2 = f (I2(x) - I2(ref)); for percent differences 100 f (I2(x) - I2(ref))/I0(ref): the unexcited sample is
+isotropic; for Delta sM, f q (I2(x) - I2(ref))/I_at). The excited structure
 carries its dipole (evaluated on x), the depleted ground state the reference's.
 
 Choices where the data say nothing (``weights``): without sigma the noise is assumed to be ``relative_sigma``
@@ -73,8 +74,9 @@ SCALED_KINDS = (*INTENSITY_KINDS, "sm")
 ELECTRON_KINDS = ("elastic", "atomic", "molecular", "sm", "percent_difference", "difference", "delta_sm")
 """The kinds an electron pattern may have: electron inelastic scattering is not modelled, so "total" and
 "inelastic" would be modelled as something they are not."""
-ANISOTROPIC_KINDS = ("total", "elastic", "molecular", "percent_difference", "difference")
-"""X-ray kinds with a P2 (legendre=2) component the joint fit models (I2 is purely elastic and molecular)."""
+ANISOTROPIC_KINDS = ("total", "elastic", "molecular", "percent_difference", "difference", "sm", "delta_sm")
+"""Kinds with a P2 (legendre=2) component the joint fit models (I2 is purely elastic and molecular); "total" for
+X-rays only, "sm" and "delta_sm" for electrons only (q I2/I_at and q Delta I2/I_at)."""
 FRACTION_KINDS = ("percent_difference", "delta_sm")
 """Difference kinds whose solved coefficient is the excitation fraction itself, held in [0, 1]."""
 _NOMINAL_KEV = 100.0
@@ -137,10 +139,18 @@ class LikelihoodSpec:
 
     def intensity_p2(self, x):
         """P2 component I2 (..., n_q) of structures x (..., n_atoms, 3) in A photoselected along their own dipole
-        (``xfit.physics._anisotropy``; X-rays, electron units)."""
+        (``xfit.physics._anisotropy``), for this spec's probe (electrons without an energy: gamma = 1, as in
+        ``intensity``)."""
         numbers, q = np.asarray(self.numbers), np.asarray(self.q)
         mu = _anisotropy.dipole_vector(self.dipole, x)
-        return _anisotropy.anisotropic_intensity(numbers, x, q, mu, kind="elastic")[1]
+        if self.probe == "xray":
+            return _anisotropy.anisotropic_intensity(numbers, x, q, mu, kind="elastic")[1]
+        energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
+        electron = {"probe": "electron", "energy_kev": energy, "electron_model": self.electron_model}
+        out = _anisotropy.anisotropic_intensity(numbers, x, q, mu, **electron)[1]
+        if self.energy_kev is None:
+            out = out / relativistic_factor(_NOMINAL_KEV) ** 2
+        return out
 
     def modified(self, i_molecular, i_atomic):
         """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda."""
@@ -208,6 +218,12 @@ def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
     i0 = spec.intensity(x, spec.model_kind)
     i2 = spec.intensity_p2(x)
     both = jnp.concatenate([i0, i2], axis=-1)
+    if spec.kind in ("sm", "delta_sm"):
+        i_atomic = spec.intensity(x, "atomic")
+        i_atomic = jnp.concatenate([i_atomic, i_atomic], axis=-1)
+        q2 = jnp.asarray(np.concatenate([spec.q, spec.q]), both.dtype)
+        if spec.kind == "sm":
+            both = q2 * both / i_atomic
     if spec.kind in SCALED_KINDS:
         columns = [both]
         if spec.background:
@@ -220,6 +236,8 @@ def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
             params["background"] = coef[..., 1]
         return model, params
     shape = both - i_ref
+    if spec.kind == "delta_sm":
+        shape = q2 * shape / i_atomic
     if spec.kind == "percent_difference":
         n_q = i0.shape[-1]
         i0_ref = i_ref[..., :n_q]
@@ -396,9 +414,15 @@ def _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigm
     if p2_patterns is None or len(p2_patterns) != len(patterns):
         raise ValueError("a joint anisotropic likelihood needs one P2 pattern per isotropic pattern")
     y = np.stack([np.concatenate([p.values, p2.values]) for p, p2 in zip(patterns, p2_patterns, strict=True)])
+    scales = np.ones(len(patterns))
+    if spec.kind == "sm":  # the data's scale against the reference's sM: only for the assumed sigma (as above)
+        with jax.enable_x64(True):
+            x64 = jnp.asarray(reference_positions, jnp.float64)
+            s_ref = np.asarray(spec.modified(spec.intensity(x64, "molecular"), spec.intensity(x64, "atomic")))
+        scales = np.stack([p.values for p in patterns]) @ s_ref / max(float(s_ref @ s_ref), 1e-300)
     ws, has = [], []
-    for p, p2 in zip(patterns, p2_patterns, strict=True):
-        w0, h0 = weights(p, relative_sigma)
+    for p, p2, scale in zip(patterns, p2_patterns, scales, strict=True):
+        w0, h0 = weights(p, relative_sigma, scale)
         w2, h2 = (1.0 / p2.sigma**2, True) if p2.sigma is not None else (w0 / 5.0, False)
         ws.append(np.concatenate([w0, w2]))
         has.append(bool(h0 and h2))

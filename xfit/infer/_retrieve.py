@@ -160,10 +160,10 @@ def _split_components(patterns: list[Pattern], dipole) -> tuple[list[Pattern], l
                 f"P2 pattern {k} is a {b.probe} {b.kind!r} pattern, its isotropic partner a {a.probe} {a.kind!r} one; "
                 "the two components of one measurement share kind and probe"
             )
-        if b.probe != "xray" or b.kind not in ANISOTROPIC_KINDS:
+        if b.kind not in ANISOTROPIC_KINDS or (b.probe == "electron" and b.kind == "total"):
             raise ValueError(
-                f"anisotropic retrieval models X-ray patterns of kinds {ANISOTROPIC_KINDS}, not a {b.probe} {b.kind!r} "
-                "pattern (the P2 kernel uses X-ray form factors)"
+                f"anisotropic retrieval models patterns of kinds {ANISOTROPIC_KINDS} (no 'total' for electrons), "
+                f"not a {b.probe} {b.kind!r} pattern (atomic and inelastic scattering have no P2 component)"
             )
         _check_signal(b, k)
     return iso, p2
@@ -338,15 +338,16 @@ def retrieve(
             only a plain "difference" with a fixed ``fraction`` needs it. Electron kinds: "elastic", "atomic",
             "molecular", "sm" (scale fitted), "percent_difference", "difference", "delta_sm" (fraction fixed or
             fitted); "total" and "inelastic" are errors for electrons (no inelastic model).
-        dipole: anisotropic (photoselected) retrieval, X-rays: the pump's transition dipole in the molecular frame,
+        dipole: anisotropic (photoselected) retrieval: the pump's transition dipole in the molecular frame,
             ``("bond", i, j)`` (along r_j - r_i) or ``("normal", i, j, k)`` (normal to the plane of atoms i, j, k),
             atom indices of ``atoms``; it moves with the structure (``xfit.dipole_vector``). ``pattern`` then mixes
             isotropic (``legendre=0``) and P2 (``legendre=2``) components on the same q grid, paired in order:
             ``retrieve([p0, p2], atoms, dipole=("bond", 0, 1))``, or [p0_a, p0_b, p2_a, p2_b] for two time points.
             Each pair is fitted jointly (chi2 of both components summed) by one structure, with one shared scale
             (intensity kinds) or excitation fraction (differences); one Retrieval per pair, its ``pattern``/``model``
-            the isotropic component and ``pattern_p2``/``model_p2`` the P2 one. Kinds: total, elastic, molecular,
-            percent_difference (P2 as 100 Delta I2 / I_off), difference.
+            the isotropic component and ``pattern_p2``/``model_p2`` the P2 one. Kinds: total (X-rays), elastic,
+            molecular, percent_difference (P2 as 100 Delta I2 / I_off), difference; electrons also sm (P2 as
+            q I2/I_at) and delta_sm (q Delta I2/I_at).
         prior: which learned prior, and so which strategy.
             "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
             that fits (the posterior becomes the default once its error bars hold: see AUTO_CONFORMER).

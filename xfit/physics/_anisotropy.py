@@ -114,7 +114,17 @@ def dipole_vector(spec: tuple, positions):
     return raw / jnp.sqrt(jnp.sum(raw * raw, axis=-1, keepdims=True) + 1e-30)
 
 
-def anisotropic_intensity(numbers, positions, q, dipole, *, kind: str = "elastic"):
+def anisotropic_intensity(
+    numbers,
+    positions,
+    q,
+    dipole,
+    *,
+    kind: str = "elastic",
+    probe: str = "xray",
+    energy_kev: float | None = None,
+    electron_model: str = "mott-bethe",
+):
     """(I0, I2) of a cos^2-photoselected ensemble (see the module notes), pure JAX.
 
     Args:
@@ -122,10 +132,15 @@ def anisotropic_intensity(numbers, positions, q, dipole, *, kind: str = "elastic
         positions: (..., n_atoms, 3) in A.
         q: q = 4 pi sin(theta)/lambda in 1/A, (n_q,).
         dipole: transition dipole (..., 3) in the molecular frame (any length > 0; only its direction matters).
-        kind: "elastic" (default) or "total": Compton scattering is isotropic and adds to I0 only.
+        kind: "elastic" (default) or "total": Compton scattering is isotropic and adds to I0 only (X-rays; for
+            electrons "total" is the elastic intensity, no inelastic model).
+        probe: "xray" (form factors f0) or "electron" (scattering factors f_e, ``xfit.electron_form_factor``: the
+            same derivation holds for any real, isotropic atomic scattering factor).
+        energy_kev, electron_model: electrons only, as for ``xfit.intensity``.
 
     Returns:
-        I0, I2, each (..., n_q), electron units. Differentiable with respect to positions and dipole.
+        I0, I2, each (..., n_q), electron units (X-rays) or A^2 (electrons). Differentiable with respect to
+        positions and dipole.
     """
     if kind not in ("elastic", "total"):
         raise ValueError(f"kind must be 'elastic' or 'total' for anisotropic scattering, got {kind!r}")
@@ -136,10 +151,17 @@ def anisotropic_intensity(numbers, positions, q, dipole, *, kind: str = "elastic
         raise ValueError(f"dipole must have 3 components, got shape {dipole.shape}")
     if not isinstance(dipole, jax.core.Tracer) and np.any(np.linalg.norm(np.asarray(dipole), axis=-1) == 0):
         raise ValueError("dipole has zero length: the photoselection axis is undefined")
-    i0 = _iam.intensity(z, positions, q, kind=kind)
+    if probe == "xray":
+        i0 = _iam.intensity(z, positions, q, kind=kind)
+    else:
+        electron = {"probe": probe, "energy_kev": energy_kev, "electron_model": electron_model}
+        i0 = _iam.intensity(z, positions, q, kind="elastic", **electron)
     q = jnp.asarray(q, positions.dtype)
     i, j = np.triu_indices(len(z), k=1)
-    f = _elements.form_factor(z, q)
+    if probe == "xray":
+        f = _elements.form_factor(z, q)
+    else:
+        f = _elements.electron_form_factor(z, q, energy_kev=energy_kev, electron_model=electron_model)
     d = positions[..., i, :] - positions[..., j, :]
     r = jnp.sqrt(jnp.sum(d * d, axis=-1) + 1e-30)
     mu = dipole / jnp.linalg.norm(dipole, axis=-1, keepdims=True)
