@@ -356,3 +356,18 @@ def test_cli_writes_a_p2_pattern_and_retrieves_jointly_from_it(tmp_path, capsys,
     assert "P2 component" in capsys.readouterr().out and (tmp_path / "r.xyz").is_file()
     assert main(argv[:3] + argv[5:]) == 2  # --p2 without --dipole
     assert "needs both --p2 FILE and --dipole" in capsys.readouterr().err
+
+
+def test_cli_writes_an_electron_sm_p2_pattern(tmp_path, skeleton):
+    from xfit.cli import main
+
+    _, truth = skeleton
+    truth.write(tmp_path / "truth.xyz")
+    argv = ["pattern", str(tmp_path / "truth.xyz"), "--probe", "electron", "--energy-kev", "90", "--kind", "sm"]
+    argv += ["--q", "1:10:46", "--legendre", "2", "--dipole", "bond:0,3", "-o", str(tmp_path / "p2.txt")]
+    assert main(argv) == 0
+    p2 = xfit.load_pattern(tmp_path / "p2.txt")
+    assert (p2.kind, p2.probe, p2.energy_kev, p2.legendre) == ("sm", "electron", 90.0, 2)
+    i_at = xfit.scattering(truth, p2.q, kind="atomic", probe="electron", energy_kev=90.0)
+    expected = p2.q * _electron_i2_numpy(truth, p2.q, BOND, 90.0) / i_at
+    np.testing.assert_allclose(p2.values, expected, rtol=1e-7, atol=1e-10 * np.abs(expected).max())  # 11-digit text

@@ -185,8 +185,17 @@ def _pattern_p2(args, frames) -> int:
 
     import xfit
 
-    if args.probe != "xray" or args.kind not in ("total", "elastic", "molecular"):
-        raise ValueError("--legendre 2 is for X-ray --kind total, elastic or molecular (the P2 component is elastic)")
+    kinds = ("total", "elastic", "molecular") if args.probe == "xray" else ("elastic", "molecular", "sm")
+    if args.kind not in kinds:
+        raise ValueError(
+            f"--legendre 2 with --probe {args.probe} takes --kind {', '.join(kinds)} (the P2 component is elastic "
+            "and molecular; sm: q I2/I_at)"
+        )
+    electron = {}
+    if args.probe == "electron":
+        if args.energy_kev is None:
+            raise ValueError("--probe electron needs --energy-kev (e.g. 90 for keV UED, 3000 for MeV UED)")
+        electron = {"probe": "electron", "energy_kev": args.energy_kev}
     if args.dipole is None:
         raise ValueError(
             "--legendre 2 needs --dipole (bond:I,J, normal:I,J,K or X,Y,Z): the P2 component is zero "
@@ -196,26 +205,54 @@ def _pattern_p2(args, frames) -> int:
         raise ValueError("--legendre 2 takes --noise REL only (no --photons, --reference, --fraction, --plot)")
     q = args.q
     mus = _dipole_vectors(_parse_dipole(args.dipole, frames[0]), frames)
-    pairs = [xfit.anisotropic_scattering(f, q, mu, kind="total") for f, mu in zip(frames, mus, strict=True)]
+    pairs = [_components(f, q, mu, electron) for f, mu in zip(frames, mus, strict=True)]
     values, sigma = np.stack([i2 for _, i2 in pairs]), None
+    i0 = np.stack([i0 for i0, _ in pairs])
+    if args.kind == "sm":  # q I2/I_at, noise REL x I0 propagated as for sM
+        i_at = np.stack([xfit.scattering(f, q, kind="atomic", **electron) for f in frames])
+        values, i0 = q * values / i_at, q * i0 / i_at
     if args.noise is not None:
-        sigma = np.sqrt(5) * args.noise * np.stack([i0 for i0, _ in pairs])
+        sigma = np.sqrt(5) * args.noise * i0
         values = values + sigma * np.asarray(jax.random.normal(jax.random.key(args.seed), values.shape), np.float64)
     meta = {"structure": str(args.structure), "dipole": args.dipole}
     patterns = [
         xfit.Pattern(
-            q, v, None if sigma is None else sigma[k], kind=args.kind, metadata={**meta, "frame": k}, legendre=2
+            q,
+            v,
+            None if sigma is None else sigma[k],
+            kind=args.kind,
+            probe=args.probe,
+            metadata={**meta, "frame": k},
+            energy_kev=args.energy_kev,
+            legendre=2,
         )
         for k, v in enumerate(values)
     ]
     print(f"{args.structure}: {frames[0].get_chemical_formula()}, {len(frames[0])} atoms, {len(frames)} frame(s)")
     print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; P2 component I2 (legendre=2), dipole {args.dipole}")
     for k, p in enumerate(patterns[:10]):
-        print(f"  frame {k}: max |I2| = {np.max(np.abs(p.values)):.4g} electron units")
+        print(f"  frame {k}: max |P2 component| = {np.max(np.abs(p.values)):.4g}")
     if args.output:
         xfit.save_patterns(args.output, patterns)
         print(f"wrote {args.output}")
     return 0
+
+
+def _components(atoms, q, mu, electron: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(I0, I2) float64 of one structure photoselected along mu: X-ray total I0, or electron elastic."""
+    if not electron:
+        import xfit
+
+        return xfit.anisotropic_scattering(atoms, q, mu, kind="total")
+    import jax
+    import jax.numpy as jnp
+
+    from xfit.physics._anisotropy import anisotropic_intensity
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(atoms.positions, jnp.float64)
+        i0, i2 = anisotropic_intensity(atoms.numbers, x, q, np.asarray(mu, np.float64), **electron)
+        return np.asarray(i0), np.asarray(i2)
 
 
 def _pattern_image(args, frames) -> int:
