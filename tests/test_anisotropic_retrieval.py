@@ -368,6 +368,7 @@ def test_cli_writes_an_electron_sm_p2_pattern(tmp_path, skeleton):
     assert main(argv) == 0
     p2 = xfit.load_pattern(tmp_path / "p2.txt")
     assert (p2.kind, p2.probe, p2.energy_kev, p2.legendre) == ("sm", "electron", 90.0, 2)
-    i_at = xfit.scattering(truth, p2.q, kind="atomic", probe="electron", energy_kev=90.0)
-    expected = p2.q * _electron_i2_numpy(truth, p2.q, BOND, 90.0) / i_at
-    np.testing.assert_allclose(p2.values, expected, rtol=1e-7, atol=1e-10 * np.abs(expected).max())  # 11-digit text
+    written = xfit.read_structures(tmp_path / "truth.xyz")[0]  # as the CLI read it (xyz rounds positions)
+    i_at = xfit.scattering(written, p2.q, kind="atomic", probe="electron", energy_kev=90.0)
+    expected = p2.q * _electron_i2_numpy(written, p2.q, BOND, 90.0) / i_at
+    np.testing.assert_allclose(p2.values, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())

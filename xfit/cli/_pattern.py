@@ -171,11 +171,14 @@ def _parse_dipole(text: str, atoms) -> tuple:
 
 def _dipole_vectors(dipole: tuple, frames) -> np.ndarray:
     """(n_frames, 3): the dipole of each frame (a fixed vector, or one attached to atoms, moving with them)."""
+    import jax
+
     import xfit
 
     if dipole[0] == "vector":
         return np.broadcast_to(dipole[1], (len(frames), 3))
-    return np.stack([np.asarray(xfit.dipole_vector(dipole, f.positions)) for f in frames])
+    with jax.enable_x64(True):  # float64 like the patterns: the CLI does not turn x64 on globally
+        return np.stack([np.asarray(xfit.dipole_vector(dipole, np.asarray(f.positions, np.float64))) for f in frames])
 
 
 def _pattern_p2(args, frames) -> int:
