@@ -199,6 +199,7 @@ def retrieve(
     chunk: int | None = None,
     prior="auto",
     strategy: Strategy | None = None,
+    client=None,
 ) -> Retrieval | list[Retrieval]:
     """Retrieve the molecular structure behind a scattering pattern (or a batch of them).
 
@@ -245,7 +246,12 @@ def retrieve(
         seed: seed of every random draw (the same seed gives the same result).
         dtype: float32 (fast) or float64 (needs jax_enable_x64).
         progress: show a progress bar (stderr). chunk: patterns per compiled call (default: all, or 64 with
-            ``progress``).
+            ``progress``); with ``client``, patterns per Dask task (default: about 4 tasks per worker, at most 64).
+        client: a ``dask.distributed.Client`` (``pip install 'xfit[dask]'``): the batch is split into equal chunks
+            (the last one padded) run on the cluster's workers and gathered in order. Each pattern's random draws
+            depend only on the seed and its position in the batch, so the result is the serial one (up to float32
+            rounding, which depends on the batch shape); a worker lost mid-chunk is survived (its chunk reruns).
+            Not with ``smoothness`` > 0 (a coupled series is one problem).
 
     Returns:
         A :class:`Retrieval` (one pattern) or a list of them (a sequence of patterns); ``info["method"]`` says
@@ -254,7 +260,9 @@ def retrieve(
     Raises:
         ValueError: NaN or sigma <= 0 in a pattern (raised when the Pattern is built), q outside the model's range,
         a difference pattern with no reference geometry, atoms whose count or order does not match the reference,
-        patterns on different q grids, unknown options, a conformer prior given for another molecule.
+        patterns on different q grids, unknown options, a conformer prior given for another molecule,
+        ``client`` with ``smoothness`` > 0.
+        TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
     single = isinstance(pattern, Pattern)
     patterns = [pattern] if single else list(pattern)
@@ -294,6 +302,20 @@ def retrieve(
         }
         choice = _choose_strategy(problem, prior, starts, fraction, model_kind, dtype, progress, refinement)
         strategy, info["prior"] = choice
+    if client is not None:
+        from xfit.infer import _distributed
+
+        results = _distributed.retrieve_on_cluster(
+            client,
+            problem,
+            strategy,
+            seed=seed,
+            duplicate_tolerance=duplicate_tolerance,
+            info=info,
+            chunk=chunk,
+            progress=progress,
+        )
+        return results[0] if single else results
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
     return results[0] if single else results
