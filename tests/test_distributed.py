@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import h5py
 import jax
 import numpy as np
 import pytest
@@ -49,6 +50,15 @@ def chd_patterns(chd):
 @pytest.fixture(scope="module")
 def serial(chd_patterns, chd):
     return xfit.retrieve(chd_patterns, chd, **FAST)
+
+
+# 600 structures (the 6,000 only cost time: every chunk is the same code path) in 6 chunks of 100.
+POOL = _pool.PoolSpec("DT", "wigner", 600, (0.5, 8.0, 32), forcefield="mmff", chunk=100, seed=3)
+
+
+@pytest.fixture(scope="module")
+def serial_pool(tmp_path_factory):
+    return _pool.build_pool(tmp_path_factory.mktemp("pools") / "serial.h5", POOL)
 
 
 def _max_deviation(a, b) -> float:
@@ -94,16 +104,11 @@ def test_coupled_series_and_bad_client_are_refused(client, chd_patterns, chd):
         xfit.retrieve(chd_patterns, chd, client="tcp://127.0.0.1:8786", **FAST)
 
 
-def test_wigner_pool_built_on_the_cluster_equals_the_serial_pool(client, tmp_path):
-    # 600 structures (the 6,000 would only cost time: the chunks are the same code path) in 6 chunks.
-    spec = _pool.PoolSpec("DT", "wigner", 600, (0.5, 8.0, 32), forcefield="mmff", chunk=100, seed=3)
-    serial = _pool.build_pool(tmp_path / "serial.h5", spec)
+def test_wigner_pool_built_on_the_cluster_equals_the_serial_pool(client, serial_pool):
     with get_task_stream(client) as stream:
-        spread = _pool.build_pool(tmp_path / "spread.h5", spec, client=client)
+        spread = _pool.build_pool(serial_pool.parent / "spread.h5", POOL, client=client)
     assert len({t["worker"] for t in stream.data if str(t["key"]).startswith("xfit-pool")}) == 2
-    import h5py
-
-    with h5py.File(serial, "r") as a, h5py.File(spread, "r") as b:
+    with h5py.File(serial_pool, "r") as a, h5py.File(spread, "r") as b:
         assert b.attrs["status"] == "complete" and b["positions"].shape == (600, len(a["numbers"]), 3)
         for name in ("positions", "patterns", "reference_positions", "hessian"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
@@ -132,3 +137,28 @@ def test_a_worker_killed_mid_run_loses_nothing(client, chd_patterns, chd, serial
     assert victim not in client.scheduler_info()["workers"]  # the process did die (its nanny starts a new one)
     assert len(out["results"]) == len(chd_patterns)
     assert _max_deviation(out["results"], serial) < 1e-3
+
+
+def test_cli_pool_and_retrieve_with_a_scheduler_give_the_serial_results(client, chd, chd_patterns, serial, serial_pool):
+    from ase.io import read, write
+
+    from xfit.cli import main
+
+    tmp, address = serial_pool.parent, client.scheduler.address
+    pool = tmp / "cli.h5"
+    argv = ["pool", "DT", "--method", "wigner", "-n", "600", "--q", "0.5:8:32", "--forcefield", "mmff"]
+    assert main([*argv, "--chunk", "100", "--seed", "3", "-o", str(pool), "--scheduler", address]) == 0
+    with h5py.File(serial_pool, "r") as a, h5py.File(pool, "r") as b:
+        for name in ("positions", "patterns"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+    # The 8-pattern series as a file; --starts/--steps/--seed as FAST, so the workers reuse what they compiled.
+    series, start, out = tmp / "series.npz", tmp / "chd.xyz", tmp / "r.xyz"
+    xfit.save_patterns(series, chd_patterns)
+    write(start, chd)
+    argv = ["retrieve", str(series), "--atoms", str(start), "--no-prior", "--starts", "3", "--steps", "60"]
+    assert main([*argv, "--seed", "4", "-o", str(out), "--scheduler", address]) == 0
+    frames = read(out, index=":")
+    assert len(frames) == len(serial)
+    deviation = [np.max(np.abs(f.positions - r.atoms.positions)) for f, r in zip(frames, serial, strict=True)]
+    assert max(deviation) < 1e-3

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from xfit.cli._common import pair, value_range, write_xyz
+from xfit.cli._common import SCHEDULER_HELP, dask_client, pair, value_range, write_xyz
 from xfit.data._pattern import PATTERN_KINDS
 
 
@@ -20,7 +20,17 @@ def run(args) -> int:
     print(f"{args.pattern}: {len(patterns)} pattern(s), {patterns[0]!r}")
     reference_note = f"; reference: {args.reference}" if args.reference else ""
     print(f"start: {args.atoms} ({atoms.get_chemical_formula()}, {len(atoms)} atoms){reference_note}")
-    results = xfit.retrieve(
+    with dask_client(args.scheduler) as client:
+        results = _retrieve(args, patterns, atoms, reference, client)
+    _report(results)
+    _write_outputs(args, results, atoms)
+    return 0
+
+
+def _retrieve(args, patterns, atoms, reference, client):
+    import xfit
+
+    return xfit.retrieve(
         patterns,
         atoms,
         reference=reference,
@@ -33,10 +43,8 @@ def run(args) -> int:
         seed=args.seed,
         progress=len(patterns) > 1 and sys.stderr.isatty(),
         prior=None if args.no_prior else (args.prior or "auto"),
+        client=client,
     )
-    _report(results)
-    _write_outputs(args, results, atoms)
-    return 0
 
 
 def _selected_patterns(args) -> list:
@@ -161,6 +169,7 @@ def add_parser(sub) -> None:
     prior.add_argument(
         "--no-prior", action="store_true", help="refinement with covalent restraints alone (no learned prior)"
     )
+    r.add_argument("--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP + " (not with --smoothness)")
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
     r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
