@@ -115,6 +115,26 @@ def test_wigner_pool_built_on_the_cluster_equals_the_serial_pool(client, serial_
     assert not _pool._chunk_dir(spread).exists()
 
 
+def test_a_pool_interrupted_on_the_cluster_resumes_to_the_serial_pool(client, serial_pool):
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two_chunks(done, total):
+        if done >= 2 * POOL.chunk:
+            raise Interrupt
+
+    path = serial_pool.parent / "interrupted.h5"
+    with pytest.raises(Interrupt):
+        _pool.build_pool(path, POOL, client=client, progress=stop_after_two_chunks)
+    with h5py.File(path, "r") as f:  # what was published is a readable pool of the finished chunks
+        assert f.attrs["status"] == "building" and f.attrs["n_complete"] == 2 * POOL.chunk
+    _pool.build_pool(path, POOL, client=client)
+    with h5py.File(serial_pool, "r") as a, h5py.File(path, "r") as b:
+        assert b.attrs["status"] == "complete"
+        for name in ("positions", "patterns"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
 def test_a_worker_killed_mid_run_loses_nothing(client, chd_patterns, chd, serial):
     client.wait_for_workers(2)
     out = {}
