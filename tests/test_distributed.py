@@ -139,7 +139,7 @@ def test_a_worker_killed_mid_run_loses_nothing(client, chd_patterns, chd, serial
     client.wait_for_workers(2)
     out = {}
     run = threading.Thread(
-        target=lambda: out.setdefault("results", xfit.retrieve(chd_patterns, chd, client=client, chunk=1, **FAST))
+        target=lambda: out.setdefault("results", xfit.retrieve(chd_patterns, chd, client=client, chunk=2, **FAST))
     )
     run.start()
     victim = None
@@ -172,7 +172,7 @@ def test_cli_pool_and_retrieve_with_a_scheduler_give_the_serial_results(client, 
         for name in ("positions", "patterns"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
-    # The 8-pattern series as a file; --starts/--steps/--seed as FAST, so the workers reuse what they compiled.
+    # The 8-pattern series as a file; --starts/--steps/--seed as FAST (default chunk: 1 pattern per task).
     series, start, out = tmp / "series.npz", tmp / "chd.xyz", tmp / "r.xyz"
     xfit.save_patterns(series, chd_patterns)
     write(start, chd)
