@@ -78,6 +78,20 @@ def test_retrieval_on_two_workers_matches_the_serial_call(client, chd_patterns, 
         assert a.chi2_reduced == pytest.approx(b.chi2_reduced, rel=1e-2)
 
 
+def _compiled_refinements() -> int:
+    from xfit.infer._refinement import refine
+
+    return refine._cache_size()
+
+
+def test_a_padded_last_chunk_reuses_the_compiled_function(client, chd_patterns, chd, serial):
+    xfit.retrieve(chd_patterns[:2], chd, client=client, chunk=2, **FAST)  # every worker has compiled chunks of 2
+    before = client.run(_compiled_refinements)
+    odd = xfit.retrieve(chd_patterns[:7], chd, client=client, chunk=2, **FAST)  # 3 chunks of 2, one padded 1 + 1
+    assert client.run(_compiled_refinements) == before
+    assert len(odd) == 7 and _max_deviation(odd, serial[:7]) < 1e-3
+
+
 def test_a_pattern_draws_the_same_starts_in_any_batch(chd_patterns, chd):
     # What makes the cluster result the serial one: pattern t's starts depend on (seed, t) only.
     from xfit.chem._graph import MoleculeGraph
