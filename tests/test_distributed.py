@@ -52,8 +52,8 @@ def serial(chd_patterns, chd):
     return xfit.retrieve(chd_patterns, chd, **FAST)
 
 
-# 600 structures (the 6,000 only cost time: every chunk is the same code path) in 6 chunks of 100.
-POOL = _pool.PoolSpec("DT", "wigner", 600, (0.5, 8.0, 32), forcefield="mmff", chunk=100, seed=3)
+# The 6,000 structures in 6 chunks of 1,000 (a Wigner/MMFF chunk computes in ~0.1 s).
+POOL = _pool.PoolSpec("DT", "wigner", 6000, (0.5, 8.0, 32), forcefield="mmff", chunk=1000, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_wigner_pool_built_on_the_cluster_equals_the_serial_pool(client, serial_
         spread = _pool.build_pool(serial_pool.parent / "spread.h5", POOL, client=client)
     assert len({t["worker"] for t in stream.data if str(t["key"]).startswith("xfit-pool")}) == 2
     with h5py.File(serial_pool, "r") as a, h5py.File(spread, "r") as b:
-        assert b.attrs["status"] == "complete" and b["positions"].shape == (600, len(a["numbers"]), 3)
+        assert b.attrs["status"] == "complete" and b["positions"].shape == (POOL.n, len(a["numbers"]), 3)
         for name in ("positions", "patterns", "reference_positions", "hessian"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
     assert not _pool._chunk_dir(spread).exists()
@@ -184,8 +184,8 @@ def test_cli_pool_and_retrieve_with_a_scheduler_give_the_serial_results(client, 
 
     tmp, address = serial_pool.parent, client.scheduler.address
     pool = tmp / "cli.h5"
-    argv = ["pool", "DT", "--method", "wigner", "-n", "600", "--q", "0.5:8:32", "--forcefield", "mmff"]
-    assert main([*argv, "--chunk", "100", "--seed", "3", "-o", str(pool), "--scheduler", address]) == 0
+    argv = ["pool", "DT", "--method", "wigner", "-n", "6000", "--q", "0.5:8:32", "--forcefield", "mmff"]
+    assert main([*argv, "--chunk", "1000", "--seed", "3", "-o", str(pool), "--scheduler", address]) == 0
     with h5py.File(serial_pool, "r") as a, h5py.File(pool, "r") as b:
         for name in ("positions", "patterns"):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
