@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.limit, args.stride, args.nmm_stride = 1, 20, 20
+        # The two strategies' code paths; the other rows are the default call's refinement with other priors.
+        args.methods = args.methods or ["default call", "posterior (prior='conformer')"]
     q = np.linspace(0.5, 8.0, 76)
     results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76]}
     if CHD.exists():

@@ -172,7 +172,7 @@ def test_a_trained_prior_proposes_and_retrieve_uses_it(tiny_pool, tmp_path):
     assert broad.any_molecule_of == (1, 6, 8) and xfit.load_prior(tmp_path / "b").any_molecule_of == (1, 6, 8)
     acetone = xfit.molecule("CC(C)=O", forcefield="mmff")
     assert broad.fits(acetone) and not prior.fits(acetone) and not broad.fits(xfit.molecule("DT", forcefield="mmff"))
-    percent = xfit.Pattern(q, np.zeros_like(q) + 0.01, kind="percent_difference")
+    percent = xfit.Pattern(q, 0.01 * np.sin(q), kind="percent_difference")
     unknown = xfit.retrieve(percent, ethanol, prior=prior, **common)
     assert unknown.info["n_starts"] == 2 + TINY.n_hypotheses * len(xfit.infer._starts.PROPOSAL_FRACTIONS)
 

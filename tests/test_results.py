@@ -207,7 +207,7 @@ def test_retrieve_cli_writes_a_results_file_for_h5_output(fitted, tmp_path, caps
 
     results, _, _ = fitted
     for name in ("r.h5", "r.xyz"):
-        args = argparse.Namespace(samples=None, output=tmp_path / name, plot=None, track=[])
+        args = argparse.Namespace(samples=None, output=tmp_path / name, plot=None, track=[], scheduler=None)
         _write_outputs(args, results, results[0].atoms)
     assert "xfit.load_results" in capsys.readouterr().out
     for a, b in zip(results, xfit.load_results(tmp_path / "r.h5"), strict=True):

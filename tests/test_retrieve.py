@@ -90,7 +90,9 @@ def test_retrieves_a_distorted_structure_from_its_pattern(chd):
     truth = perturbed(skeleton, 0.08, seed=1)
     pattern = xfit.Pattern(Q, 3.7 * xfit.scattering(truth, Q))  # unknown overall scale
     start_error = xfit.rmsd(skeleton, truth)
-    result = xfit.retrieve(pattern, skeleton, restraints=None, n_starts=8, steps=600)
+    # 16 starts: with 8, whether one lands in the true basin depends on the seed's draws (seeds 0-5 reach it in 3 of
+    # 6 with the batch-wide stream of starts, 5 of 6 with per-pattern keys; 16 reach it for seeds 0-3).
+    result = xfit.retrieve(pattern, skeleton, restraints=None, n_starts=16, steps=600)
     assert xfit.rmsd(result.atoms, truth) < 0.1 * start_error
     assert result.parameters["scale"] == pytest.approx(3.7, rel=1e-3)
     assert result.chi2_reduced < 1e-3  # noiseless data, relative weights

@@ -166,6 +166,9 @@ class _Context:
 
             self.modes = normal_modes(self.atoms, self.hessian)
 
+    def __getstate__(self):  # shipped to Dask workers without the force-field calculator (rebuilt there if needed)
+        return {**self.__dict__, "_calc": None}
+
     @property
     def calc(self):
         if self._calc is None:
@@ -227,6 +230,35 @@ def _patterns(numbers, positions: np.ndarray, spec: PoolSpec, batch: int = 8192)
         x = jax.numpy.asarray(positions[lo : lo + batch], jax.numpy.float32)
         out[lo : lo + batch] = np.asarray(_iam.intensity(numbers, x, q, kind=spec.kind, probe=spec.probe))
     return out
+
+
+def _compute_chunk(context: _Context, index: int, rows: int, x64: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk ``index``: its ``rows`` structures (rows, n_atoms, 3) float32 A and their patterns (rows, n_q) float32;
+    a function of (spec, seed, chunk index) only, so a Dask worker computes what the serial loop would. ``x64``:
+    the client's jax_enable_x64 (None: this process's own)."""
+    with jax.enable_x64(bool(jax.config.jax_enable_x64) if x64 is None else x64):
+        positions = context.sample(index, rows).astype(np.float32)
+        return positions, _patterns(context.atoms.numbers, positions, context.spec)
+
+
+def _chunks(context: _Context, indices: range, client) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The chunks ``indices`` in order: computed here, or on the Dask cluster behind ``client`` (the context sent
+    once to every worker; at most 4 chunks per worker in flight, so the client holds a bounded number)."""
+    spec = context.spec
+    if client is None:
+        for index in indices:
+            yield _compute_chunk(context, index, spec.chunk_rows(index))
+        return
+    from xfit._dask import check_client, ordered_results
+
+    n_workers = check_client(client)
+    shared = client.scatter(context, broadcast=True, hash=False)
+    x64 = bool(jax.config.jax_enable_x64)
+    calls = ((shared, index, spec.chunk_rows(index), x64) for index in indices)
+    try:
+        yield from ordered_results(client, _compute_chunk, calls, window=4 * n_workers, name="xfit-pool")
+    finally:
+        shared.release()
 
 
 def _attributes(spec: PoolSpec, context: _Context, status: str, n_done: int) -> dict:
@@ -345,6 +377,7 @@ def build_pool(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     prepare_only: bool = False,
+    client=None,
 ) -> Path:
     """Build (or finish) the pool described by ``spec`` at ``path``; see the module notes on crash safety.
 
@@ -357,6 +390,11 @@ def build_pool(
             Hessian): ``path`` is then a valid, empty pool (``status`` 'building', 0 structures). Running the same
             spec again samples the structures and their patterns from what is stored, without RDKit or the force
             field for Wigner pools: prepare on a CPU machine, carry the small file to a GPU machine, finish there.
+        client: a ``dask.distributed.Client`` (``pip install 'xfit[dask]'``): the chunks (sampling and patterns, the
+            expensive part) are computed on the cluster's workers, and written here, in order, by this process
+            alone, with the same crash safety and resume; the pool is the serial one (each chunk depends only on
+            the spec, seed and its index), whatever the number of workers. The reference geometry and Hessian are
+            computed here first.
 
     Returns:
         The path of the finished pool.
@@ -385,11 +423,8 @@ def build_pool(
         return path
     if progress:
         progress(sum(spec.chunk_rows(k) for k in range(done)), spec.n)
-    numbers = context.atoms.numbers
-    for index in range(done, spec.n_chunks):
-        rows = spec.chunk_rows(index)
-        positions = context.sample(index, rows).astype(np.float32)
-        patterns = _patterns(numbers, positions, spec)
+    chunks = _chunks(context, range(done, spec.n_chunks), client)
+    for index, (positions, patterns) in zip(range(done, spec.n_chunks), chunks, strict=True):
 
         def write(f, positions=positions, patterns=patterns):
             f.create_dataset("positions", data=positions, **_COMPRESSION)

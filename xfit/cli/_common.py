@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -105,3 +106,28 @@ def add_cache_option(parser) -> None:
         help="do not use the persistent compilation cache ($XFIT_CACHE_DIR, default ~/.cache/xfit/jax): every run "
         "compiles afresh",
     )
+
+
+SCHEDULER_HELP = (
+    "run the work on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786; pip install "
+    "'xfit[dask]'); the result is the one without it"
+)
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None, timeout: float = 20.0):
+    """A ``dask.distributed.Client`` connected to the scheduler at ``address`` for the duration (None: no client);
+    a clear ValueError when Dask is missing or the scheduler cannot be reached."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("--scheduler needs dask.distributed: pip install 'xfit[dask]'") from None
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ValueError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s ({err})") from None
+    with client:
+        yield client

@@ -6,7 +6,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from xfit.cli._common import Q_HELP, pair, parse_q, value_range
+from xfit.cli._common import Q_HELP, SCHEDULER_HELP, dask_client, pair, parse_q, value_range
 
 
 def run(args) -> int:
@@ -45,9 +45,15 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        path = _pool.build_pool(
-            args.output, spec, overwrite=args.overwrite, progress=progress, prepare_only=args.prepare_only
-        )
+        with dask_client(args.scheduler) as client:
+            path = _pool.build_pool(
+                args.output,
+                spec,
+                overwrite=args.overwrite,
+                progress=progress,
+                prepare_only=args.prepare_only,
+                client=client,
+            )
     finally:
         bar.close()
     if args.prepare_only:
@@ -132,6 +138,9 @@ def add_parser(sub) -> None:
         action="store_true",
         help="only the force-field work (minimum, Hessian); the same command without it samples the rest, "
         "e.g. a Wigner pool on a GPU machine without RDKit or tblite",
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP + "; the pool file is written here, by this process"
     )
     p.add_argument("--pair", type=pair, action="append", default=[], metavar="I,J", help="info: distances to show")
     p.add_argument("--plot", type=Path, metavar="PNG", help="info: histogram of the chosen distances")

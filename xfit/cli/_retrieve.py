@@ -7,7 +7,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from xfit.cli._common import add_cache_option, dipole_spec, pair, value_range, write_xyz
+from xfit.cli._common import (
+    SCHEDULER_HELP,
+    add_cache_option,
+    dask_client,
+    dipole_spec,
+    pair,
+    value_range,
+    write_xyz,
+)
 from xfit.data._pattern import PATTERN_KINDS
 
 
@@ -27,8 +35,26 @@ def run(args) -> int:
         print(f"{args.p2}: {len(p2)} P2 component(s), {p2[0]!r}; dipole {args.dipole} (jointly fitted)")
     reference_note = f"; reference: {args.reference}" if args.reference else ""
     print(f"start: {args.atoms} ({atoms.get_chemical_formula()}, {len(atoms)} atoms){reference_note}")
-    results = xfit.retrieve(
-        patterns + p2,
+    # On a cluster an .h5 output is written chunk by chunk as the workers finish (a stopped run keeps its results).
+    stream = args.scheduler is not None and _is_results_file(args.output)
+    if stream:
+        xfit.save_results([], args.output)  # an empty results file, replacing any earlier one
+    with dask_client(args.scheduler) as client:
+        results = _retrieve(args, patterns + p2, atoms, reference, client, args.output if stream else None)
+    _report(results)
+    _write_outputs(args, results, atoms)
+    return 0
+
+
+def _is_results_file(path) -> bool:
+    return path is not None and path.suffix.lower() in (".h5", ".hdf5")
+
+
+def _retrieve(args, patterns, atoms, reference, client, results_file):
+    import xfit
+
+    return xfit.retrieve(
+        patterns,
         atoms,
         reference=reference,
         fraction=args.fraction,
@@ -42,10 +68,9 @@ def run(args) -> int:
         prior=None if args.no_prior else (args.prior or "auto"),
         electron_model=args.electron_model,
         dipole=args.dipole,
+        client=client,
+        results_file=results_file,
     )
-    _report(results)
-    _write_outputs(args, results, atoms)
-    return 0
 
 
 def _selected_patterns(args, path: Path, legendre: int | None = None) -> list:
@@ -99,8 +124,9 @@ def _write_outputs(args, results, atoms) -> None:
 
         save_samples(results, args.samples)
         print(f"wrote {args.samples} (posterior samples, modes and structures)")
-    if args.output and args.output.suffix.lower() in (".h5", ".hdf5"):
-        xfit.save_results(results, args.output)
+    if _is_results_file(args.output):
+        if args.scheduler is None:  # with one, retrieve has streamed them there already
+            xfit.save_results(results, args.output)
         print(f"wrote {args.output} ({len(results)} result(s): structures, fits, uncertainties; xfit.load_results)")
     elif args.output:
         frames = []
@@ -208,6 +234,7 @@ def add_parser(sub) -> None:
     prior.add_argument(
         "--no-prior", action="store_true", help="refinement with covalent restraints alone (no learned prior)"
     )
+    r.add_argument("--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP + " (not with --smoothness)")
     r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
     r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
     add_cache_option(r)

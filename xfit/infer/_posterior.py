@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from xfit.infer._likelihood import Likelihood
-from xfit.infer._problem import Ensemble, Problem, shard
+from xfit.infer._problem import Ensemble, Problem, pattern_keys, shard
 
 __all__ = ["Posterior", "anneal", "local_posterior"]
 
@@ -119,7 +119,7 @@ def local_posterior(
     energy,
     x_star,
     sigma_min,
-    key,
+    keys,
     noise_scale,
     step_size,
     *,
@@ -140,8 +140,9 @@ def local_posterior(
     Args:
         likelihood: T patterns. energy: the prior's energy function f(x, sigma).
         x_star: optima (T, S, n_atoms, 3) in A. sigma_min: the prior's noise level (A) for E.
-        key: PRNG key. noise_scale: (T,) factor dividing the likelihood weights (1 with sigma given; the
-            re-estimated chi2_reduced without). step_size: MALA step in whitened units (about 1.65 d^(-1/6)).
+        keys: one PRNG key per pattern (T,). noise_scale: (T,) factor dividing the likelihood weights (1 with
+            sigma given; the re-estimated chi2_reduced without). step_size: MALA step in whitened units (about
+            1.65 d^(-1/6)).
         floor: smallest curvature (1/A^2) kept along any internal direction.
 
     Returns:
@@ -216,7 +217,7 @@ def local_posterior(
         return samples, log_mass, jnp.sum(res * res, axis=-1), energy(samples, sigma_min), accepted / (draws * thin)
 
     t_index = jnp.arange(x_star.shape[0])
-    keys = jax.random.split(key, x_star.shape[:2])
+    keys = jax.vmap(lambda k: jax.random.split(k, x_star.shape[1]))(keys)
     per_pattern = jax.vmap(one, in_axes=(None, 0, 0))
     return jax.vmap(per_pattern, in_axes=(0, 0, 0))(t_index, x_star, keys)
 
@@ -296,17 +297,21 @@ class Posterior:
     name: str = "posterior"
 
     def particles(self, problem: Problem, key: jax.Array) -> np.ndarray:
-        """Seeds (T, S, n_atoms, 3) in A: prior draws, the input geometry and its perturbations, extra seeds."""
+        """Seeds (T, S, n_atoms, 3) in A: prior draws, the input geometry and its perturbations, extra seeds.
+        Pattern t's draws come from its own key (:func:`pattern_keys`): independent of the batch it is in."""
         t, n = problem.n_patterns, len(problem.molecule)
-        k_prior, k_local = jax.random.split(key)
+        keys = jax.vmap(jax.random.split)(pattern_keys(problem, key))
+        k_prior, k_local = keys[:, 0], keys[:, 1]
         parts = []
         if self.n_prior:
-            drawn = self.prior.sample(k_prior, problem.molecule, t * self.n_prior, steps=self.prior_steps)
-            drawn = np.asarray(drawn, np.float64)
-            parts.append(drawn.reshape(t, self.n_prior, n, 3))
+            # One call per pattern (one compiled shape, reused): a batched draw would tie each pattern's samples to
+            # the batch size.
+            drawn = [self.prior.sample(k, problem.molecule, self.n_prior, steps=self.prior_steps) for k in k_prior]
+            parts.append(np.asarray(drawn, np.float64).reshape(t, self.n_prior, n, 3))
         start = np.asarray(problem.atoms.positions, np.float64)
         local = np.broadcast_to(start, (t, max(self.n_local, 1), n, 3)).copy()
-        noise = np.asarray(jax.random.normal(k_local, local[:, 1:].shape), np.float64)
+        shape = local.shape[1:]
+        noise = np.asarray(jax.vmap(lambda k: jax.random.normal(k, (shape[0] - 1, *shape[1:])))(k_local), np.float64)
         local[:, 1:] += self.perturbation * noise
         parts.append(local)
         if self.extra_starts is not None:
@@ -331,6 +336,7 @@ class Posterior:
     def run(self, problem: Problem, key: jax.Array) -> Ensemble:
         k_seed, k_draw = jax.random.split(key)
         x0 = self.particles(problem, k_seed)
+        k_draw = pattern_keys(problem, k_draw)
         energy = self.prior.energy_fn(problem.molecule)
         sigma_min = float(self.prior.sigma_min)
         sigmas = np.geomspace(max(self.sigma_start, sigma_min), sigma_min, self.steps)

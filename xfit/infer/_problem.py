@@ -20,7 +20,7 @@ from xfit.chem._graph import MoleculeGraph
 from xfit.data._pattern import Pattern
 from xfit.infer._likelihood import Likelihood
 
-__all__ = ["Ensemble", "Problem", "Strategy"]
+__all__ = ["Ensemble", "Problem", "Strategy", "pattern_keys"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,6 +33,9 @@ class Problem:
         molecule: the molecular graph, built once from ``atoms``.
         atoms: the starting structure. reference: the reference geometry (difference patterns, restraints).
         difference: whether the patterns are difference signals against ``reference``.
+        index: (T,) each pattern's position in the whole batch the user gave (None: 0..T-1). A part of a batch
+            (one chunk on a Dask worker) keeps its patterns' global positions, so that every pattern draws the same
+            random numbers however the batch is split (see :func:`pattern_keys`).
     """
 
     patterns: tuple[Pattern, ...]
@@ -41,10 +44,26 @@ class Problem:
     atoms: Atoms
     reference: Atoms
     difference: bool
+    index: np.ndarray | None = None
 
     @property
     def n_patterns(self) -> int:
         return len(self.patterns)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """(T,) the patterns' positions in the whole batch."""
+        return np.arange(self.n_patterns) if self.index is None else np.asarray(self.index, np.int64)
+
+    def part(self, index) -> Problem:
+        """The sub-problem of the patterns at ``index`` (positions in this problem), keeping their global index."""
+        index = np.asarray(index, np.int64)
+        return dataclasses.replace(
+            self,
+            patterns=tuple(self.patterns[k] for k in index),
+            likelihood=self.likelihood.select(index),
+            index=self.indices[index],
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +101,13 @@ class Strategy(Protocol):
     name: str
 
     def run(self, problem: Problem, key: jax.Array) -> Ensemble: ...
+
+
+def pattern_keys(problem: Problem, key: jax.Array) -> jax.Array:
+    """One PRNG key per pattern (T,), ``fold_in(key, t)`` for each pattern's global index t: a pattern's random
+    draws depend on the seed and its position in the batch only, never on how many patterns are retrieved together
+    or how a batch is chunked (serially or across Dask workers)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jax.numpy.asarray(problem.indices, jax.numpy.uint32))
 
 
 def shard(arrays: list[np.ndarray], dtype) -> list[jax.Array]:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from xfit.infer._likelihood import Likelihood
-from xfit.infer._problem import Ensemble, Problem, shard
+from xfit.infer._problem import Ensemble, Problem, pattern_keys, shard
 from xfit.infer._restraints import Restraints, restraint_chi2
 from xfit.infer._starts import random_starts
 
@@ -117,16 +117,22 @@ class Refinement:
     name: str = "refinement"
 
     def starts(self, problem: Problem, key: jax.Array) -> np.ndarray:
-        """All starts (T, S + E, n_atoms, 3) in A."""
-        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-        x0 = random_starts(
-            problem.atoms.positions,
-            problem.molecule,
-            problem.n_patterns,
-            self.n_starts,
-            self.perturbation,
-            self.free_pairs,
-            rng,
+        """All starts (T, S + E, n_atoms, 3) in A; pattern t's random starts come from its own key
+        (:func:`pattern_keys`), so they do not depend on the batch it is retrieved in."""
+        seeds = np.asarray(jax.random.key_data(pattern_keys(problem, key))).reshape(problem.n_patterns, -1)
+        x0 = np.concatenate(
+            [
+                random_starts(
+                    problem.atoms.positions,
+                    problem.molecule,
+                    1,
+                    self.n_starts,
+                    self.perturbation,
+                    self.free_pairs,
+                    np.random.default_rng(seed.tolist()),
+                )
+                for seed in seeds
+            ]
         )
         if self.extra_starts is not None:
             x0 = np.concatenate([x0, np.asarray(self.extra_starts, np.float64)], axis=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -319,6 +320,8 @@ def retrieve(
     strategy: Strategy | None = None,
     electron_model: str = "mott-bethe",
     dipole: tuple | None = None,
+    client=None,
+    results_file: str | os.PathLike | None = None,
 ) -> Retrieval | list[Retrieval]:
     """Retrieve the molecular structure behind a scattering pattern (or a batch of them).
 
@@ -381,7 +384,15 @@ def retrieve(
         seed: seed of every random draw (the same seed gives the same result).
         dtype: float32 (fast) or float64 (needs jax_enable_x64).
         progress: show a progress bar (stderr). chunk: patterns per compiled call (default: all, or 64 with
-            ``progress``).
+            ``progress``); with ``client``, patterns per Dask task (default: about 4 tasks per worker, at most 64).
+        client: a ``dask.distributed.Client`` (``pip install 'xfit[dask]'``): the batch is split into equal chunks
+            (the last one padded) run on the cluster's workers and gathered in order. Each pattern's random draws
+            depend only on the seed and its position in the batch, so the result is the serial one (up to float32
+            rounding, which depends on the batch shape); a worker lost mid-chunk is survived (its chunk reruns).
+            Not with ``smoothness`` > 0 (a coupled series is one problem).
+        results_file: append every result to this results file (``xfit.save_results``; created when missing) as
+            soon as it exists: with ``client``, chunk by chunk as the workers finish them, so a run that stops
+            midway keeps every finished result (``xfit.load_results`` reads it, also while it is written).
 
     Returns:
         A :class:`Retrieval` (one pattern) or a list of them (a sequence of patterns); ``info["method"]`` says
@@ -391,9 +402,11 @@ def retrieve(
         ValueError: NaN or sigma <= 0 in a pattern (raised when the Pattern is built), q outside the model's range,
         a difference pattern with no reference geometry, atoms whose count or order does not match the reference,
         patterns on different q grids, unknown options, a conformer prior given for another molecule, an electron
-        pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid; for anisotropic
-        retrieval a P2 pattern without a dipole (or a dipole without P2 patterns), unpaired components, a P2
-        component on another q grid than its partner's, a dipole naming atoms that do not exist or repeated ones.
+        pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid,
+        ``client`` with ``smoothness`` > 0; for anisotropic retrieval a P2 pattern without a dipole (or a dipole
+        without P2 patterns), unpaired components, a P2 component on another q grid than its partner's, a dipole
+        naming atoms that do not exist or repeated ones.
+        TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
     single = isinstance(pattern, Pattern)
     patterns = [pattern] if single else list(pattern)
@@ -449,17 +462,54 @@ def retrieve(
         }
         choice = _choose_strategy(problem, prior, starts, fraction, model_kind, dtype, progress, refinement)
         strategy, info["prior"] = choice
+    if client is not None:
+        from xfit.infer import _distributed
+
+        results = _distributed.retrieve_on_cluster(
+            client,
+            problem,
+            strategy,
+            seed=seed,
+            duplicate_tolerance=duplicate_tolerance,
+            info=info,
+            chunk=chunk,
+            progress=progress,
+            on_part=lambda first, part: _deliver(
+                part,
+                patterns[first : first + len(part)],
+                results_file,
+                None if p2_patterns is None else (problem, first, p2_patterns),
+            ),
+        )
+        return results[0] if single else results
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
+    results = _deliver(results, patterns, results_file, None if p2_patterns is None else (problem, 0, p2_patterns))
+    return results[0] if single else results
+
+
+def _deliver(results: list[Retrieval], patterns: list[Pattern], results_file, p2=None) -> list[Retrieval]:
+    """Results annotated (``_annotate``) and, with ``results_file``, appended to it (a chunk at a time on a cluster).
+
+    p2: for anisotropic retrieval, (problem, index of the first result in it, all P2 patterns): each result gets its
+    P2 pattern and the fitted P2 model.
+    """
     results = [_annotate(r, p) for r, p in zip(results, patterns, strict=True)]
-    if p2_patterns is not None:
+    if p2 is not None:
+        problem, first, p2_patterns = p2
         results = [
             dataclasses.replace(
-                r, pattern_p2=p2, model_p2=_model_pattern(problem, t, _fit(problem, t, r.atoms.positions)[0], 2)
+                r,
+                pattern_p2=p2_patterns[t],
+                model_p2=_model_pattern(problem, t, _fit(problem, t, r.atoms.positions)[0], 2),
             )
-            for t, (r, p2) in enumerate(zip(results, p2_patterns, strict=True))
+            for t, r in enumerate(results, start=first)
         ]
-    return results[0] if single else results
+    if results_file is not None:
+        from xfit.data._results import save_results
+
+        save_results(results, results_file, append=True)
+    return results
 
 
 def _annotate(result: Retrieval, pattern: Pattern) -> Retrieval:
