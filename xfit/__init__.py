@@ -47,6 +47,7 @@ from xfit.learn._train import TrainConfig as TrainConfig
 from xfit.learn._train import train as train
 from xfit.physics._anisotropy import anisotropic_intensity as anisotropic_intensity
 from xfit.physics._anisotropy import anisotropic_scattering as anisotropic_scattering
+from xfit.physics._anisotropy import dipole_vector as dipole_vector
 from xfit.physics._anisotropy import oriented_intensity as oriented_intensity
 from xfit.physics._detector import Detector as Detector
 from xfit.physics._detector import radial_average as radial_average
@@ -97,6 +98,7 @@ __all__ = [
     "covalent_restraints",
     "difference",
     "dihedral",
+    "dipole_vector",
     "electron_form_factor",
     "electron_wavelength",
     "estimate_noise",

@@ -37,6 +37,23 @@ def pair(text: str) -> tuple[int, int]:
     return i, j
 
 
+def dipole_spec(text: str) -> tuple:
+    """``bond:I,J`` -> ("bond", I, J), ``normal:I,J,K`` -> ("normal", I, J, K): a transition dipole attached to atoms
+    (0-based indices); see ``xfit.dipole_vector``."""
+    kind, sep, rest = text.partition(":")
+    counts = {"bond": 2, "normal": 3}
+    try:
+        indices = tuple(int(v) for v in rest.split(","))
+    except ValueError:
+        indices = ()
+    if not sep or kind not in counts or len(indices) != counts[kind]:
+        raise argparse.ArgumentTypeError(
+            f"expected a dipole bond:I,J (along atom I -> J) or normal:I,J,K (normal to the plane of atoms I, J, K), "
+            f"0-based atom indices, got {text!r}"
+        )
+    return (kind, *indices)
+
+
 def value_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(":"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xfit.cli._common import Q_HELP, parse_q
+from xfit.cli._common import Q_HELP, dipole_spec, parse_q
 from xfit.physics._iam import KINDS
 
 SM_KINDS = ("sm", "delta_sm")
@@ -32,6 +32,8 @@ def run(args) -> int:
     xray = args.probe == "xray"
     if not xray and args.kind == "inelastic":
         raise ValueError("electron inelastic scattering is not modelled; use --kind elastic")
+    if args.legendre == 2:
+        return _pattern_p2(args, frames)
     if args.kind in SM_KINDS:
         return _pattern_sm(args, frames, probe)
     if args.reference is not None or args.fraction is not None:
@@ -146,6 +148,116 @@ def _pattern_sm(args, frames, probe: dict) -> int:
     return 0
 
 
+def _parse_dipole(text: str, atoms) -> tuple:
+    """``X,Y,Z`` (a fixed vector in the structure's frame) or bond:I,J / normal:I,J,K (attached to atoms)."""
+    import argparse
+
+    from xfit.physics._anisotropy import check_dipole
+
+    if ":" not in text:
+        try:
+            vector = np.array([float(v) for v in text.split(",")])
+        except ValueError:
+            vector = np.zeros(0)
+        if vector.shape != (3,):
+            raise ValueError(f"--dipole expects X,Y,Z, bond:I,J or normal:I,J,K, got {text!r}")
+        return ("vector", vector)
+    try:
+        spec = dipole_spec(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--dipole: {err}") from None
+    return check_dipole(spec, len(atoms), atoms.positions)
+
+
+def _dipole_vectors(dipole: tuple, frames) -> np.ndarray:
+    """(n_frames, 3): the dipole of each frame (a fixed vector, or one attached to atoms, moving with them)."""
+    import jax
+
+    import xfit
+
+    if dipole[0] == "vector":
+        return np.broadcast_to(dipole[1], (len(frames), 3))
+    with jax.enable_x64(True):  # float64 like the patterns: the CLI does not turn x64 on globally
+        return np.stack([np.asarray(xfit.dipole_vector(dipole, np.asarray(f.positions, np.float64))) for f in frames])
+
+
+def _pattern_p2(args, frames) -> int:
+    """--legendre 2: the P2 component I2(q) of a cos^2-photoselected ensemble, one Pattern (legendre=2) per frame;
+    with --noise REL, Gaussian noise of sqrt(5) x REL x I0 (the P2 projection of noise REL x I0 uniform over angle)."""
+    import jax
+
+    import xfit
+
+    kinds = ("total", "elastic", "molecular") if args.probe == "xray" else ("elastic", "molecular", "sm")
+    if args.kind not in kinds:
+        raise ValueError(
+            f"--legendre 2 with --probe {args.probe} takes --kind {', '.join(kinds)} (the P2 component is elastic "
+            "and molecular; sm: q I2/I_at)"
+        )
+    electron = {}
+    if args.probe == "electron":
+        if args.energy_kev is None:
+            raise ValueError("--probe electron needs --energy-kev (e.g. 90 for keV UED, 3000 for MeV UED)")
+        electron = {"probe": "electron", "energy_kev": args.energy_kev}
+    if args.dipole is None:
+        raise ValueError(
+            "--legendre 2 needs --dipole (bond:I,J, normal:I,J,K or X,Y,Z): the P2 component is zero "
+            "without photoselection"
+        )
+    if args.photons is not None or args.reference is not None or args.fraction is not None or args.plot:
+        raise ValueError("--legendre 2 takes --noise REL only (no --photons, --reference, --fraction, --plot)")
+    q = args.q
+    mus = _dipole_vectors(_parse_dipole(args.dipole, frames[0]), frames)
+    pairs = [_components(f, q, mu, electron) for f, mu in zip(frames, mus, strict=True)]
+    values, sigma = np.stack([i2 for _, i2 in pairs]), None
+    i0 = np.stack([i0 for i0, _ in pairs])
+    if args.kind == "sm":  # q I2/I_at, noise REL x I0 propagated as for sM
+        i_at = np.stack([xfit.scattering(f, q, kind="atomic", **electron) for f in frames])
+        values, i0 = q * values / i_at, q * i0 / i_at
+    if args.noise is not None:
+        sigma = np.sqrt(5) * args.noise * i0
+        values = values + sigma * np.asarray(jax.random.normal(jax.random.key(args.seed), values.shape), np.float64)
+    meta = {"structure": str(args.structure), "dipole": args.dipole}
+    patterns = [
+        xfit.Pattern(
+            q,
+            v,
+            None if sigma is None else sigma[k],
+            kind=args.kind,
+            probe=args.probe,
+            metadata={**meta, "frame": k},
+            energy_kev=args.energy_kev,
+            legendre=2,
+        )
+        for k, v in enumerate(values)
+    ]
+    print(f"{args.structure}: {frames[0].get_chemical_formula()}, {len(frames[0])} atoms, {len(frames)} frame(s)")
+    print(f"q = {q[0]:g}..{q[-1]:g} 1/A in {len(q)} points; P2 component I2 (legendre=2), dipole {args.dipole}")
+    for k, p in enumerate(patterns[:10]):
+        print(f"  frame {k}: max |P2 component| = {np.max(np.abs(p.values)):.4g}")
+    if args.output:
+        xfit.save_patterns(args.output, patterns)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _components(atoms, q, mu, electron: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(I0, I2) float64 of one structure photoselected along mu: X-ray total I0, or electron elastic."""
+    if not electron:
+        import xfit
+
+        return xfit.anisotropic_scattering(atoms, q, mu, kind="total")
+    import jax
+    import jax.numpy as jnp
+
+    from xfit.physics._anisotropy import anisotropic_intensity
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(atoms.positions, jnp.float64)
+        i0, i2 = anisotropic_intensity(atoms.numbers, x, q, np.asarray(mu, np.float64), **electron)
+        return np.asarray(i0), np.asarray(i2)
+
+
 def _pattern_image(args, frames) -> int:
     import jax
 
@@ -155,7 +267,7 @@ def _pattern_image(args, frames) -> int:
     if args.probe != "xray":
         raise ValueError("--detector images are X-ray images; drop --probe electron")
     detector = _detector.Detector.from_poni(args.detector, polarization=args.polarization)
-    dipole = None if args.dipole is None else np.array([float(v) for v in args.dipole.split(",")])
+    dipole = None if args.dipole is None else _dipole_vectors(_parse_dipole(args.dipole, frames[0]), frames[:1])[0]
     key = jax.random.key(args.seed) if args.photons is not None else None
     image = _detector.simulate_image(frames[0], detector, dipole=dipole, photons=args.photons, key=key)
     pattern = _detector.radial_average(image, detector, n_bins=args.bins)
@@ -222,7 +334,20 @@ def add_parser(sub) -> None:
         metavar="GEOMETRY.poni",
         help="simulate a 2D detector image for this pyFAI PONI geometry, and plot it with its radial average",
     )
-    p.add_argument("--dipole", metavar="X,Y,Z", help="with --detector: photoselect along this transition dipole")
+    p.add_argument(
+        "--dipole",
+        metavar="X,Y,Z|bond:I,J|normal:I,J,K",
+        help="photoselect along this transition dipole (with --detector or --legendre 2): a fixed vector in the "
+        "structure's frame, or attached to atoms (0-based): along I -> J, or normal to the plane of I, J, K",
+    )
+    p.add_argument(
+        "--legendre",
+        type=int,
+        choices=(0, 2),
+        default=0,
+        help="0 (default): the isotropic curve; 2: its P2 component I2(q) under photoselection along --dipole, "
+        "written as a legendre=2 pattern (the --p2 input of xfit retrieve)",
+    )
     p.add_argument("--polarization", type=float, default=0.99, help="with --detector: degree of linear polarisation")
     p.add_argument("--bins", type=int, default=200, help="with --detector: q bins of the radial average")
     noise = p.add_mutually_exclusive_group()

@@ -7,17 +7,32 @@ import sys
 import textwrap
 from pathlib import Path
 
-from xfit.cli._common import SCHEDULER_HELP, add_cache_option, dask_client, pair, value_range, write_xyz
+from xfit.cli._common import (
+    SCHEDULER_HELP,
+    add_cache_option,
+    dask_client,
+    dipole_spec,
+    pair,
+    value_range,
+    write_xyz,
+)
 from xfit.data._pattern import PATTERN_KINDS
 
 
 def run(args) -> int:
     import xfit
 
-    patterns = _selected_patterns(args)
+    if (args.p2 is None) != (args.dipole is None):
+        raise ValueError("anisotropic retrieval needs both --p2 FILE and --dipole (bond:I,J or normal:I,J,K)")
+    patterns = _selected_patterns(args, args.pattern)
+    p2 = [] if args.p2 is None else _selected_patterns(args, args.p2, legendre=2)
+    if p2 and len(p2) != len(patterns):
+        raise ValueError(f"{args.pattern} gives {len(patterns)} pattern(s) but --p2 {args.p2} gives {len(p2)}")
     atoms = xfit.read_structures(args.atoms)[0]
     reference = xfit.read_structures(args.reference)[0] if args.reference else None
     print(f"{args.pattern}: {len(patterns)} pattern(s), {patterns[0]!r}")
+    if p2:
+        print(f"{args.p2}: {len(p2)} P2 component(s), {p2[0]!r}; dipole {args.dipole} (jointly fitted)")
     reference_note = f"; reference: {args.reference}" if args.reference else ""
     print(f"start: {args.atoms} ({atoms.get_chemical_formula()}, {len(atoms)} atoms){reference_note}")
     # On a cluster an .h5 output is written chunk by chunk as the workers finish (a stopped run keeps its results).
@@ -25,7 +40,7 @@ def run(args) -> int:
     if stream:
         xfit.save_results([], args.output)  # an empty results file, replacing any earlier one
     with dask_client(args.scheduler) as client:
-        results = _retrieve(args, patterns, atoms, reference, client, args.output if stream else None)
+        results = _retrieve(args, patterns + p2, atoms, reference, client, args.output if stream else None)
     _report(results)
     _write_outputs(args, results, atoms)
     return 0
@@ -52,26 +67,27 @@ def _retrieve(args, patterns, atoms, reference, client, results_file):
         progress=len(patterns) > 1 and sys.stderr.isatty(),
         prior=None if args.no_prior else (args.prior or "auto"),
         electron_model=args.electron_model,
+        dipole=args.dipole,
         client=client,
         results_file=results_file,
     )
 
 
-def _selected_patterns(args) -> list:
+def _selected_patterns(args, path: Path, legendre: int | None = None) -> list:
     """The patterns the options pick from the file: --index, --delays, --q-max."""
     import xfit
 
     if args.energy_kev is not None and (args.probe or "electron") != "electron":
         raise ValueError("--energy-kev is for --probe electron")
-    patterns = xfit.load_patterns(args.pattern, kind=args.kind, probe=args.probe, energy_kev=args.energy_kev)
+    patterns = xfit.load_patterns(path, kind=args.kind, probe=args.probe, energy_kev=args.energy_kev, legendre=legendre)
     if args.index is not None:
         if not -len(patterns) <= args.index < len(patterns):
-            raise IndexError(f"{args.pattern} holds {len(patterns)} patterns; --index {args.index} is out of range")
+            raise IndexError(f"{path} holds {len(patterns)} patterns; --index {args.index} is out of range")
         patterns = [patterns[args.index]]
     if args.delays is not None:
         lo, hi = args.delays
         if any(p.delay is None for p in patterns):
-            raise ValueError(f"{args.pattern} has no delays; --delays needs a time series")
+            raise ValueError(f"{path} has no delays; --delays needs a time series")
         tolerance = 1e-9 * max(1.0, abs(lo), abs(hi))  # delays stored as 1.2000000000000002 still count as 1.2
         patterns = [p for p in patterns if lo - tolerance <= p.delay <= hi + tolerance]
         if not patterns:
@@ -145,7 +161,8 @@ def add_parser(sub) -> None:
             "gradient descent on chi^2 with covalent restraints (--free-pair lets a bond break). With --prior "
             "conformer (or a prior from xfit train-prior) the posterior p(structure | pattern) is sampled instead "
             "(IAM likelihood, nuisance parameters solved in closed form): the heaviest mode is written, with "
-            "posterior error bars, and bonds may break without being told which. Files "
+            "posterior error bars, and bonds may break without being told which. With --p2 and --dipole the "
+            "isotropic and P2 components of a photoselected (polarised-pump) pattern are fitted jointly. Files "
             "with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, one structure per delay. "
             "q = 4 pi sin(theta)/lambda in 1/Angstrom.",
             width=100,
@@ -155,7 +172,8 @@ def add_parser(sub) -> None:
             "  xfit retrieve examples/data/chd_traj001_t12.txt --atoms examples/data/chd.xyz -o result.xyz "
             "--plot fit.png --samples posterior.h5\n"
             "  xfit retrieve NMM_exp_dataset.mat --atoms examples/data/nmm.xyz --fraction 0.057 --delays -0.1:4 "
-            "-o nmm_series.xyz --plot nmm_course.png"
+            "-o nmm_series.xyz --plot nmm_course.png\n"
+            "  xfit retrieve iso.txt --p2 p2.txt --dipole normal:0,1,2 --atoms examples/data/chd.xyz -o result.xyz"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -183,6 +201,21 @@ def add_parser(sub) -> None:
         default=[],
         metavar="I,J",
         help="atom pair (0-based) whose bond may break: not restrained (repeatable); e.g. 0,5 for CHD's C1-C6",
+    )
+    r.add_argument(
+        "--p2",
+        type=Path,
+        metavar="FILE",
+        help="anisotropic retrieval: the P2 Legendre component of the same measurement(s), same q grid, "
+        "kind and delays as PATTERN (read as legendre=2), fitted jointly with it (one scale or fraction); needs "
+        "--dipole",
+    )
+    r.add_argument(
+        "--dipole",
+        type=dipole_spec,
+        metavar="bond:I,J|normal:I,J,K",
+        help="with --p2: the pump's transition dipole in the molecular frame, along atoms I -> J or normal to the "
+        "plane of atoms I, J, K (0-based); it moves with the structure",
     )
     r.add_argument("--no-restraints", action="store_true", help="fit without covalent-geometry restraints")
     r.add_argument("--starts", type=int, default=32, help="starts per pattern (default 32)")

@@ -66,12 +66,17 @@ class Pattern:
         energy_kev: kinetic energy of the electrons in keV (probe="electron" only), or None when unknown: it sets
             only the relativistic factor gamma^2 of absolute electron intensities (see ``xfit.Likelihood``).
         delay: pump-probe delay in ps, or None.
+        legendre: which Legendre component of a photoselected (polarised-pump) pattern I0(q) + I2(q) P2(cos theta_q)
+            the curve is: 0 (default) the isotropic one, I0 (all an isotropic sample has); 2 the P2 component I2 of
+            the same kind (for a percent difference, 100 Delta I2 / I_off,0). ``xfit.retrieve`` fits a legendre=2
+            pattern jointly with its legendre=0 partner, given the transition dipole (see ``xfit.retrieve``).
         metadata: free-form provenance (source file, excitation fraction, ...).
 
     Raises:
         ValueError: on construction, naming the problem: NaN or infinite values, mismatched lengths, q not strictly
             increasing or negative, sigma not positive, unknown kind or probe, sM kinds for X-rays, energy_kev not
-            positive or given for X-rays.
+            positive or given for X-rays, legendre not 0 or 2, legendre=2 for kinds without a P2 component
+            ("atomic", "inelastic": isotropic by construction).
     """
 
     q: np.ndarray
@@ -82,6 +87,7 @@ class Pattern:
     delay: float | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     energy_kev: float | None = None
+    legendre: int = 0
 
     def __post_init__(self):
         q = _as_vector(self.q, "q")
@@ -120,6 +126,10 @@ class Pattern:
                 raise ValueError("energy_kev is for probe='electron'; X-ray patterns do not depend on photon energy")
             if not (np.isfinite(energy) and energy > 0):
                 raise ValueError(f"energy_kev must be a positive electron kinetic energy in keV, got {energy}")
+        if isinstance(self.legendre, bool) or self.legendre not in (0, 2):
+            raise ValueError(f"legendre must be 0 (isotropic component) or 2 (P2 component), got {self.legendre!r}")
+        if self.legendre == 2 and self.kind in ("atomic", "inelastic"):
+            raise ValueError(f"a {self.kind!r} pattern is isotropic by construction: it has no P2 (legendre=2) part")
         delay = None if self.delay is None else float(self.delay)
         if delay is not None and not np.isfinite(delay):
             raise ValueError("delay must be finite")
@@ -129,6 +139,7 @@ class Pattern:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "delay", delay)
         object.__setattr__(self, "energy_kev", energy)
+        object.__setattr__(self, "legendre", int(self.legendre))
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     def __len__(self) -> int:
@@ -137,6 +148,7 @@ class Pattern:
     def __repr__(self) -> str:
         delay = "" if self.delay is None else f", delay={self.delay:g} ps"
         delay += "" if self.energy_kev is None else f", {self.energy_kev:g} keV"
+        delay += ", P2 component" if self.legendre == 2 else ""
         sigma = "with sigma" if self.sigma is not None else "no sigma"
         return (
             f"Pattern({self.kind}, {self.probe}, {len(self.q)} points, q = {self.q[0]:.3g}..{self.q[-1]:.3g} 1/A, "
@@ -195,7 +207,7 @@ class Pattern:
         return path
 
     def _header(self) -> dict[str, Any]:
-        header = {"kind": self.kind, "probe": self.probe}
+        header = {"kind": self.kind, "probe": self.probe, "legendre": self.legendre}
         if self.energy_kev is not None:
             header["energy_kev"] = self.energy_kev
         if self.delay is not None:
@@ -247,7 +259,9 @@ def _first(mapping, keys, path, what, required=True):
     return None, None
 
 
-def _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, metadata, energy_kev=None) -> list[Pattern]:
+def _patterns_from_arrays(
+    path, q, values, sigma, delays, kind, probe, metadata, energy_kev=None, legendre=0
+) -> list[Pattern]:
     q = np.asarray(q, dtype=np.float64).ravel()
     values = np.asarray(values, dtype=np.float64)
     sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -282,6 +296,7 @@ def _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, metadata,
                     delay=None if delays is None else delays[k],
                     metadata={**metadata, "source": str(path), "index": k},
                     energy_kev=energy_kev,
+                    legendre=legendre,
                 )
             )
         except ValueError as err:
@@ -318,7 +333,8 @@ def _read_mapping(path: Path, mapping, attrs):
     value_key, values = _first(mapping, _VALUE_KEYS, path, "values")
     _, sigma = _first(mapping, _SIGMA_KEYS, path, "sigma", required=False)
     _, delays = _first(mapping, _DELAY_KEYS, path, "delay", required=False)
-    header = {k: str(np.asarray(v).squeeze()) for k, v in attrs.items() if k in ("kind", "probe", "energy_kev")}
+    keys = ("kind", "probe", "energy_kev", "legendre")
+    header = {k: str(np.asarray(v).squeeze()) for k, v in attrs.items() if k in keys}
     if "delay_ps" in attrs and delays is None:
         delays = [float(np.asarray(attrs["delay_ps"]))]
     if value_key == "iso" and "kind" not in header:  # the LCLS isotropic percent-difference layout (NMM data)
@@ -326,7 +342,9 @@ def _read_mapping(path: Path, mapping, attrs):
     return q, values, sigma, delays, header
 
 
-def _read_any(path: Path, kind: str | None, probe: str | None, energy_kev: float | None = None) -> list[Pattern]:
+def _read_any(
+    path: Path, kind: str | None, probe: str | None, energy_kev: float | None = None, legendre: int | None = None
+) -> list[Pattern]:
     if not path.exists():
         raise FileNotFoundError(f"pattern file not found: {path}")
     suffix = path.suffix.lower()
@@ -357,18 +375,28 @@ def _read_any(path: Path, kind: str | None, probe: str | None, energy_kev: float
             energy_kev = float(header["energy_kev"])
         except ValueError:
             raise ValueError(f"{path}: energy_kev = {header['energy_kev']!r} is not a number (keV)") from None
-    return _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, {}, energy_kev)
+    if legendre is None:
+        try:
+            legendre = int(header.get("legendre", 0))
+        except ValueError:
+            raise ValueError(f"{path}: legendre = {header['legendre']!r} is not 0 or 2") from None
+    return _patterns_from_arrays(path, q, values, sigma, delays, kind, probe, {}, energy_kev, legendre)
 
 
 def load_patterns(
-    path: str | os.PathLike, *, kind: str | None = None, probe: str | None = None, energy_kev: float | None = None
+    path: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    probe: str | None = None,
+    energy_kev: float | None = None,
+    legendre: int | None = None,
 ) -> list[Pattern]:
     """Read every pattern in a file: a list with one Pattern per delay (or a single-element list).
 
     Formats, by extension:
         - text (.txt, .dat, .csv or anything else): two or three columns q, value[, sigma]; '#' comment lines, of
-          which ``# kind = ...``, ``# probe = ...``, ``# energy_kev = ...`` and ``# delay_ps = ...`` are read (as
-          :meth:`Pattern.save` writes them).
+          which ``# kind = ...``, ``# probe = ...``, ``# energy_kev = ...``, ``# legendre = ...`` and
+          ``# delay_ps = ...`` are read (as :meth:`Pattern.save` writes them).
         - .npz, HDF5 (.h5, .hdf5) and MATLAB (.mat): arrays ``q`` and one of values/intensity/I/iso/signal, with
           optional sigma (or iso_stdx/stdx/err) and delays (or t, in ps). A 2-D values array holds one pattern per
           delay, stored as (n_delays, n_q) or (n_q, n_delays). The LCLS layout of the measured NMM data (q, t, iso,
@@ -379,11 +407,12 @@ def load_patterns(
         kind, probe: override what the file says (default "total" and "xray" when it says nothing).
         energy_kev: electron kinetic energy (keV), overriding the file's ``energy_kev`` (read for electrons only, so
             that ``probe="xray"`` on an electron file is not an error).
+        legendre: 0 or 2, overriding the file's ``legendre`` (default 0: the isotropic component).
 
     Raises:
         FileNotFoundError, ValueError naming the file, the pattern and the problem.
     """
-    return _read_any(Path(path), kind, probe, energy_kev)
+    return _read_any(Path(path), kind, probe, energy_kev, legendre)
 
 
 def load_pattern(
@@ -393,15 +422,16 @@ def load_pattern(
     kind: str | None = None,
     probe: str | None = None,
     energy_kev: float | None = None,
+    legendre: int | None = None,
 ) -> Pattern:
     """Read one pattern from a file (formats as in :func:`load_patterns`).
 
     Args:
         path: the file.
         index: which pattern of a multi-pattern file (e.g. which delay); required when there are several.
-        kind, probe, energy_kev: override what the file says.
+        kind, probe, energy_kev, legendre: override what the file says.
     """
-    patterns = load_patterns(path, kind=kind, probe=probe, energy_kev=energy_kev)
+    patterns = load_patterns(path, kind=kind, probe=probe, energy_kev=energy_kev, legendre=legendre)
     if index is None:
         if len(patterns) > 1:
             raise ValueError(
@@ -428,15 +458,15 @@ def save_patterns(path: str | os.PathLike, patterns: list[Pattern]) -> Path:
     for k, p in enumerate(patterns[1:], start=1):
         if not np.array_equal(p.q, first.q) or p.kind != first.kind or p.probe != first.probe:
             raise ValueError(f"pattern {k} differs from pattern 0 in q grid, kind or probe; save them separately")
-        if p.energy_kev != first.energy_kev:
-            raise ValueError(f"pattern {k} differs from pattern 0 in energy_kev; save them separately")
+        if p.energy_kev != first.energy_kev or p.legendre != first.legendre:
+            raise ValueError(f"pattern {k} differs from pattern 0 in energy_kev or legendre; save them separately")
     has_sigma = all(p.sigma is not None for p in patterns)
     arrays = {"q": first.q, "values": np.stack([p.values for p in patterns])}
     if has_sigma:
         arrays["sigma"] = np.stack([p.sigma for p in patterns])
     if all(p.delay is not None for p in patterns):
         arrays["delays"] = np.array([p.delay for p in patterns])
-    attrs = {"kind": first.kind, "probe": first.probe}
+    attrs = {"kind": first.kind, "probe": first.probe, "legendre": first.legendre}
     if first.energy_kev is not None:
         attrs["energy_kev"] = first.energy_kev
     suffix = path.suffix.lower()

@@ -11,7 +11,9 @@ Layout (schema version 1)::
             chi2 (n_c,)                     attrs chi2_reduced, info (JSON), atoms_info (JSON)
             parameters/                     attrs: one float per nuisance parameter
             pattern/, model/                q (n_q,) 1/A (q = 4 pi sin(theta)/lambda), values (n_q,), sigma (n_q,)
-                                            when known; attrs kind, probe, delay_ps (when known), metadata (JSON)
+                                            when known; attrs kind, probe, delay_ps (when known), metadata (JSON),
+                                            legendre (when 2)
+            pattern_p2/, model_p2/          the same, for the P2 component of an anisotropic retrieval only
             reference/                      numbers, positions (difference patterns only)
             uncertainty/                    distances (n, n) A, positions (n, 3) A, candidate_spread (n, n) A,
                                             covariance (3n, 3n) A^2, reference_positions (n, 3) A,
@@ -118,6 +120,8 @@ def _write_pattern(g, pattern) -> None:
     if pattern.delay is not None:
         g.attrs["delay_ps"] = pattern.delay
     g.attrs["metadata"] = _json(pattern.metadata)
+    if pattern.legendre:
+        g.attrs["legendre"] = int(pattern.legendre)
 
 
 def _write_record(g, r) -> None:
@@ -133,6 +137,9 @@ def _write_record(g, r) -> None:
         p.attrs[name] = float(value)
     _write_pattern(g.create_group("pattern"), r.pattern)
     _write_pattern(g.create_group("model"), r.model)
+    if r.pattern_p2 is not None:
+        _write_pattern(g.create_group("pattern_p2"), r.pattern_p2)
+        _write_pattern(g.create_group("model_p2"), r.model_p2)
     if r.reference is not None:
         ref = g.create_group("reference")
         ref["numbers"] = r.reference.numbers
@@ -240,6 +247,7 @@ def _pattern_from(g):
         probe=str(g.attrs["probe"]),
         delay=float(g.attrs["delay_ps"]) if "delay_ps" in g.attrs else None,
         metadata=json.loads(g.attrs["metadata"]),
+        legendre=int(g.attrs.get("legendre", 0)),
     )
 
 
@@ -275,6 +283,7 @@ def _record_from(g):
         reference=reference,
         info=json.loads(g.attrs["info"]),
         **optional,
+        **{n: _pattern_from(g[n]) if n in g else None for n in ("pattern_p2", "model_p2")},
     )
 
 

@@ -28,6 +28,16 @@ with a fixed fraction, whose model is absolute (A^2), needs the energy.
 into its jit-compiled loop as an argument; its methods are pure functions of the structure. The probe does not
 enter anywhere else: a prior over structures serves X-ray and electron likelihoods alike.
 
+Anisotropic (photoselected) patterns, X-rays or electrons: with a transition dipole ``dipole`` (attached to atoms, see
+``xfit.dipole_vector``) each measurement is a pair, its isotropic component y0 (legendre=0) and its P2 component y2
+(legendre=2), fitted jointly to one structure: y = [y0, y2] and m = [m0, m2] concatenated along q (2 n_q points),
+so chi2 is the sum of both components' chi2 and ONE nuisance parameter serves both (they are two projections of the
+same measured image): the scale a of intensity kinds (m2 = a I2(x), I2 from ``xfit.physics._anisotropy``; a flat
+background is isotropic and enters m0 only; for sM, m2 = a q I2(x)/I_at) and the fraction f of difference kinds
+(m2 = f (I2(x) - I2(ref)); for percent differences 100 f (I2(x) - I2(ref))/I0(ref): the unexcited sample is
+isotropic; for Delta sM, f q (I2(x) - I2(ref))/I_at). The excited structure
+carries its dipole (evaluated on x), the depleted ground state the reference's.
+
 Choices where the data say nothing (``weights``): without sigma the noise is assumed to be ``relative_sigma``
 (default 0.1 %) of each intensity (for difference patterns, that noise on I_on and I_off), which sets how the data
 weigh against restraints or a prior; fits then report chi2 against that assumption.
@@ -43,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xfit.data._pattern import Pattern
-from xfit.physics import _iam
+from xfit.physics import _anisotropy, _iam
 from xfit.physics._elements import relativistic_factor
 
 __all__ = [
@@ -64,6 +74,9 @@ SCALED_KINDS = (*INTENSITY_KINDS, "sm")
 ELECTRON_KINDS = ("elastic", "atomic", "molecular", "sm", "percent_difference", "difference", "delta_sm")
 """The kinds an electron pattern may have: electron inelastic scattering is not modelled, so "total" and
 "inelastic" would be modelled as something they are not."""
+ANISOTROPIC_KINDS = ("total", "elastic", "molecular", "percent_difference", "difference", "sm", "delta_sm")
+"""Kinds with a P2 (legendre=2) component the joint fit models (I2 is purely elastic and molecular); "total" for
+X-rays only, "sm" and "delta_sm" for electrons only (q I2/I_at and q Delta I2/I_at)."""
 FRACTION_KINDS = ("percent_difference", "delta_sm")
 """Difference kinds whose solved coefficient is the excitation fraction itself, held in [0, 1]."""
 _NOMINAL_KEV = 100.0
@@ -84,6 +97,9 @@ class LikelihoodSpec:
         probe: "xray" or "electron".
         energy_kev: electron kinetic energy (keV), or None: the model then uses gamma = 1 (see module notes).
         electron_model: "mott-bethe" or "kirkland" (electrons).
+        dipole: None (isotropic patterns), or the molecule-frame transition dipole ("bond", i, j) or
+            ("normal", i, j, k): then every pattern is a pair [I0 component, P2 component] concatenated along q, and
+            ``q`` is the grid of each half (see module notes).
     """
 
     numbers: tuple[int, ...]
@@ -95,6 +111,7 @@ class LikelihoodSpec:
     probe: str = "xray"
     energy_kev: float | None = None
     electron_model: str = "mott-bethe"
+    dipole: tuple | None = None
 
     @property
     def n_nuisance(self) -> int:
@@ -116,6 +133,21 @@ class LikelihoodSpec:
         out = _iam.intensity(
             numbers, x, q, kind=kind, probe="electron", energy_kev=energy, electron_model=self.electron_model
         )
+        if self.energy_kev is None:
+            out = out / relativistic_factor(_NOMINAL_KEV) ** 2
+        return out
+
+    def intensity_p2(self, x):
+        """P2 component I2 (..., n_q) of structures x (..., n_atoms, 3) in A photoselected along their own dipole
+        (``xfit.physics._anisotropy``), for this spec's probe (electrons without an energy: gamma = 1, as in
+        ``intensity``)."""
+        numbers, q = np.asarray(self.numbers), np.asarray(self.q)
+        mu = _anisotropy.dipole_vector(self.dipole, x)
+        if self.probe == "xray":
+            return _anisotropy.anisotropic_intensity(numbers, x, q, mu, kind="elastic")[1]
+        energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
+        electron = {"probe": "electron", "energy_kev": energy, "electron_model": self.electron_model}
+        out = _anisotropy.anisotropic_intensity(numbers, x, q, mu, **electron)[1]
         if self.energy_kev is None:
             out = out / relativistic_factor(_NOMINAL_KEV) ** 2
         return out
@@ -143,8 +175,11 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
     intensity), broadcastable to the model.
 
     Returns:
-        (model (..., n_q), parameters dict of (...,) arrays).
+        (model (..., n_q), parameters dict of (...,) arrays); with ``spec.dipole``, y, w, i_ref and the model are
+        (..., 2 n_q): the I0 and P2 components concatenated.
     """
+    if spec.dipole is not None:
+        return _joint_model_and_parameters(spec, x, y, w, i_ref)
     intensity = spec.intensity(x, spec.model_kind)
     if spec.kind in ("sm", "delta_sm"):
         # I_at does not depend on the structure; computed from x only for its batch shape and dtype.
@@ -172,6 +207,45 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
             # change (a smaller change with f > 1 fits as well): measured on CHD, f = 2.6 and 0.14 A carbon RMSD
             # unbounded, against 0.05 A with f known.
             f = jnp.clip(f, 1e-6, 1.0)
+    else:
+        f = jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
+    name = "fraction" if spec.kind in FRACTION_KINDS else "fraction_x_scale"
+    return f[..., None] * shape, {name: f}
+
+
+def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
+    """The anisotropic model [m0, m2] (..., 2 n_q) with one shared nuisance parameter (see module notes)."""
+    i0 = spec.intensity(x, spec.model_kind)
+    i2 = spec.intensity_p2(x)
+    both = jnp.concatenate([i0, i2], axis=-1)
+    if spec.kind in ("sm", "delta_sm"):
+        i_atomic = spec.intensity(x, "atomic")
+        i_atomic = jnp.concatenate([i_atomic, i_atomic], axis=-1)
+        q2 = jnp.asarray(np.concatenate([spec.q, spec.q]), both.dtype)
+        if spec.kind == "sm":
+            both = q2 * both / i_atomic
+    if spec.kind in SCALED_KINDS:
+        columns = [both]
+        if spec.background:
+            columns.append(jnp.concatenate([jnp.ones_like(i0), jnp.zeros_like(i2)], axis=-1))
+        columns = jnp.stack(columns, axis=-2)
+        coef = _weighted_lstsq(columns, y, w)
+        model = jnp.einsum("...k,...kq->...q", coef, columns)
+        params = {"scale": coef[..., 0]}
+        if spec.background:
+            params["background"] = coef[..., 1]
+        return model, params
+    shape = both - i_ref
+    if spec.kind == "delta_sm":
+        shape = q2 * shape / i_atomic
+    if spec.kind == "percent_difference":
+        n_q = i0.shape[-1]
+        i0_ref = i_ref[..., :n_q]
+        shape = 100.0 * shape / jnp.concatenate([i0_ref, i0_ref], axis=-1)
+    if spec.fraction is None:
+        f = jnp.sum(w * y * shape, axis=-1) / (jnp.sum(w * shape * shape, axis=-1) + 1e-30)
+        if spec.kind in FRACTION_KINDS:
+            f = jnp.clip(f, 1e-6, 1.0)  # as for isotropic patterns (see model_and_parameters)
     else:
         f = jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
     name = "fraction" if spec.kind in FRACTION_KINDS else "fraction_x_scale"
@@ -283,6 +357,8 @@ def build_likelihood(
     relative_sigma: float,
     dtype=jnp.float64,
     electron_model: str = "mott-bethe",
+    p2_patterns: Sequence[Pattern] | None = None,
+    dipole: tuple | None = None,
 ) -> Likelihood:
     """The likelihood of validated patterns on one q grid, its arrays in ``dtype``.
 
@@ -298,6 +374,11 @@ def build_likelihood(
         dtype: float32 or float64 (needs jax_enable_x64). The reference intensity is computed in it, so that a
             difference model of the reference itself is exactly zero.
         electron_model: "mott-bethe" or "kirkland", for electron patterns.
+        p2_patterns, dipole: for a joint anisotropic fit, the P2 (legendre=2) components paired in order with
+            ``patterns`` (their legendre=0 components) and the validated molecule-frame dipole (see
+            ``xfit.physics._anisotropy.check_dipole``). A P2 component without sigma is given sqrt(5) times its
+            partner's (assumed or given) sigma: projecting noise that is uniform over cos theta_q onto
+            (2l + 1)/2 P_l multiplies its variance by 2l + 1 relative to the l = 0 projection.
     """
     first = patterns[0]
     kind = first.kind
@@ -311,7 +392,10 @@ def build_likelihood(
         probe=first.probe,
         energy_kev=first.energy_kev if first.probe == "electron" else None,
         electron_model=electron_model if first.probe == "electron" else "mott-bethe",
+        dipole=None if dipole is None else tuple(dipole),
     )
+    if dipole is not None:
+        return _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype)
     y = np.stack([p.values for p in patterns])
     with jax.enable_x64(dtype == jnp.float64):
         x_ref = jnp.asarray(reference_positions, dtype)
@@ -323,3 +407,27 @@ def build_likelihood(
         ws = [weights(p, relative_sigma, a) for p, a in zip(patterns, scales, strict=True)]
         arrays = (jnp.asarray(y, dtype), jnp.asarray(np.stack([w for w, _ in ws]), dtype))
         return Likelihood(spec, tuple(bool(h) for _, h in ws), *arrays, jnp.broadcast_to(i_ref, y.shape))
+
+
+def _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype) -> Likelihood:
+    """The anisotropic likelihood: y, w, i_ref as (T, 2 n_q), the I0 and P2 components concatenated."""
+    if p2_patterns is None or len(p2_patterns) != len(patterns):
+        raise ValueError("a joint anisotropic likelihood needs one P2 pattern per isotropic pattern")
+    y = np.stack([np.concatenate([p.values, p2.values]) for p, p2 in zip(patterns, p2_patterns, strict=True)])
+    scales = np.ones(len(patterns))
+    if spec.kind == "sm":  # the data's scale against the reference's sM: only for the assumed sigma (as above)
+        with jax.enable_x64(True):
+            x64 = jnp.asarray(reference_positions, jnp.float64)
+            s_ref = np.asarray(spec.modified(spec.intensity(x64, "molecular"), spec.intensity(x64, "atomic")))
+        scales = np.stack([p.values for p in patterns]) @ s_ref / max(float(s_ref @ s_ref), 1e-300)
+    ws, has = [], []
+    for p, p2, scale in zip(patterns, p2_patterns, scales, strict=True):
+        w0, h0 = weights(p, relative_sigma, scale)
+        w2, h2 = (1.0 / p2.sigma**2, True) if p2.sigma is not None else (w0 / 5.0, False)
+        ws.append(np.concatenate([w0, w2]))
+        has.append(bool(h0 and h2))
+    with jax.enable_x64(dtype == jnp.float64):
+        x_ref = jnp.asarray(reference_positions, dtype)
+        i_ref = jnp.concatenate([spec.intensity(x_ref, spec.model_kind), spec.intensity_p2(x_ref)], axis=-1)
+        arrays = (jnp.asarray(y, dtype), jnp.asarray(np.stack(ws), dtype))
+        return Likelihood(spec, tuple(has), *arrays, jnp.broadcast_to(i_ref, y.shape))

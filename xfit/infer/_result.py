@@ -102,6 +102,8 @@ class Retrieval:
         model: the fitted pattern on the input q grid, an ``xfit.Pattern``.
         uncertainty: :class:`Uncertainty` of ``atoms``.
         pattern: the input pattern. reference: the reference structure (difference patterns) or None.
+        pattern_p2, model_p2: for a joint anisotropic fit, the input P2 (legendre=2) pattern and its fitted model
+            (``model`` and ``pattern`` are then the isotropic components); None otherwise.
         samples: posterior samples (n_samples, n_atoms, 3) in A, each aligned onto its mode's structure
             (posterior; None for refinement).
         modes: posterior mass of each candidate (n_candidates,), summing to 1 (posterior; None for refinement).
@@ -123,6 +125,8 @@ class Retrieval:
     modes: np.ndarray | None = None
     sample_modes: np.ndarray | None = None
     sample_weights: np.ndarray | None = None
+    pattern_p2: Pattern | None = None
+    model_p2: Pattern | None = None
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v:.4g}" for k, v in self.parameters.items())
@@ -160,12 +164,18 @@ def _fit(problem: Problem, t: int, x: np.ndarray):
     return model, {k: float(v) for k, v in params.items()}, float(np.sum(w * (y - model) ** 2))
 
 
-def _model_pattern(problem: Problem, t: int, model: np.ndarray) -> Pattern:
+def _model_pattern(problem: Problem, t: int, model: np.ndarray, legendre: int = 0) -> Pattern:
+    """The fitted model of pattern t as a Pattern: its isotropic component (legendre 0), or, for a joint
+    anisotropic fit, its P2 component (legendre 2: the second half of the concatenated model)."""
     pattern = problem.patterns[t]
+    n_q = len(pattern.q)
+    sigma = pattern.sigma if problem.likelihood.has_sigma[t] else None
+    if legendre == 2:
+        sigma = None if sigma is None else problem.likelihood.w[t][n_q:] ** -0.5
     return Pattern(
         pattern.q,
-        model,
-        pattern.sigma if problem.likelihood.has_sigma[t] else None,
+        model[n_q:] if legendre == 2 else model[:n_q],
+        None if sigma is None else np.asarray(sigma, np.float64),
         kind=pattern.kind,
         probe=pattern.probe,
         delay=pattern.delay,
@@ -175,6 +185,7 @@ def _model_pattern(problem: Problem, t: int, model: np.ndarray) -> Pattern:
             **({"electron_model": problem.likelihood.spec.electron_model} if pattern.probe == "electron" else {}),
         },
         energy_kev=pattern.energy_kev,
+        legendre=legendre,
     )
 
 

@@ -28,13 +28,13 @@ from xfit.chem._graph import MoleculeGraph
 from xfit.chem._structures import as_arrays
 from xfit.data._pattern import Pattern
 from xfit.infer import _restraints
-from xfit.infer._likelihood import DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
+from xfit.infer._likelihood import ANISOTROPIC_KINDS, DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
 from xfit.infer._problem import Problem, Strategy
 from xfit.infer._refinement import Refinement
-from xfit.infer._result import Retrieval, summarise
+from xfit.infer._result import Retrieval, _fit, _model_pattern, summarise
 from xfit.infer._starts import extra_starts, proposal_starts
 from xfit.learn import _proposal
-from xfit.physics import _iam
+from xfit.physics import _anisotropy, _iam
 
 __all__ = ["PriorFallbackWarning", "retrieve"]
 
@@ -123,6 +123,51 @@ def _check_inputs(patterns: list[Pattern], atoms: Atoms, reference: Atoms | None
     for k, p in enumerate(patterns):
         _check_signal(p, k)
     return numbers
+
+
+def _split_components(patterns: list[Pattern], dipole) -> tuple[list[Pattern], list[Pattern] | None]:
+    """(isotropic patterns, their P2 partners or None): legendre=2 patterns pair in order with legendre=0 ones."""
+    for k, p in enumerate(patterns):
+        if not isinstance(p, Pattern):
+            raise TypeError(f"pattern {k} is a {type(p).__name__}, not an xfit.Pattern")
+    iso = [p for p in patterns if p.legendre == 0]
+    p2 = [p for p in patterns if p.legendre == 2]
+    if not p2:
+        if dipole is not None:
+            raise ValueError(
+                "dipole is for anisotropic retrieval: pass the P2 component (a Pattern with legendre=2) beside each "
+                "isotropic one, e.g. retrieve([p0, p2], atoms, dipole=('bond', i, j))"
+            )
+        return iso, None
+    if dipole is None:
+        raise ValueError(
+            "a P2 (legendre=2) pattern needs the transition dipole in the molecular frame: retrieve([p0, p2], atoms, "
+            "dipole=('bond', i, j)) or dipole=('normal', i, j, k) (atom indices)"
+        )
+    if len(iso) != len(p2):
+        raise ValueError(
+            f"{len(iso)} isotropic (legendre=0) and {len(p2)} P2 (legendre=2) patterns: anisotropic retrieval pairs "
+            "them in order, one P2 component per isotropic one"
+        )
+    for k, (a, b) in enumerate(zip(iso, p2, strict=True)):
+        if not np.array_equal(a.q, b.q):
+            raise ValueError(
+                f"P2 pattern {k} is on a different q grid ({len(b.q)} points, {b.q[0]:.3g}..{b.q[-1]:.3g} 1/A) from "
+                f"its isotropic partner ({len(a.q)} points, {a.q[0]:.3g}..{a.q[-1]:.3g} 1/A); the two components of "
+                "one measurement share their q grid"
+            )
+        if a.kind != b.kind or a.probe != b.probe:
+            raise ValueError(
+                f"P2 pattern {k} is a {b.probe} {b.kind!r} pattern, its isotropic partner a {a.probe} {a.kind!r} one; "
+                "the two components of one measurement share kind and probe"
+            )
+        if b.kind not in ANISOTROPIC_KINDS or (b.probe == "electron" and b.kind == "total"):
+            raise ValueError(
+                f"anisotropic retrieval models patterns of kinds {ANISOTROPIC_KINDS} (no 'total' for electrons), "
+                f"not a {b.probe} {b.kind!r} pattern (atomic and inelastic scattering have no P2 component)"
+            )
+        _check_signal(b, k)
+    return iso, p2
 
 
 def _check_signal(p: Pattern, k: int) -> None:
@@ -274,6 +319,7 @@ def retrieve(
     prior="auto",
     strategy: Strategy | None = None,
     electron_model: str = "mott-bethe",
+    dipole: tuple | None = None,
     client=None,
     results_file: str | os.PathLike | None = None,
 ) -> Retrieval | list[Retrieval]:
@@ -295,6 +341,16 @@ def retrieve(
             only a plain "difference" with a fixed ``fraction`` needs it. Electron kinds: "elastic", "atomic",
             "molecular", "sm" (scale fitted), "percent_difference", "difference", "delta_sm" (fraction fixed or
             fitted); "total" and "inelastic" are errors for electrons (no inelastic model).
+        dipole: anisotropic (photoselected) retrieval: the pump's transition dipole in the molecular frame,
+            ``("bond", i, j)`` (along r_j - r_i) or ``("normal", i, j, k)`` (normal to the plane of atoms i, j, k),
+            atom indices of ``atoms``; it moves with the structure (``xfit.dipole_vector``). ``pattern`` then mixes
+            isotropic (``legendre=0``) and P2 (``legendre=2``) components on the same q grid, paired in order:
+            ``retrieve([p0, p2], atoms, dipole=("bond", 0, 1))``, or [p0_a, p0_b, p2_a, p2_b] for two time points.
+            Each pair is fitted jointly (chi2 of both components summed) by one structure, with one shared scale
+            (intensity kinds) or excitation fraction (differences); one Retrieval per pair, its ``pattern``/``model``
+            the isotropic component and ``pattern_p2``/``model_p2`` the P2 one. Kinds: total (X-rays), elastic,
+            molecular, percent_difference (P2 as 100 Delta I2 / I_off), difference; electrons also sm (P2 as
+            q I2/I_at) and delta_sm (q Delta I2/I_at).
         prior: which learned prior, and so which strategy.
             "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
             that fits (the posterior becomes the default once its error bars hold: see AUTO_CONFORMER).
@@ -347,15 +403,20 @@ def retrieve(
         a difference pattern with no reference geometry, atoms whose count or order does not match the reference,
         patterns on different q grids, unknown options, a conformer prior given for another molecule, an electron
         pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid,
-        ``client`` with ``smoothness`` > 0.
+        ``client`` with ``smoothness`` > 0; for anisotropic retrieval a P2 pattern without a dipole (or a dipole
+        without P2 patterns), unpaired components, a P2 component on another q grid than its partner's, a dipole
+        naming atoms that do not exist or repeated ones.
         TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
     single = isinstance(pattern, Pattern)
     patterns = [pattern] if single else list(pattern)
     if not patterns:
         raise ValueError("no patterns given")
+    patterns, p2_patterns = _split_components(patterns, dipole)
     numbers = _check_inputs(patterns, atoms, reference)
     reference = atoms if reference is None else reference
+    if p2_patterns is not None:
+        dipole = _anisotropy.check_dipole(dipole, len(atoms), reference.positions)
     kind = patterns[0].kind
     _check_options(
         patterns[0],
@@ -380,6 +441,8 @@ def retrieve(
         relative_sigma=relative_sigma,
         dtype=dtype,
         electron_model=electron_model,
+        p2_patterns=p2_patterns,
+        dipole=dipole,
     )
     problem = Problem(tuple(patterns), likelihood, graph, atoms, reference, kind in DIFFERENCE_KINDS)
     info = {"seed": seed}
@@ -411,18 +474,37 @@ def retrieve(
             info=info,
             chunk=chunk,
             progress=progress,
-            on_part=lambda first, part: _deliver(part, patterns[first : first + len(part)], results_file),
+            on_part=lambda first, part: _deliver(
+                part,
+                patterns[first : first + len(part)],
+                results_file,
+                None if p2_patterns is None else (problem, first, p2_patterns),
+            ),
         )
         return results[0] if single else results
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
-    results = _deliver(results, patterns, results_file)
+    results = _deliver(results, patterns, results_file, None if p2_patterns is None else (problem, 0, p2_patterns))
     return results[0] if single else results
 
 
-def _deliver(results: list[Retrieval], patterns: list[Pattern], results_file) -> list[Retrieval]:
-    """Results annotated (``_annotate``) and, with ``results_file``, appended to it (a chunk at a time on a cluster)."""
+def _deliver(results: list[Retrieval], patterns: list[Pattern], results_file, p2=None) -> list[Retrieval]:
+    """Results annotated (``_annotate``) and, with ``results_file``, appended to it (a chunk at a time on a cluster).
+
+    p2: for anisotropic retrieval, (problem, index of the first result in it, all P2 patterns): each result gets its
+    P2 pattern and the fitted P2 model.
+    """
     results = [_annotate(r, p) for r, p in zip(results, patterns, strict=True)]
+    if p2 is not None:
+        problem, first, p2_patterns = p2
+        results = [
+            dataclasses.replace(
+                r,
+                pattern_p2=p2_patterns[t],
+                model_p2=_model_pattern(problem, t, _fit(problem, t, r.atoms.positions)[0], 2),
+            )
+            for t, r in enumerate(results, start=first)
+        ]
     if results_file is not None:
         from xfit.data._results import save_results
 
