@@ -140,9 +140,9 @@ def local_posterior(
     Args:
         likelihood: T patterns. energy: the prior's energy function f(x, sigma).
         x_star: optima (T, S, n_atoms, 3) in A. sigma_min: the prior's noise level (A) for E.
-        keys: one PRNG key per pattern (T,). noise_scale: (T,) factor dividing the likelihood weights (1 with
-            sigma given; the re-estimated chi2_reduced without). step_size: MALA step in whitened units (about
-            1.65 d^(-1/6)).
+        keys: PRNG keys (T, S), one per pattern and particle (split outside: see ``Posterior.run``).
+        noise_scale: (T,) factor dividing the likelihood weights (1 with sigma given; the re-estimated
+            chi2_reduced without). step_size: MALA step in whitened units (about 1.65 d^(-1/6)).
         floor: smallest curvature (1/A^2) kept along any internal direction.
 
     Returns:
@@ -217,7 +217,6 @@ def local_posterior(
         return samples, log_mass, jnp.sum(res * res, axis=-1), energy(samples, sigma_min), accepted / (draws * thin)
 
     t_index = jnp.arange(x_star.shape[0])
-    keys = jax.vmap(lambda k: jax.random.split(k, x_star.shape[1]))(keys)
     per_pattern = jax.vmap(one, in_axes=(None, 0, 0))
     return jax.vmap(per_pattern, in_axes=(0, 0, 0))(t_index, x_star, keys)
 
@@ -336,7 +335,9 @@ class Posterior:
     def run(self, problem: Problem, key: jax.Array) -> Ensemble:
         k_seed, k_draw = jax.random.split(key)
         x0 = self.particles(problem, k_seed)
-        k_draw = pattern_keys(problem, k_draw)
+        # One key per pattern and particle, split here rather than inside the compiled chain: with the split inside,
+        # XLA's CPU runtime (jaxlib 0.10) hung for good on 38 CHD patterns x 80 particles (every thread idle).
+        k_draw = jax.vmap(lambda k: jax.random.split(k, x0.shape[1]))(pattern_keys(problem, k_draw))
         energy = self.prior.energy_fn(problem.molecule)
         sigma_min = float(self.prior.sigma_min)
         sigmas = np.geomspace(max(self.sigma_start, sigma_min), sigma_min, self.steps)
