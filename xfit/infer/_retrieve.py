@@ -45,7 +45,7 @@ AUTO_PROPOSALS = ("nmm_chd_dt",)
 AUTO_CONFORMER = None
 """The shipped conformer prior that ``prior="auto"`` uses when it fits the molecule: none yet. With the shipped prior
 the posterior is the more accurate path on the shared CHD frames (``benchmarks/posterior.py``: carbon RMSD median
-0.089 A against 0.139, ring-opened 0.185 against 0.293), but its error bars cover the truth at 2 sigma on 29 % of
+0.091 A against 0.131, ring-opened 0.183 against 0.393), but its error bars cover the truth at 2 sigma on 34 % of
 frames and it is 2.3x slower, so it stays opt-in (``prior="conformer"``) until its error bars hold."""
 SHIPPED_CONFORMER = "conformer"
 
