@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header as run_header
 from _common import write_json
-from posterior import CHD, _f, load_frames, score, summarise
+from posterior import CHD, load_frames
+from ued import _run
 
 DIPOLE = ("normal", 0, 1, 2)
 NOISE = 1e-3
@@ -77,19 +77,7 @@ def main(argv=None) -> int:
         "isotropic+p2": lambda n: xfit.retrieve(iso[:n] + p2[:n], start, dipole=DIPOLE),
     }
     for name, call in calls.items():
-        call(1)  # compile outside the timing
-        t0 = time.perf_counter()
-        found = call(len(frames))
-        seconds = (time.perf_counter() - t0) / len(frames)
-        rows = score(found, frames)
-        s = results[name] = {**summarise(rows), "seconds_per_retrieval": seconds, "rows": rows}
-        print(
-            f"{name:<13} {s['method']}: C-RMSD median {s['carbon_median']:.3f} A, <= 0.10 A: "
-            f"{100 * s['carbon_le_0.10']:.0f} %, near-closed {_f(s['closed_median'])} ({s['n_closed']} frames), "
-            f"opened {_f(s['opened_median'])}; C1-C6 error {s['c1c6_error_median']:.3f} A, sigma "
-            f"{s['c1c6_sigma_median']:.3f} A; {seconds:.2f} s/retrieval",
-            flush=True,
-        )
+        _run(name, call, frames, results)
     a, b = results["isotropic"]["rows"], results["isotropic+p2"]["rows"]
     print("per frame, carbon RMSD iso -> iso+P2 (A):")
     for ra, rb in zip(a, b, strict=True):

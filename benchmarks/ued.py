@@ -124,8 +124,8 @@ def _run(name, call, frames, results) -> None:
     print(
         f"{name:<10} {s['method']}: C-RMSD median {s['carbon_median']:.3f} A, <= 0.10 A: "
         f"{100 * s['carbon_le_0.10']:.0f} %, near-closed {_f(s['closed_median'])} ({s['n_closed']} frames), "
-        f"opened {_f(s['opened_median'])}; C1-C6 error {s['c1c6_error_median']:.3f} A; "
-        f"{seconds:.2f} s/retrieval",
+        f"opened {_f(s['opened_median'])}; C1-C6 error {s['c1c6_error_median']:.3f} A, sigma "
+        f"{s['c1c6_sigma_median']:.3f} A; {seconds:.2f} s/retrieval",
         flush=True,
     )
 

@@ -38,3 +38,14 @@ def chd():
     from ase.io import read
 
     return read(DATA / "chd.xyz")
+
+
+@pytest.fixture(scope="session")
+def skeleton():
+    """CHD's carbon ring, the reference and a distorted copy (the 'excited' truth), 0.06 A per atom."""
+    from ase.io import read
+
+    ref = read(DATA / "chd.xyz")[:6]
+    truth = ref.copy()
+    truth.positions += 0.06 * np.random.default_rng(1).standard_normal((6, 3))
+    return ref, truth

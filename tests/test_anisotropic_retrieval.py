@@ -10,24 +10,11 @@ import xfit
 from xfit.infer._likelihood import build_likelihood
 from xfit.physics._anisotropy import anisotropic_intensity
 
-from .conftest import DATA
-
 Q = np.linspace(0.5, 8.0, 40)  # q = 4 pi sin(theta)/lambda in 1/A
 F = 0.3  # excitation fraction
 SCALE = 3.0  # arbitrary detector scale of intensity patterns
 NORMAL = ("normal", 0, 1, 2)  # pi-pi* of the ring: normal to the plane of C0, C1, C2
 BOND = ("bond", 0, 3)
-
-
-@pytest.fixture(scope="module")
-def skeleton():
-    """CHD's carbon ring, the reference and a distorted copy (the 'excited' truth), 0.06 A per atom."""
-    from ase.io import read
-
-    ref = read(DATA / "chd.xyz")[:6]
-    truth = ref.copy()
-    truth.positions += 0.06 * np.random.default_rng(1).standard_normal((6, 3))
-    return ref, truth
 
 
 def _rotation(seed):

@@ -9,23 +9,10 @@ from xfit.cli import main
 from xfit.infer._likelihood import build_likelihood
 from xfit.physics._elements import relativistic_factor
 
-from .conftest import DATA
-
 Q = np.linspace(1.0, 10.0, 46)  # q = 4 pi sin(theta)/lambda in 1/A, a keV-UED range
 RAMP = np.linspace(1.0, 2.0, len(Q))  # any pattern with signal: these tests are about the options
 E = 90.0  # keV
 F = 0.3  # excitation fraction
-
-
-@pytest.fixture(scope="module")
-def skeleton():
-    """CHD's carbon ring, the reference and a distorted copy (the 'excited' truth), 0.06 A per atom."""
-    from ase.io import read
-
-    ref = read(DATA / "chd.xyz")[:6]
-    truth = ref.copy()
-    truth.positions += 0.06 * np.random.default_rng(1).standard_normal((6, 3))
-    return ref, truth
 
 
 def _electron(atoms, kind, energy=E):
