@@ -143,3 +143,25 @@ def test_particles_with_non_finite_energy_are_dropped_and_counted(key):
         result = xfit.retrieve(pattern, ATOMS, strategy=strategy)
     assert result.info["dropped"] >= 1
     assert np.all(np.isfinite(result.samples)) and np.isfinite(result.atoms.positions).all()
+
+
+def test_laplace_mixture_distance_std_matches_monte_carlo():
+    """The distance standard deviations of a two-basin Gaussian mixture (linearised within each basin, plus the
+    spread between basins) agree with those of 4e5 samples drawn from it."""
+    from xfit.infer._result import _laplace_distance_std, _weighted_distance_std
+
+    rng = np.random.default_rng(0)
+    centres = 1.5 * rng.normal(size=(2, 5, 3))
+    a = 0.01 * rng.normal(size=(2, 15, 15))
+    covariances = a @ a.transpose(0, 2, 1)
+    w = np.array([0.3, 0.7])
+    draws = [
+        c + (np.linalg.cholesky(cov) @ rng.normal(size=(15, 200_000))).T.reshape(-1, 5, 3)
+        for c, cov in zip(centres, covariances, strict=True)
+    ]
+    weights = np.r_[np.full(200_000, 0.3 / 200_000), np.full(200_000, 0.7 / 200_000)]
+    expected = _weighted_distance_std(np.concatenate(draws), weights)
+    found = _laplace_distance_std(centres, covariances, w)
+    off = ~np.eye(5, dtype=bool)
+    np.testing.assert_allclose(found[off], expected[off], rtol=0.01)
+    assert np.all(found[off] > 0.04)

@@ -147,7 +147,8 @@ def local_posterior(
 
     Returns:
         (samples (T, S, draws, n, 3), log mass (T, S), chi2 (T, S, draws), prior energy (T, S, draws),
-        acceptance rate (T, S)).
+        acceptance rate (T, S), Laplace covariance of each basin (T, S, 3n, 3n) in A^2, rigid-body directions
+        excluded).
     """
     # Long on purpose: one pure function is the unit that jit and the two vmaps (patterns, particles) compile; the
     # Laplace stage and the MALA chain share the basin's eigenbasis through closures rather than pytrees passed on.
@@ -214,7 +215,9 @@ def local_posterior(
         chain = chain[burn:]
         samples = chain[thin - 1 :: thin].reshape(draws, n_atoms, 3)
         res = jax.vmap(lambda s: _residuals(likelihood, t, s))(samples)
-        return samples, log_mass, jnp.sum(res * res, axis=-1), energy(samples, sigma_min), accepted / (draws * thin)
+        covariance = (vectors * scale**2) @ vectors.T  # H^-1 on the internal directions
+        chi2_s, e_s = jnp.sum(res * res, axis=-1), energy(samples, sigma_min)
+        return samples, log_mass, chi2_s, e_s, accepted / (draws * thin), covariance
 
     t_index = jnp.arange(x_star.shape[0])
     per_pattern = jax.vmap(one, in_axes=(None, 0, 0))
@@ -354,7 +357,7 @@ class Posterior:
             finite = np.isfinite(chi2) & np.isfinite(prior_energy) & np.all(np.isfinite(x_star), axis=(-2, -1))
             scale = _noise_scale(problem, chi2, finite)
             safe = np.where(finite[..., None, None], x_star, x0[:t])
-            draws, log_mass, chi2_d, prior_d, acceptance = local_posterior(
+            draws, log_mass, chi2_d, prior_d, acceptance, covariance = local_posterior(
                 like.select(np.arange(t)) if len(like.y) > t else like,
                 energy,
                 jnp.asarray(safe, self.dtype),
@@ -366,8 +369,8 @@ class Posterior:
                 thin=self.thin,
                 floor=self.curvature_floor,
             )
-        draws, log_mass, chi2_d, prior_d, acceptance = (
-            np.asarray(a, np.float64) for a in (draws, log_mass, chi2_d, prior_d, acceptance)
+        draws, log_mass, chi2_d, prior_d, acceptance, covariance = (
+            np.asarray(a, np.float64) for a in (draws, log_mass, chi2_d, prior_d, acceptance, covariance)
         )
         ok = finite & np.isfinite(log_mass) & np.all(np.isfinite(draws), axis=(-3, -2, -1))
         weights, ess = self._sample_weights(problem, log_mass, safe, ok)
@@ -383,6 +386,7 @@ class Posterior:
             kind="samples",
             weights=flat(weights),
             optima=safe,
+            optima_covariance=np.where(ok[..., None, None], covariance, 0.0),
             particle=np.broadcast_to(np.repeat(np.arange(s), self.draws), (t, s * self.draws)),
             info={
                 "method": "posterior",

@@ -81,6 +81,8 @@ class Ensemble:
         restraints: the restraints the penalty refers to (candidates), for Gauss-Newton error bars.
         optima: (T, P, n_atoms, 3) the particles' optima each sample was drawn around (samples), and
             particle: (T, S) which particle each sample belongs to; modes are clusters of optima.
+        optima_covariance: (T, P, 3 n_atoms, 3 n_atoms) Laplace covariance (A^2) of each particle's basin at its
+            optimum (samples), or None.
         info: what the strategy reports (method, settings, dropped particles, ...), shared by every pattern.
     """
 
@@ -92,6 +94,7 @@ class Ensemble:
     restraints: Any = None
     optima: np.ndarray | None = None
     particle: np.ndarray | None = None
+    optima_covariance: np.ndarray | None = None
     info: dict = dataclasses.field(default_factory=dict)
 
 
