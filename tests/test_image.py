@@ -23,8 +23,8 @@ def chd():
 
 @pytest.fixture(scope="module")
 def detector():
-    # 10 keV, 40 x 40 pixels of 2.4 mm at 5 cm: |q| up to about 4.6 1/A (q = 4 pi sin(theta)/lambda)
-    return xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=10.0)
+    # 20 keV, 40 x 40 pixels of 2.4 mm at 5 cm: |q| up to about 9 1/A (q = 4 pi sin(theta)/lambda)
+    return xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
 
 
 def _model(image, atoms, n_grid=IMAGE_GRID, background=False):
@@ -41,7 +41,7 @@ def test_pixel_model_is_simulate_image(chd, detector, dipole):
     image = xfit.DetectorImage(3.0 * truth, detector, sigma=1e-3 * truth, dipole=dipole)
     model, params, _ = _model(image, chd)
     np.testing.assert_allclose(model, 3.0 * truth[image.valid], rtol=1e-9)
-    assert params["scale"] == pytest.approx(3.0, rel=1e-9)
+    assert float(params["scale"]) == pytest.approx(3.0, rel=1e-9)
     if dipole is not None:  # the photoselected image is not the isotropic one
         iso = xfit.simulate_image(chd, detector, n_grid=IMAGE_GRID)
         assert np.max(np.abs(truth - iso) / iso) > 1e-3
@@ -53,7 +53,7 @@ def test_grid_interpolation_error(chd, detector):
     exact = exact * detector.polarization_factor() * detector.solid_angle()
     image = xfit.DetectorImage(exact, detector, sigma=1e-3 * exact)
     model, _, _ = _model(image, chd)
-    assert np.max(np.abs(model - exact.ravel()) / exact.ravel()) < 1e-5
+    assert np.max(np.abs(model - exact.ravel()) / exact.ravel()) < 3e-5  # measured 1.5e-5 (CHD, q <= 9 1/A)
 
 
 def test_pixel_chi2_gradient(chd, detector):
@@ -65,12 +65,13 @@ def test_pixel_chi2_gradient(chd, detector):
     )
     like = build_image_likelihood([image], chd.numbers, background=True, dipole=NORMAL)
     x = jnp.asarray(chd.positions + 0.05 * rng.standard_normal(chd.positions.shape))[None]
-    grad = np.asarray(jax.grad(lambda v: like.chi2(v)[0])(x))[0]
+    chi2 = jax.jit(lambda v: like.chi2(v)[0])
+    grad = np.asarray(jax.grad(chi2)(x))[0]
     step, fd = 1e-6, np.zeros(6)
     for k, (a, c) in enumerate([(0, 0), (0, 2), (3, 1), (5, 0), (9, 2), (13, 1)]):
         e = np.zeros(x.shape)
         e[0, a, c] = step
-        fd[k] = (float(like.chi2(x + e)[0]) - float(like.chi2(x - e)[0])) / (2 * step)
+        fd[k] = (float(chi2(x + e)) - float(chi2(x - e))) / (2 * step)
         assert grad[a, c] == pytest.approx(fd[k], rel=1e-5, abs=1e-6 * np.max(np.abs(grad)))
 
 
@@ -86,7 +87,9 @@ def test_invalid_pixels_masked_counted_not_fitted(chd, detector):
     assert not image.valid[3, 4] and not image.valid[0, 0]
     clean = xfit.DetectorImage(truth, detector, mask=mask | ~np.isfinite(bad) | (bad < 0))
     m_bad, p_bad, like_bad = _model(image, chd)
+    assert p_bad["scale"] > 0
     m_clean, p_clean, _ = _model(clean, chd)
+    assert float(p_bad["scale"]) == pytest.approx(float(p_clean["scale"]), rel=1e-12)
     assert np.all(np.isfinite(m_bad)) and np.all(np.isfinite(np.asarray(like_bad.y)))
     np.testing.assert_allclose(m_bad, m_clean, rtol=1e-12)
     assert like_bad.dof == truth.size - 83 - 1
@@ -107,22 +110,25 @@ def test_bad_input(chd, detector):
         xfit.retrieve(xfit.DetectorImage(truth, detector, 1e-3 * truth), chd, dipole=NORMAL, prior=None)
 
 
-@pytest.mark.parametrize("dipole", [None, NORMAL])
-def test_round_trip(chd, detector, dipole):
-    truth_atoms = ase.io.read(DATA / "chd_traj001_t12_true.xyz")
-    mu = None if dipole is None else np.asarray(xfit.dipole_vector(dipole, truth_atoms.positions))
-    counts = xfit.simulate_image(truth_atoms, detector, dipole=mu, photons=1e10, key=jax.random.key(2))
+@pytest.mark.parametrize(("dipole", "gain"), [(None, 0.85), (NORMAL, 0.6)])
+def test_round_trip(skeleton, detector, dipole, gain):
+    # Photon-counted image (1e10 photons, Poisson sigma assumed) of the distorted CHD ring, one invalid pixel,
+    # retrieved from a start 0.02 A per atom away (one start, no restraints, as the anisotropic pattern round trip
+    # in test_anisotropic_retrieval.py, whose measured limits these are: from this start the isotropic curve alone
+    # reaches 0.019 A, I0 + P2 0.011 A).
+    ref, truth = skeleton
+    start = truth.copy()
+    start.positions += 0.02 * np.random.default_rng(2).standard_normal((6, 3))
+    mu = None if dipole is None else np.asarray(xfit.dipole_vector(dipole, truth.positions))
+    counts = xfit.simulate_image(truth, detector, dipole=mu, photons=1e10, key=jax.random.key(2))
     counts[5, 5] = np.nan
     image = xfit.DetectorImage(counts, detector, dipole=dipole)
-    result = xfit.retrieve(image, chd, prior=None, n_starts=4, steps=300, dtype=jnp.float64)
-    assert result.info["n_invalid"] == 1
+    options = {"n_starts": 1, "steps": 400, "learning_rate": 0.005, "restraints": None, "prior": None}
+    result = xfit.retrieve(image, start, reference=ref, dtype=jnp.float64, **options)
+    assert result.info["n_invalid"] == 1 and result.info["n_pixels"] == counts.size - 1
     assert result.image is image
     assert result.pattern.q.shape == result.model.q.shape
-    start = xfit.rmsd(chd, truth_atoms, heavy_only=True)
-    found = xfit.rmsd(result.atoms, truth_atoms, heavy_only=True)
-    print(
-        f"dipole {dipole}: heavy-atom RMSD start {start:.3f} A, retrieved {found:.3f} A, "
-        f"chi2_reduced {result.chi2_reduced:.3f}"
-    )
-    assert found < 0.5 * start
-    assert result.chi2_reduced < 3
+    before, after = xfit.rmsd(start, truth), xfit.rmsd(result.atoms, truth)
+    print(f"dipole {dipole}: RMSD start {before:.4f} A, retrieved {after:.4f} A, chi2_r {result.chi2_reduced:.3f}")
+    assert after < gain * before
+    assert result.chi2_reduced < 1.5
