@@ -132,3 +132,20 @@ def test_round_trip(skeleton, detector, dipole, gain):
     print(f"dipole {dipole}: RMSD start {before:.4f} A, retrieved {after:.4f} A, chi2_r {result.chi2_reduced:.3f}")
     assert after < gain * before
     assert result.chi2_reduced < 1.5
+
+
+def test_batch_of_images_and_plot(skeleton, detector, tmp_path):
+    # Two images with different invalid pixels (padded to one length), each retrieved by its own row and plotted.
+    ref, truth = skeleton
+    counts = xfit.simulate_image(truth, detector, photons=1e9, key=jax.random.key(3))
+    second = counts.copy()
+    second[7, 7], second[8, 8] = np.nan, -1.0
+    images = [xfit.DetectorImage(counts, detector), xfit.DetectorImage(second, detector)]
+    options = {"n_starts": 1, "steps": 20, "restraints": None, "prior": None}
+    results = xfit.retrieve(images, ref, dtype=jnp.float64, **options)
+    assert [r.info["n_invalid"] for r in results] == [0, 2]
+    assert [r.info["n_pixels"] for r in results] == [counts.size, counts.size - 2]
+    assert all(r.image is im for r, im in zip(results, images, strict=True))
+    assert results[1].model.q.shape == results[1].pattern.q.shape
+    results[1].plot(tmp_path / "fit.png")
+    assert (tmp_path / "fit.png").stat().st_size > 0
