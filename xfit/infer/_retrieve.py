@@ -357,7 +357,10 @@ def retrieve(
 
     Args:
         pattern: an ``xfit.Pattern``, or a sequence of them on one q grid (a time series, a stack of shots),
-            which gives a list of results. q = 4 pi sin(theta)/lambda in 1/A.
+            which gives a list of results. q = 4 pi sin(theta)/lambda in 1/A. Or an ``xfit.DetectorImage`` (or a
+            list of them): its valid pixels are fitted (``xfit.infer._likelihood``, module notes), the image carries
+            its own dipole (no ``dipole=`` here), ``info["n_invalid"]`` counts its NaN/negative pixels (masked, not
+            fitted) and ``pattern``/``model`` of the Retrieval are radial averages of data and fit.
         atoms: the molecule, ``ase.Atoms``; its geometry is the starting point of the search and the default
             reference (ground state) for difference patterns and restraints.
         reference: reference structure for difference patterns and restraint targets (default: ``atoms``).
@@ -435,7 +438,8 @@ def retrieve(
         pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid,
         ``client`` with ``smoothness`` > 0; for anisotropic retrieval a P2 pattern without a dipole (or a dipole
         without P2 patterns), unpaired components, a P2 component on another q grid than its partner's, a dipole
-        naming atoms that do not exist or repeated ones.
+        naming atoms that do not exist or repeated ones (also an image's); images mixed with patterns (TypeError),
+        images of different kinds or dipoles in one call, ``dipole=`` given with images.
         TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
     single = isinstance(pattern, Pattern | DetectorImage)
