@@ -15,6 +15,7 @@ from xfit.chem._pool import build_pool as build_pool
 from xfit.chem._pool import iterate_pool as iterate_pool
 from xfit.chem._pool import pool_summary as pool_summary
 from xfit.chem._structures import read_structures as read_structures
+from xfit.data._image import DetectorImage as DetectorImage
 from xfit.data._noise import estimate_noise as estimate_noise
 from xfit.data._pattern import Pattern as Pattern
 from xfit.data._pattern import load_pattern as load_pattern
@@ -74,6 +75,7 @@ __all__ = [
     "ConformerPrior",
     "ConformerTrainConfig",
     "Detector",
+    "DetectorImage",
     "Likelihood",
     "MoleculeGraph",
     "Pattern",

@@ -108,8 +108,8 @@ def _residuals(likelihood: Likelihood, t, x):
     """Weighted residuals sqrt(w) (y - model) (n_q,) of structure x (n, 3) against pattern t."""
     from xfit.infer._likelihood import model_and_parameters
 
-    y, w, i_ref = likelihood.y[t], likelihood.w[t], likelihood.i_ref[t]
-    model, _ = model_and_parameters(likelihood.spec, x, y, w, i_ref)
+    y, w, i_ref, pixels = likelihood.row(t)
+    model, _ = model_and_parameters(likelihood.spec, x, y, w, i_ref, pixels)
     return jnp.sqrt(w) * (y - model)
 
 
@@ -346,8 +346,9 @@ class Posterior:
         sigmas = np.geomspace(max(self.sigma_start, sigma_min), sigma_min, self.steps)
         with jax.enable_x64(self.dtype == jnp.float64):
             like = problem.likelihood
-            x, y, w, i_ref = shard([x0, like.y, like.w, like.i_ref], self.dtype)
-            like = Likelihood(like.spec, like.has_sigma, y, w, i_ref)
+            pixels = [] if like.pixels is None else [like.pixels]
+            x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
+            like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
             x_star, chi2, prior_energy = anneal(
                 like, energy, x, jnp.asarray(sigmas), steps=self.steps, learning_rate=self.learning_rate
             )

@@ -33,6 +33,8 @@ class Problem:
         molecule: the molecular graph, built once from ``atoms``.
         atoms: the starting structure. reference: the reference geometry (difference patterns, restraints).
         difference: whether the patterns are difference signals against ``reference``.
+        images: the ``xfit.DetectorImage``s the patterns are the radial averages of (an image retrieval; their
+            pixels are the likelihood's data), else None; image_bins: the radial averages' bins.
         index: (T,) each pattern's position in the whole batch the user gave (None: 0..T-1). A part of a batch
             (one chunk on a Dask worker) keeps its patterns' global positions, so that every pattern draws the same
             random numbers however the batch is split (see :func:`pattern_keys`).
@@ -45,6 +47,8 @@ class Problem:
     reference: Atoms
     difference: bool
     index: np.ndarray | None = None
+    images: tuple | None = None
+    image_bins: int = 100
 
     @property
     def n_patterns(self) -> int:
@@ -63,6 +67,7 @@ class Problem:
             patterns=tuple(self.patterns[k] for k in index),
             likelihood=self.likelihood.select(index),
             index=self.indices[index],
+            images=None if self.images is None else tuple(self.images[k] for k in index),
         )
 
 

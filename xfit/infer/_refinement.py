@@ -159,8 +159,9 @@ class Refinement:
             for lo in range(0, n, chunk):
                 index = np.arange(lo, min(lo + chunk, n))
                 part = problem.likelihood.select(index)
-                x, y, w, i_ref = shard([x0[index], part.y, part.w, part.i_ref], self.dtype)
-                part = Likelihood(part.spec, part.has_sigma, y, w, i_ref)
+                pixels = [] if part.pixels is None else [part.pixels]
+                x, y, w, i_ref, *pixels = shard([x0[index], part.y, part.w, part.i_ref, *pixels], self.dtype)
+                part = Likelihood(part.spec, part.has_sigma, y, w, i_ref, *pixels)
                 out = refine(
                     part,
                     restraints,

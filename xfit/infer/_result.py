@@ -104,6 +104,8 @@ class Retrieval:
         pattern: the input pattern. reference: the reference structure (difference patterns) or None.
         pattern_p2, model_p2: for a joint anisotropic fit, the input P2 (legendre=2) pattern and its fitted model
             (``model`` and ``pattern`` are then the isotropic components); None otherwise.
+        image: the input ``xfit.DetectorImage`` when one was retrieved (``pattern`` and ``model`` are then the
+            radial averages of its valid pixels and of the fitted pixel model), else None.
         samples: posterior samples (n_samples, n_atoms, 3) in A, each aligned onto its mode's structure
             (posterior; None for refinement).
         modes: posterior mass of each candidate (n_candidates,), summing to 1 (posterior; None for refinement).
@@ -127,6 +129,7 @@ class Retrieval:
     sample_weights: np.ndarray | None = None
     pattern_p2: Pattern | None = None
     model_p2: Pattern | None = None
+    image: Any = None
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v:.4g}" for k, v in self.parameters.items())
@@ -158,8 +161,8 @@ def _fit(problem: Problem, t: int, x: np.ndarray):
     """(model pattern, parameters, chi2_data) of structure x (n_atoms, 3) for pattern t, float64."""
     like = problem.likelihood
     with jax.enable_x64(True):
-        y, w, i_ref = (np.asarray(a[t], np.float64) for a in (like.y, like.w, like.i_ref))
-        model, params = model_and_parameters(like.spec, jnp.asarray(x, jnp.float64), y, w, i_ref)
+        y, w, i_ref, pixels = (None if a is None else np.asarray(a, np.float64) for a in like.row(t))
+        model, params = model_and_parameters(like.spec, jnp.asarray(x, jnp.float64), y, w, i_ref, pixels)
         model = np.asarray(model, np.float64)
     return model, {k: float(v) for k, v in params.items()}, float(np.sum(w * (y - model) ** 2))
 
@@ -167,6 +170,9 @@ def _fit(problem: Problem, t: int, x: np.ndarray):
 def _model_pattern(problem: Problem, t: int, model: np.ndarray, legendre: int = 0) -> Pattern:
     """The fitted model of pattern t as a Pattern: its isotropic component (legendre 0), or, for a joint
     anisotropic fit, its P2 component (legendre 2: the second half of the concatenated model)."""
+    if problem.images is not None:  # a detector image: the model's radial average, on the data's bins
+        image = problem.images[t]
+        return image.model_pattern(model[: image.n_valid], n_bins=problem.image_bins)
     pattern = problem.patterns[t]
     n_q = len(pattern.q)
     sigma = pattern.sigma if problem.likelihood.has_sigma[t] else None
@@ -244,12 +250,12 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
 
 def _gauss_newton(likelihood: Likelihood, t: int, restraints: Restraints, x, scale_covariance):
     """Covariance (3n, 3n) of the coordinates from the Gauss-Newton Hessian J^T J of the weighted residuals."""
-    y, w, i_ref = (jnp.asarray(a[t], jnp.float64) for a in (likelihood.y, likelihood.w, likelihood.i_ref))
+    y, w, i_ref, pixels = (None if a is None else jnp.asarray(a, jnp.float64) for a in likelihood.row(t))
     sqrt_w = jnp.sqrt(w)
 
     def residuals(flat):
         xs = flat.reshape(x.shape)
-        model, _ = model_and_parameters(likelihood.spec, xs, y, w, i_ref)
+        model, _ = model_and_parameters(likelihood.spec, xs, y, w, i_ref, pixels)
         r = sqrt_w * (y - model)
         if len(restraints.targets):
             i, j = restraints.pairs[:, 0], restraints.pairs[:, 1]

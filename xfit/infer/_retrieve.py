@@ -26,9 +26,16 @@ from ase import Atoms
 
 from xfit.chem._graph import MoleculeGraph
 from xfit.chem._structures import as_arrays
+from xfit.data._image import DetectorImage
 from xfit.data._pattern import Pattern
 from xfit.infer import _restraints
-from xfit.infer._likelihood import ANISOTROPIC_KINDS, DIFFERENCE_KINDS, ELECTRON_KINDS, build_likelihood
+from xfit.infer._likelihood import (
+    ANISOTROPIC_KINDS,
+    DIFFERENCE_KINDS,
+    ELECTRON_KINDS,
+    build_image_likelihood,
+    build_likelihood,
+)
 from xfit.infer._problem import Problem, Strategy
 from xfit.infer._refinement import Refinement
 from xfit.infer._result import Retrieval, _fit, _model_pattern, summarise
@@ -168,6 +175,29 @@ def _split_components(patterns: list[Pattern], dipole) -> tuple[list[Pattern], l
             )
         _check_signal(b, k)
     return iso, p2
+
+
+def _split_images(items: list, dipole) -> tuple[list[DetectorImage], list[Pattern]]:
+    """(the images, their radial averages) for a retrieval of ``xfit.DetectorImage``s; errors for mixed inputs."""
+    for k, item in enumerate(items):
+        if not isinstance(item, DetectorImage):
+            raise TypeError(
+                f"item {k} is a {type(item).__name__}, not an xfit.DetectorImage; retrieve images and patterns in "
+                "separate calls"
+            )
+    if dipole is not None:
+        raise ValueError(
+            "an image carries its own dipole: DetectorImage(data, detector, dipole=('normal', i, j, k)), not "
+            "retrieve(..., dipole=)"
+        )
+    first = items[0]
+    for k, image in enumerate(items):
+        if image.kind != first.kind or image.dipole != first.dipole:
+            raise ValueError(
+                f"image {k} ({image.kind}, dipole {image.dipole}) differs from image 0 ({first.kind}, dipole "
+                f"{first.dipole}); images retrieved in one call share kind and dipole"
+            )
+    return items, [image.radial_average() for image in items]
 
 
 def _check_signal(p: Pattern, k: int) -> None:
@@ -327,7 +357,10 @@ def retrieve(
 
     Args:
         pattern: an ``xfit.Pattern``, or a sequence of them on one q grid (a time series, a stack of shots),
-            which gives a list of results. q = 4 pi sin(theta)/lambda in 1/A.
+            which gives a list of results. q = 4 pi sin(theta)/lambda in 1/A. Or an ``xfit.DetectorImage`` (or a
+            list of them): its valid pixels are fitted (``xfit.infer._likelihood``, module notes), the image carries
+            its own dipole (no ``dipole=`` here), ``info["n_invalid"]`` counts its NaN/negative pixels (masked, not
+            fitted) and ``pattern``/``model`` of the Retrieval are radial averages of data and fit.
         atoms: the molecule, ``ase.Atoms``; its geometry is the starting point of the search and the default
             reference (ground state) for difference patterns and restraints.
         reference: reference structure for difference patterns and restraint targets (default: ``atoms``).
@@ -405,17 +438,24 @@ def retrieve(
         pattern of kind "total"/"inelastic", an sM or Delta sM pattern with q = 0 in its grid,
         ``client`` with ``smoothness`` > 0; for anisotropic retrieval a P2 pattern without a dipole (or a dipole
         without P2 patterns), unpaired components, a P2 component on another q grid than its partner's, a dipole
-        naming atoms that do not exist or repeated ones.
+        naming atoms that do not exist or repeated ones (also an image's); images mixed with patterns (TypeError),
+        images of different kinds or dipoles in one call, ``dipole=`` given with images.
         TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
-    single = isinstance(pattern, Pattern)
+    single = isinstance(pattern, Pattern | DetectorImage)
     patterns = [pattern] if single else list(pattern)
     if not patterns:
         raise ValueError("no patterns given")
-    patterns, p2_patterns = _split_components(patterns, dipole)
-    numbers = _check_inputs(patterns, atoms, reference)
+    images, p2_patterns = None, None
+    if any(isinstance(p, DetectorImage) for p in patterns):
+        images, patterns = _split_images(patterns, dipole)
+        dipole = images[0].dipole
+    else:
+        patterns, p2_patterns = _split_components(patterns, dipole)
+    # The radial averages of images need not share a q grid (their masks differ); their pixels are the data.
+    numbers = _check_inputs(patterns[:1] if images else patterns, atoms, reference)
     reference = atoms if reference is None else reference
-    if p2_patterns is not None:
+    if dipole is not None:
         dipole = _anisotropy.check_dipole(dipole, len(atoms), reference.positions)
     kind = patterns[0].kind
     _check_options(
@@ -431,20 +471,31 @@ def retrieve(
     )
 
     graph = MoleculeGraph.from_atoms(reference)
-    likelihood = build_likelihood(
-        patterns,
-        numbers,
-        reference.positions,
-        fraction=fraction,
-        model_kind=model_kind,
-        background=background,
-        relative_sigma=relative_sigma,
-        dtype=dtype,
-        electron_model=electron_model,
-        p2_patterns=p2_patterns,
-        dipole=dipole,
+    if images is not None:
+        likelihood = build_image_likelihood(images, numbers, background=background, dipole=dipole, dtype=dtype)
+    else:
+        likelihood = build_likelihood(
+            patterns,
+            numbers,
+            reference.positions,
+            fraction=fraction,
+            model_kind=model_kind,
+            background=background,
+            relative_sigma=relative_sigma,
+            dtype=dtype,
+            electron_model=electron_model,
+            p2_patterns=p2_patterns,
+            dipole=dipole,
+        )
+    problem = Problem(
+        tuple(patterns),
+        likelihood,
+        graph,
+        atoms,
+        reference,
+        kind in DIFFERENCE_KINDS,
+        images=None if images is None else tuple(images),
     )
-    problem = Problem(tuple(patterns), likelihood, graph, atoms, reference, kind in DIFFERENCE_KINDS)
     info = {"seed": seed}
     if strategy is None:
         refinement = {
@@ -479,22 +530,30 @@ def retrieve(
                 patterns[first : first + len(part)],
                 results_file,
                 None if p2_patterns is None else (problem, first, p2_patterns),
+                None if images is None else images[first : first + len(part)],
             ),
         )
         return results[0] if single else results
     ensemble = strategy.run(problem, jax.random.key(seed))
     results = summarise(problem, ensemble, duplicate_tolerance=duplicate_tolerance, info=info)
-    results = _deliver(results, patterns, results_file, None if p2_patterns is None else (problem, 0, p2_patterns))
+    p2 = None if p2_patterns is None else (problem, 0, p2_patterns)
+    results = _deliver(results, patterns, results_file, p2, images)
     return results[0] if single else results
 
 
-def _deliver(results: list[Retrieval], patterns: list[Pattern], results_file, p2=None) -> list[Retrieval]:
+def _deliver(results: list[Retrieval], patterns: list[Pattern], results_file, p2=None, images=None) -> list[Retrieval]:
     """Results annotated (``_annotate``) and, with ``results_file``, appended to it (a chunk at a time on a cluster).
 
     p2: for anisotropic retrieval, (problem, index of the first result in it, all P2 patterns): each result gets its
-    P2 pattern and the fitted P2 model.
+    P2 pattern and the fitted P2 model. images: the results' DetectorImages (image retrieval): each result keeps its
+    image, and info["n_invalid"] its count of invalid (masked, unfitted) pixels.
     """
     results = [_annotate(r, p) for r, p in zip(results, patterns, strict=True)]
+    if images is not None:
+        results = [
+            dataclasses.replace(r, image=im, info={**r.info, "n_invalid": im.n_invalid, "n_pixels": im.n_valid})
+            for r, im in zip(results, images, strict=True)
+        ]
     if p2 is not None:
         problem, first, p2_patterns = p2
         results = [
