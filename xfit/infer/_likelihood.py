@@ -188,6 +188,17 @@ def _weighted_lstsq(columns, y, w):
     return jnp.linalg.solve(a, b[..., None])[..., 0]
 
 
+def _scaled_fit(columns, y, w, background: bool):
+    """The model and {"scale"[, "background"]} of the weighted least-squares fit of y by the listed columns
+    (each (..., n_q): the shape, then the background's column when ``background``)."""
+    columns = jnp.stack(columns, axis=-2)
+    coef = _weighted_lstsq(columns, y, w)
+    params = {"scale": coef[..., 0]}
+    if background:
+        params["background"] = coef[..., 1]
+    return jnp.einsum("...k,...kq->...q", coef, columns), params
+
+
 def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
 
@@ -211,12 +222,7 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None):
             intensity = spec.modified(intensity, i_atomic)
     if spec.kind in SCALED_KINDS:
         columns = [intensity] + ([jnp.ones_like(intensity)] if spec.background else [])
-        coef = _weighted_lstsq(jnp.stack(columns, axis=-2), y, w)
-        model = jnp.einsum("...k,...kq->...q", coef, jnp.stack(columns, axis=-2))
-        params = {"scale": coef[..., 0]}
-        if spec.background:
-            params["background"] = coef[..., 1]
-        return model, params
+        return _scaled_fit(columns, y, w, spec.background)
     if spec.kind == "percent_difference":
         shape = 100.0 * (intensity - i_ref) / i_ref
     elif spec.kind == "delta_sm":
@@ -255,13 +261,7 @@ def _image_model_and_parameters(spec: LikelihoodSpec, x, y, w, pixels):
         shape = shape + p2 * at(spec.intensity_p2(x))
     shape = weight * shape
     columns = [shape] + ([jnp.broadcast_to(jnp.ones_like(weight), shape.shape)] if spec.background else [])
-    columns = jnp.stack(columns, axis=-2)
-    coef = _weighted_lstsq(columns, y, w)
-    model = jnp.einsum("...k,...kq->...q", coef, columns)
-    params = {"scale": coef[..., 0]}
-    if spec.background:
-        params["background"] = coef[..., 1]
-    return model, params
+    return _scaled_fit(columns, y, w, spec.background)
 
 
 def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
@@ -279,13 +279,7 @@ def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
         columns = [both]
         if spec.background:
             columns.append(jnp.concatenate([jnp.ones_like(i0), jnp.zeros_like(i2)], axis=-1))
-        columns = jnp.stack(columns, axis=-2)
-        coef = _weighted_lstsq(columns, y, w)
-        model = jnp.einsum("...k,...kq->...q", coef, columns)
-        params = {"scale": coef[..., 0]}
-        if spec.background:
-            params["background"] = coef[..., 1]
-        return model, params
+        return _scaled_fit(columns, y, w, spec.background)
     shape = both - i_ref
     if spec.kind == "delta_sm":
         shape = q2 * shape / i_atomic
