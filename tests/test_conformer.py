@@ -226,3 +226,55 @@ def test_shipped_prior_knows_chd_nmm_dt_puts_mass_on_open_rings_and_is_small(chd
     x = prior.sample(jax.random.key(0), xfit.molecule("CHD"), 256)
     opened = np.mean(np.linalg.norm(x[:, 0] - x[:, 5], axis=-1) > 2.5)
     assert opened > 0.05  # the ring-opening sweep is a quarter of the CHD pools, 75 % of it above 2.5 A
+
+
+def test_energy_table_matches_the_network_and_continues_linearly(chd):
+    """The per-pair tables the posterior's annealing reads: values and gradients of the shipped prior at its own
+    samples agree with the network within float32 rounding; beyond the grid a pair term goes on along its slope."""
+    prior = xfit.load_conformer_prior("conformer")
+    energy = prior.energy_fn(chd)
+    sigmas = np.geomspace(0.3, prior.sigma_min, 5)
+    table = prior.energy_table(chd, sigmas)
+    assert prior.energy_table(chd, sigmas) is table  # cached
+    x = jnp.asarray(prior.sample(jax.random.key(1), chd, 64, steps=60), jnp.float32)
+    for level, sigma in enumerate(sigmas):
+        exact, tabulated = energy(x, sigma), table(x, level)
+        np.testing.assert_allclose(tabulated, exact, rtol=1e-5, atol=1e-3)
+        g_exact = jax.grad(lambda v, s=sigma: jnp.sum(energy(v, s)))(x)
+        g_table = jax.grad(lambda v, k=level: jnp.sum(table(v, k)))(x)
+        np.testing.assert_allclose(g_table, g_exact, atol=2e-3 * float(jnp.max(jnp.abs(g_exact))))
+    # C1 and C6 pulled 15 A apart, beyond the 12 A grid: the C1-C6 term continues linearly from the grid's end.
+    far = np.array(chd.positions, np.float64)
+    far[5] += 15.0 * (far[5] - far[0]) / np.linalg.norm(far[5] - far[0])
+    further = far.copy()
+    further[5] += 1.0 * (far[5] - far[0]) / np.linalg.norm(far[5] - far[0])
+    step = float(table(jnp.asarray(further), 4) - table(jnp.asarray(far), 4))
+    assert np.isfinite(step)
+    grad = jax.grad(lambda v: table(v, 4))(jnp.asarray(far))
+    assert np.all(np.isfinite(grad))
+
+
+def test_pair_energy_hessian_matches_autodiff(chd):
+    prior = xfit.load_conformer_prior("conformer")
+    energy = prior.energy_fn(chd)
+    x = jnp.asarray(chd.positions) + 0.05 * jax.random.normal(jax.random.key(4), (len(chd), 3), jnp.float64)
+    for sigma in (prior.sigma_min, 0.3):
+        exact = jax.hessian(lambda f, s=sigma: energy(f.reshape(-1, 3), s))(x.ravel())
+        np.testing.assert_allclose(
+            energy.hessian(x, sigma), exact, rtol=1e-9, atol=1e-9 * float(jnp.max(jnp.abs(exact)))
+        )
+
+
+def test_energy_fn_is_a_pytree_compiled_once_per_molecule_size(chd, tmp_path):
+    prior = untrained(chd, tmp_path)
+    traces = []
+
+    @jax.jit
+    def total(energy, x):
+        traces.append(1)
+        return jnp.sum(energy(x, 0.1))
+
+    x = jnp.asarray(chd.positions)
+    first = total(prior.energy_fn(chd), x)
+    second = total(prior.energy_fn(chd), x)  # a new object with the same structure: no retrace
+    assert len(traces) == 1 and float(first) == float(second)

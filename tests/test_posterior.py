@@ -165,3 +165,13 @@ def test_laplace_mixture_distance_std_matches_monte_carlo():
     off = ~np.eye(5, dtype=bool)
     np.testing.assert_allclose(found[off], expected[off], rtol=0.01)
     assert np.all(found[off] > 0.04)
+
+
+def test_orbit_volume_of_a_bent_molecule_is_half_log_det_inertia():
+    from xfit.infer._posterior import _log_orbit_volume
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(7, 3)))
+    c = x - x.mean(axis=0)
+    inertia = jnp.sum(c * c) * jnp.eye(3) - c.T @ c
+    expected = 0.5 * float(jnp.sum(jnp.log(jnp.linalg.eigvalsh(inertia))))
+    assert float(_log_orbit_volume(x)) == pytest.approx(expected, rel=1e-12)

@@ -180,12 +180,18 @@ class LikelihoodSpec:
 def _weighted_lstsq(columns, y, w):
     """Closed-form weighted least squares: coefficients c (..., k) minimising sum w (y - sum_k c_k col_k)^2.
 
-    columns (..., k, n_q); y, w (..., n_q). Solved through the k x k normal equations (k <= 2).
+    columns (..., k, n_q); y, w (..., n_q). Solved through the k x k normal equations (k <= 2), written out: a
+    batched LAPACK solve of 1 x 1 and 2 x 2 systems and its gradient cost as much as the IAM itself on a CPU.
     """
     a = jnp.einsum("...kq,...lq,...q->...kl", columns, columns, w)
     b = jnp.einsum("...kq,...q,...q->...k", columns, y, w)
-    a = a + 1e-30 * jnp.eye(a.shape[-1])
-    return jnp.linalg.solve(a, b[..., None])[..., 0]
+    if a.shape[-1] == 1:
+        return b / (a[..., 0] + 1e-30)
+    if a.shape[-1] != 2:
+        raise ValueError(f"at most two linear parameters are fitted in closed form, not {a.shape[-1]}")
+    a00, a01, a11 = a[..., 0, 0] + 1e-30, a[..., 0, 1], a[..., 1, 1] + 1e-30
+    det = a00 * a11 - a01 * a01
+    return jnp.stack([a11 * b[..., 0] - a01 * b[..., 1], a00 * b[..., 1] - a01 * b[..., 0]], axis=-1) / det[..., None]
 
 
 def _scaled_fit(columns, y, w, background: bool):

@@ -19,10 +19,11 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    Hessian (rigid-body directions projected out, curvature floored). The basin's mass is its Laplace evidence,
    exp(-U(x*)) det'(H)^(-1/2) sqrt(det' I(x*)), where I is the inertia tensor (unit masses): integrating out the
    three rotations leaves that orbit-volume factor, which matters when modes of different shape (closed ring,
-   open chain) are compared. Samples within the basin come from a Metropolis-adjusted Langevin chain
-   preconditioned by H^-1, exact for the basin whatever the Gaussian misses (importance weights from the Laplace
-   Gaussian itself collapsed to one effective sample per basin in trials: the prior's curvature is not that of a
-   Gaussian). Particles that converged to one optimum share its mass.
+   open chain) are compared. The ``n_basins`` heaviest distinct basins go on (the rest hold exponentially less
+   mass): samples within each come from a Metropolis-adjusted Langevin chain preconditioned by H^-1, exact for the
+   basin whatever the Gaussian misses (importance weights from the Laplace Gaussian itself collapsed to one
+   effective sample per basin in trials: the prior's curvature is not that of a Gaussian). Particles that
+   converged to one optimum share its mass.
 4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection allowed; mode
    masses; the heaviest mode's weighted mean as the structure; posterior standard deviations from its samples.
 
@@ -47,7 +48,7 @@ import optax
 from xfit.infer._likelihood import Likelihood
 from xfit.infer._problem import Ensemble, Problem, pattern_keys, shard
 
-__all__ = ["Posterior", "anneal", "local_posterior"]
+__all__ = ["Posterior", "anneal", "as_energy", "laplace", "mala"]
 
 
 def _rigid_projector(x):
@@ -66,42 +67,56 @@ def _rigid_projector(x):
 
 def _log_orbit_volume(x):
     """0.5 log det' of the unit-mass inertia tensor of x (n, 3): the volume of the rotation orbit of a structure,
-    up to a constant (for a linear molecule, the product of its two non-zero moments)."""
+    up to a constant (for a linear molecule, the product of its two non-zero moments). From the tensor's
+    invariants (det = e1 e2 e3; c2 = e1 e2 + e1 e3 + e2 e3 = e2 e3 when e1 = 0), not an eigendecomposition: the
+    sampler takes its gradient at every step."""
     c = x - jnp.mean(x, axis=0)
     r2 = jnp.sum(c * c)
     inertia = r2 * jnp.eye(3, dtype=x.dtype) - c.T @ c
-    e = jnp.linalg.eigvalsh(inertia)
-    keep = e > 1e-6 * e[-1]
-    return 0.5 * jnp.sum(jnp.where(keep, jnp.log(jnp.where(keep, e, 1.0)), 0.0))
+    det = jnp.linalg.det(inertia)
+    c2 = 0.5 * (jnp.trace(inertia) ** 2 - jnp.sum(inertia * inertia))
+    planar = det > 1e-6 * jnp.maximum(c2, 1e-30) ** 1.5  # all three moments non-zero
+    return 0.5 * jnp.where(planar, jnp.log(jnp.where(planar, det, 1.0)), jnp.log(jnp.maximum(c2, 1e-30)))
 
 
-@functools.partial(jax.jit, static_argnames=("energy", "steps", "learning_rate"))
-def anneal(likelihood: Likelihood, energy, x0, sigmas, *, steps: int, learning_rate: float):
-    """Descend U_sigma(x) = chi2(x)/2 + E(x, sigma) with sigma following ``sigmas`` (steps,), Adam, cosine step.
+def as_energy(energy):
+    """``energy`` as a pytree that jitted functions take as an argument: a prior's ``PairEnergy`` or ``PairTable``
+    as it is (its weights are leaves: compiled once per molecule size), a plain function wrapped in
+    ``jax.tree_util.Partial`` (compiled once per function object)."""
+    leaves = jax.tree_util.tree_leaves(energy)
+    return jax.tree_util.Partial(energy) if len(leaves) == 1 and leaves[0] is energy else energy
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_rate: float):
+    """Descend U_l(x) = chi2(x)/2 + E(x, l) with the prior's noise level l following ``levels``, Adam, cosine step.
 
     Args:
-        likelihood: T patterns. energy: the prior's pure energy function f(x, sigma) -> (...).
-        x0: particles (T, S, n_atoms, 3) in A. sigmas: prior noise level (A) at each step.
+        likelihood: T patterns. energy: the prior's energy f(x, level) -> (...) as a pytree (:func:`as_energy`):
+            with ``levels`` the noise levels in A (an energy function), or indices into a ``PairTable``'s levels.
+        x0: particles (T, S, n_atoms, 3) in A. levels: (steps,) the level at each step.
         steps: optimisation steps. learning_rate: initial step in A.
 
     Returns:
-        (x (T, S, n_atoms, 3), chi2 (T, S), E(x, sigmas[-1]) (T, S)).
+        (x (T, S, n_atoms, 3), chi2 (T, S), E(x, levels[-1]) (T, S)).
     """
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-2)
     optimizer = optax.adam(schedule)
+    if jnp.issubdtype(levels.dtype, jnp.floating):
+        levels = levels.astype(x0.dtype)
 
-    def loss(x, sigma):
-        return jnp.sum(0.5 * likelihood.chi2(x) + energy(x, sigma))
+    def loss(x, level):
+        return jnp.sum(0.5 * likelihood.chi2(x) + energy(x, level))
 
-    def step(carry, sigma):
+    def step(carry, level):
         x, state = carry
-        grad = jax.grad(loss)(x, sigma)
+        grad = jax.grad(loss)(x, level)
         grad = jnp.where(jnp.isfinite(grad), grad, 0.0)  # a particle gone astray stops; it is dropped later
         updates, state = optimizer.update(grad, state, x)
         return (optax.apply_updates(x, updates), state), None
 
-    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), sigmas.astype(x0.dtype))
-    return x, likelihood.chi2(x), energy(x, sigmas[-1].astype(x0.dtype))
+    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), levels)
+    return x, likelihood.chi2(x), energy(x, levels[-1])
 
 
 def _residuals(likelihood: Likelihood, t, x):
@@ -113,67 +128,80 @@ def _residuals(likelihood: Likelihood, t, x):
     return jnp.sqrt(w) * (y - model)
 
 
-@functools.partial(jax.jit, static_argnames=("energy", "draws", "thin"))
-def local_posterior(
-    likelihood: Likelihood,
-    energy,
-    x_star,
-    sigma_min,
-    keys,
-    noise_scale,
-    step_size,
-    *,
-    draws: int,
-    thin: int,
-    floor: float,
-):
-    """Each basin's posterior mass (Laplace) and samples of the posterior within it (preconditioned MALA).
+@functools.partial(jax.jit, static_argnames=("floor",))
+def laplace(likelihood: Likelihood, energy, x_star, sigma_min, noise_scale, *, floor: float):
+    """Each basin's posterior mass and Gaussian shape (Laplace), at the optima of the annealing.
 
     For the optimum x* of each particle: H = Gauss-Newton Hessian of chi2/2 + Hessian of the prior energy, the
     rigid-body directions projected out, eigenvalues floored at ``floor``. The basin's log mass is the Laplace
     evidence -U(x*) - 1/2 log det' H + 1/2 log det' I(x*) (I: the unit-mass inertia tensor, the volume of the
-    rotation orbit). Samples: a Metropolis-adjusted Langevin chain (Roberts & Tweedie, Bernoulli 2, 341 (1996))
-    started at x*, preconditioned by H^-1 (so each step is scaled to the basin's shape), targeting
-    exp(-U(x)) sqrt(det' I(x)); the accept/reject step makes the samples exact for the basin whatever the Gaussian
-    approximation misses. ``draws`` states are kept, one every ``thin`` steps.
+    rotation orbit).
 
     Args:
         likelihood: T patterns. energy: the prior's energy function f(x, sigma).
         x_star: optima (T, S, n_atoms, 3) in A. sigma_min: the prior's noise level (A) for E.
-        keys: PRNG keys (T, S), one per pattern and particle (split outside: see ``Posterior.run``).
         noise_scale: (T,) factor dividing the likelihood weights (1 with sigma given; the re-estimated
-            chi2_reduced without). step_size: MALA step in whitened units (about 1.65 d^(-1/6)).
-        floor: smallest curvature (1/A^2) kept along any internal direction.
+            chi2_reduced without). floor: smallest curvature (1/A^2) kept along any internal direction.
 
     Returns:
-        (samples (T, S, draws, n, 3), log mass (T, S), chi2 (T, S, draws), prior energy (T, S, draws),
-        acceptance rate (T, S), Laplace covariance of each basin (T, S, 3n, 3n) in A^2, rigid-body directions
-        excluded).
+        (log mass (T, S), eigenvectors of H (T, S, 3n, 3n), standard deviation along each (T, S, 3n) in A, zero
+        along the rigid-body directions).
     """
-    # Long on purpose: one pure function is the unit that jit and the two vmaps (patterns, particles) compile; the
-    # Laplace stage and the MALA chain share the basin's eigenbasis through closures rather than pytrees passed on.
     n_atoms = x_star.shape[-2]
     dim = 3 * n_atoms
 
-    def one(t, x, k):
-        def chi2_of(flat):
-            r = _residuals(likelihood, t, flat.reshape(n_atoms, 3))
-            return jnp.sum(r * r)
-
-        def u(flat):  # -log posterior density including the orbit volume
-            xs = flat.reshape(n_atoms, 3)
-            return 0.5 * chi2_of(flat) / noise_scale[t] + energy(xs, sigma_min) - _log_orbit_volume(xs)
-
+    def one(t, x):
         flat = x.ravel()
-        jac = jax.jacrev(lambda f: _residuals(likelihood, t, f.reshape(n_atoms, 3)))(flat)
-        hessian = jac.T @ jac / noise_scale[t] + jax.hessian(lambda f: energy(f.reshape(n_atoms, 3), sigma_min))(flat)
+        residuals = _residuals(likelihood, t, x)
+        jac = jax.jacrev(lambda f: _residuals(likelihood, t, f.reshape(n_atoms, 3)))(flat)  # the IAM is custom_vjp
+        if hasattr(energy, "hessian"):  # a pair energy assembles its own, at a fraction of the cost
+            prior_hessian = energy.hessian(x, sigma_min)
+        else:
+            prior_hessian = jax.hessian(lambda f: energy(f.reshape(n_atoms, 3), sigma_min))(flat)
+        hessian = jac.T @ jac / noise_scale[t] + prior_hessian
         hessian = 0.5 * (hessian + hessian.T)
         p = _rigid_projector(x)
         values, vectors = jnp.linalg.eigh(p @ hessian @ p + (jnp.eye(dim, dtype=x.dtype) - p))
         internal = jnp.sum((p @ vectors) ** 2, axis=0) > 0.5  # eigenvectors outside the rigid-body span
         values = jnp.where(internal, jnp.maximum(values, floor), 1.0)
-        log_mass = -u(flat) - 0.5 * jnp.sum(jnp.where(internal, jnp.log(values), 0.0))
-        scale = jnp.where(internal, 1.0 / jnp.sqrt(values), 0.0)  # C^(1/2) = V diag(scale) in the eigenbasis
+        u = 0.5 * jnp.sum(residuals**2) / noise_scale[t] + energy(x, sigma_min) - _log_orbit_volume(x)
+        log_mass = -u - 0.5 * jnp.sum(jnp.where(internal, jnp.log(values), 0.0))
+        return log_mass, vectors, jnp.where(internal, 1.0 / jnp.sqrt(values), 0.0)
+
+    t_index = jnp.arange(x_star.shape[0])
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, 0))(t_index, x_star)
+
+
+@functools.partial(jax.jit, static_argnames=("draws", "thin"))
+def mala(
+    likelihood: Likelihood, energy, x_star, vectors, scale, sigma_min, keys, noise_scale, step_size, *, draws, thin
+):
+    """Samples of the posterior within each basin: a Metropolis-adjusted Langevin chain (Roberts & Tweedie,
+    Bernoulli 2, 341 (1996)) started at the optimum x*, preconditioned by the basin's Laplace covariance
+    C = V diag(scale^2) V^T (so each step is scaled to the basin's shape), targeting exp(-U(x)) sqrt(det' I(x));
+    the accept/reject step makes the samples exact for the basin whatever the Gaussian approximation misses.
+    ``draws`` states are kept, one every ``thin`` steps, after as many steps of step-size adaptation.
+
+    Args:
+        likelihood: T patterns. energy: the prior's energy function f(x, sigma).
+        x_star: optima (T, S, n_atoms, 3) in A; vectors (T, S, 3n, 3n), scale (T, S, 3n): from :func:`laplace`.
+        sigma_min: the prior's noise level (A). keys: PRNG keys (T, S), one per pattern and basin (split outside:
+            see ``Posterior.run``). noise_scale: (T,) as for :func:`laplace`. step_size: the first MALA step in
+            whitened units (about 1.65 d^(-1/6)).
+
+    Returns:
+        (samples (T, S, draws, n, 3), chi2 (T, S, draws), prior energy (T, S, draws), acceptance rate (T, S)).
+    """
+    n_atoms = x_star.shape[-2]
+    dim = 3 * n_atoms
+
+    def one(t, x, vectors, scale, k):
+        def u(flat):  # -log posterior density including the orbit volume
+            xs = flat.reshape(n_atoms, 3)
+            r = _residuals(likelihood, t, xs)
+            return 0.5 * jnp.sum(r * r) / noise_scale[t] + energy(xs, sigma_min) - _log_orbit_volume(xs)
+
+        internal = scale > 0
         to_white = lambda v: (v @ vectors) / jnp.where(internal, scale, 1.0) * internal  # noqa: E731
         from_white = lambda z: (z * scale) @ vectors.T  # noqa: E731
         u_and_grad = jax.value_and_grad(u)
@@ -208,20 +236,18 @@ def local_posterior(
             )
             return new, new[0]
 
+        flat = x.ravel()
         u0, g0 = u_and_grad(flat)
         start = (flat, u0, g0, jnp.log(step_size), jnp.zeros((), x.dtype))
         inputs = (jax.random.split(k, burn + draws * thin), jnp.arange(burn + draws * thin, dtype=x.dtype))
         (_, _, _, _, accepted), chain = jax.lax.scan(step, start, inputs)
-        chain = chain[burn:]
-        samples = chain[thin - 1 :: thin].reshape(draws, n_atoms, 3)
+        samples = chain[burn:][thin - 1 :: thin].reshape(draws, n_atoms, 3)
         res = jax.vmap(lambda s: _residuals(likelihood, t, s))(samples)
-        covariance = (vectors * scale**2) @ vectors.T  # H^-1 on the internal directions
-        chi2_s, e_s = jnp.sum(res * res, axis=-1), energy(samples, sigma_min)
-        return samples, log_mass, chi2_s, e_s, accepted / (draws * thin), covariance
+        return samples, jnp.sum(res * res, axis=-1), energy(samples, sigma_min), accepted / (draws * thin)
 
     t_index = jnp.arange(x_star.shape[0])
-    per_pattern = jax.vmap(one, in_axes=(None, 0, 0))
-    return jax.vmap(per_pattern, in_axes=(0, 0, 0))(t_index, x_star, keys)
+    per_pattern = jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
+    return jax.vmap(per_pattern, in_axes=(0, 0, 0, 0, 0))(t_index, x_star, vectors, scale, keys)
 
 
 def _same_optimum_groups(x: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
@@ -248,6 +274,21 @@ def _noise_scale(problem: Problem, chi2: np.ndarray, finite: np.ndarray) -> np.n
     return scale
 
 
+def _select_basins(cost: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float, k: int) -> np.ndarray:
+    """Indices (T, min(k, S)) of the particles whose basins get a chain, per pattern: the distinct optima
+    (``tolerance`` A apart, heavy-atom RMSD) of lowest ``cost`` (T, S) first, then, if fewer than k are distinct,
+    the lowest-cost rest (their shared basins are counted once by ``_share_basins``)."""
+    k = min(k, cost.shape[1])
+    picked = np.empty((len(cost), k), np.int64)
+    for t in range(len(cost)):
+        order = np.argsort(np.where(np.isnan(cost[t]), np.inf, cost[t]), kind="stable")
+        labels = _same_optimum_groups(optima[t][order], heavy, tolerance)
+        first = labels == np.arange(len(order))  # the lowest-U member of each group
+        ranked = np.concatenate([order[first], order[~first]])
+        picked[t] = ranked[:k]
+    return picked
+
+
 def _share_basins(log_w: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
     """Log weights (T, S, draws) with each basin's mass shared out: particles that converged to one optimum
     (within ``tolerance`` A) each estimated that basin's whole mass, so each keeps 1/count of it."""
@@ -270,8 +311,11 @@ class Posterior:
         n_local: the input geometry and n_local - 1 random perturbations of it (``perturbation`` A).
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
-            first step.
-        draws: posterior samples kept per particle, one every ``thin`` MALA steps of ``step_size`` (whitened units).
+            first step. table_levels: noise levels at which the annealing reads the prior from per-pair tables
+            (``energy_table``, where the prior has one; 0: the network at every step's own level).
+        n_basins: how many distinct optima, lowest -log posterior first, get a Laplace mass and a MALA chain (the
+            rest are dropped: their mass is exponentially smaller).
+        draws: posterior samples kept per basin, one every ``thin`` MALA steps of ``step_size`` (whitened units).
         curvature_floor: smallest curvature (1/A^2) of the Laplace approximation along any internal direction (a
             standard deviation of at most 1/sqrt(floor) A).
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
@@ -286,6 +330,8 @@ class Posterior:
     perturbation: float = 0.1
     extra_starts: np.ndarray | None = None
     steps: int = 500
+    table_levels: int = 25
+    n_basins: int = 12
     learning_rate: float = 0.02
     sigma_start: float = 0.3
     draws: int = 8
@@ -341,16 +387,23 @@ class Posterior:
         # One key per pattern and particle, split here rather than inside the compiled chain: with the split inside,
         # XLA's CPU runtime (jaxlib 0.10) hung for good on 38 CHD patterns x 80 particles (every thread idle).
         k_draw = jax.vmap(lambda k: jax.random.split(k, x0.shape[1]))(pattern_keys(problem, k_draw))
-        energy = self.prior.energy_fn(problem.molecule)
+        energy = as_energy(self.prior.energy_fn(problem.molecule))
         sigma_min = float(self.prior.sigma_min)
         sigmas = np.geomspace(max(self.sigma_start, sigma_min), sigma_min, self.steps)
+        anneal_energy, levels = energy, sigmas
+        if self.table_levels and hasattr(self.prior, "energy_table"):
+            # The annealing reads the prior from per-pair tables at table_levels noise levels (a staircase
+            # schedule), ~15x cheaper than the network; the local stage uses the network itself.
+            n_levels = min(self.table_levels, self.steps)
+            anneal_energy = self.prior.energy_table(problem.molecule, np.geomspace(sigmas[0], sigma_min, n_levels))
+            levels = (np.arange(self.steps) * n_levels // self.steps).astype(np.int32)
         with jax.enable_x64(self.dtype == jnp.float64):
             like = problem.likelihood
             pixels = [] if like.pixels is None else [like.pixels]
             x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
             like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
             x_star, chi2, prior_energy = anneal(
-                like, energy, x, jnp.asarray(sigmas), steps=self.steps, learning_rate=self.learning_rate
+                like, anneal_energy, x, jnp.asarray(levels), steps=self.steps, learning_rate=self.learning_rate
             )
             t = problem.n_patterns
             x_star, chi2 = np.asarray(x_star, np.float64)[:t], np.asarray(chi2, np.float64)[:t]
@@ -358,27 +411,42 @@ class Posterior:
             finite = np.isfinite(chi2) & np.isfinite(prior_energy) & np.all(np.isfinite(x_star), axis=(-2, -1))
             scale = _noise_scale(problem, chi2, finite)
             safe = np.where(finite[..., None, None], x_star, x0[:t])
-            draws, log_mass, chi2_d, prior_d, acceptance, covariance = local_posterior(
-                like.select(np.arange(t)) if len(like.y) > t else like,
+            local = like.select(np.arange(t)) if len(like.y) > t else like
+            sigma_j, scale_j = jnp.asarray(sigma_min, self.dtype), jnp.asarray(scale, self.dtype)
+            log_mass, vectors, spread = laplace(
+                local, energy, jnp.asarray(safe, self.dtype), sigma_j, scale_j, floor=self.curvature_floor
+            )
+            log_mass = np.where(finite, np.asarray(log_mass, np.float64), -np.inf)
+            # Only the heaviest basins get a chain: one exp(-10) lighter than the best holds nothing a summary sees,
+            # and the chains would cost as much as the annealing otherwise.
+            keep = _select_basins(-log_mass, safe, problem.molecule.heavy, self.duplicate_tolerance, self.n_basins)
+            rows = np.arange(t)[:, None]
+            n_particles, unselected = finite.shape[1], np.ones(finite.shape, bool)
+            unselected[rows, keep] = False
+            lost = int(np.sum(~finite & unselected))  # non-finite after annealing and not among the kept
+            safe, finite, log_mass = safe[rows, keep], finite[rows, keep], log_mass[rows, keep]
+            vectors, spread = np.asarray(vectors, np.float64)[rows, keep], np.asarray(spread, np.float64)[rows, keep]
+            draws, chi2_d, prior_d, acceptance = mala(
+                local,
                 energy,
                 jnp.asarray(safe, self.dtype),
-                jnp.asarray(sigma_min, self.dtype),
-                k_draw,
-                jnp.asarray(scale, self.dtype),
+                jnp.asarray(vectors, self.dtype),
+                jnp.asarray(spread, self.dtype),
+                sigma_j,
+                k_draw[:t][rows, keep],
+                scale_j,
                 jnp.asarray(self.step_size, self.dtype),
                 draws=self.draws,
                 thin=self.thin,
-                floor=self.curvature_floor,
             )
-        draws, log_mass, chi2_d, prior_d, acceptance, covariance = (
-            np.asarray(a, np.float64) for a in (draws, log_mass, chi2_d, prior_d, acceptance, covariance)
-        )
+        draws, chi2_d, prior_d, acceptance = (np.asarray(a, np.float64) for a in (draws, chi2_d, prior_d, acceptance))
+        covariance = (vectors * spread[..., None, :] ** 2) @ np.swapaxes(vectors, -1, -2)  # H^-1, internal directions
         ok = finite & np.isfinite(log_mass) & np.all(np.isfinite(draws), axis=(-3, -2, -1))
         weights, ess = self._sample_weights(problem, log_mass, safe, ok)
         # A dropped particle keeps finite placeholders (its seed) at zero weight.
         draws = np.where(ok[..., None, None, None], draws, safe[:, :, None])
         chi2_d, prior_d = (np.where(ok[..., None], a, np.inf) for a in (chi2_d, prior_d))
-        s = x_star.shape[1]
+        s = safe.shape[1]
         flat = lambda a: a.reshape(t, s * self.draws, *a.shape[3:])  # noqa: E731
         return Ensemble(
             positions=flat(draws),
@@ -391,10 +459,11 @@ class Posterior:
             particle=np.broadcast_to(np.repeat(np.arange(s), self.draws), (t, s * self.draws)),
             info={
                 "method": "posterior",
-                "particles": s,
+                "particles": n_particles,
+                "basins": s,
                 "draws": self.draws,
                 "steps": self.steps,
-                "dropped": int(np.sum(~ok)),
+                "dropped": lost + int(np.sum(~ok)),
                 "effective_sample_size": float(np.median(ess)),
                 "acceptance": float(np.median(acceptance[ok])) if ok.any() else 0.0,
                 "noise_scale": float(np.median(scale)),

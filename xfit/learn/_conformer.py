@@ -49,6 +49,7 @@ import os
 from pathlib import Path
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,19 +231,12 @@ def _constant(values):
     return init
 
 
-def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
-    """E(x, sigma) (...) for structures x (..., N, 3) in A and noise levels sigma in A (a scalar or (...)), in the
-    dtype of x. ``head``: a molecule's ``PairContext`` output (any float dtype); pair_i, pair_j (P,): the pairs;
-    pair_mask (P,): which are real (padding pairs in training), None for all."""
-    x = jnp.asarray(x)
-    dtype = x.dtype
+def pair_terms(head: dict, d, sigma, config: ConformerConfig):
+    """Each pair's term f_ij(d_ij, sigma) (..., P) of the energy, for distances d (..., P) in A and noise levels
+    sigma (a scalar or (...)) in A, in the dtype of d: the energy is their sum (see the module notes)."""
+    dtype = d.dtype
     head = {k: jnp.asarray(v, dtype) for k, v in head.items()}
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype), x.shape[:-2])
-    diff = x[..., pair_i, :] - x[..., pair_j, :]
-    sq = jnp.sum(diff * diff, axis=-1)
-    if pair_mask is not None:  # padding atoms sit on one point: keep their (discarded) gradients finite
-        sq = jnp.where(pair_mask, sq, 1.0)
-    d = jnp.sqrt(jnp.maximum(sq, 1e-12))
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype), d.shape[:-1])
     s = sigma_features(sigma, config)
     a1 = (
         _rbf(d, config.n_rbf, config.rbf_min, config.rbf_max) @ head["w_rbf"]
@@ -254,10 +248,112 @@ def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, p
     residual = jnp.sum(jax.nn.silu(a2) * head["v"], axis=-1)
     var = jnp.exp(2.0 * head["log_widths"]) + 2.0 * sigma[..., None, None] ** 2
     branch = 0.5 * (d[..., None] - head["centres"]) ** 2 / var + 0.5 * jnp.log(var) - head["log_weights"]
-    f = residual - jax.nn.logsumexp(-branch, axis=-1)
+    return residual - jax.nn.logsumexp(-branch, axis=-1)
+
+
+def _pair_distances(x, pair_i, pair_j, pair_mask=None):
+    diff = x[..., pair_i, :] - x[..., pair_j, :]
+    sq = jnp.sum(diff * diff, axis=-1)
+    if pair_mask is not None:  # padding atoms sit on one point: keep their (discarded) gradients finite
+        sq = jnp.where(pair_mask, sq, 1.0)
+    return jnp.sqrt(jnp.maximum(sq, 1e-12))
+
+
+def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
+    """E(x, sigma) (...) for structures x (..., N, 3) in A and noise levels sigma in A (a scalar or (...)), in the
+    dtype of x. ``head``: a molecule's ``PairContext`` output (any float dtype); pair_i, pair_j (P,): the pairs;
+    pair_mask (P,): which are real (padding pairs in training), None for all."""
+    x = jnp.asarray(x)
+    f = pair_terms(head, _pair_distances(x, pair_i, pair_j, pair_mask), sigma, config)
     if pair_mask is not None:
         f = jnp.where(pair_mask, f, 0.0)
     return jnp.sum(f, axis=-1)
+
+
+@flax.struct.dataclass(eq=False)  # hashed by identity: jax.jit(energy) works as for a function
+class PairEnergy:
+    """A molecule's energy E(x, sigma) as a pytree (the weights are leaves, the config static): pass it to jitted
+    functions as an argument and they compile once per molecule size, not once per call. Called as
+    ``energy(x, sigma)`` with x (..., N, 3) in A and sigma in A; returns (...)."""
+
+    head: dict
+    pair_i: jax.Array
+    pair_j: jax.Array
+    config: ConformerConfig = flax.struct.field(pytree_node=False)
+
+    def __call__(self, x, sigma):
+        return pair_energy(self.head, x, sigma, self.pair_i, self.pair_j, self.config)
+
+    def hessian(self, x, sigma):
+        """The Hessian (3N, 3N) in 1/A^2 of E at one structure x (N, 3) in A, assembled from each pair's first and
+        second derivatives along its distance (forward mode, a few network passes, instead of 3N of them): pair
+        (i, j) adds B = f'' u u^T + (f'/d)(1 - u u^T) to blocks ii and jj and -B to ij and ji, u the unit vector
+        along the pair."""
+        x = jnp.asarray(x)
+        n = x.shape[0]
+        diff = x[self.pair_i] - x[self.pair_j]
+        d = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), 1e-12))
+        u = diff / d[:, None]
+        ones = jnp.ones_like(d)
+
+        def slope(v):
+            return jax.jvp(lambda w: pair_terms(self.head, w, sigma, self.config), (v,), (ones,))[1]
+
+        f1, f2 = jax.jvp(slope, (d,), (ones,))
+        uu = u[:, :, None] * u[:, None, :]
+        block = f2[:, None, None] * uu + (f1 / d)[:, None, None] * (jnp.eye(3, dtype=x.dtype) - uu)
+        h = jnp.zeros((n, n, 3, 3), x.dtype)
+        h = h.at[self.pair_i, self.pair_i].add(block).at[self.pair_j, self.pair_j].add(block)
+        h = h.at[self.pair_i, self.pair_j].add(-block).at[self.pair_j, self.pair_i].add(-block)
+        return h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+
+
+@flax.struct.dataclass(eq=False)
+class PairTable:
+    """A molecule's energy at a few fixed noise levels, tabulated per pair on a uniform distance grid and read by
+    cubic Hermite interpolation (exact values and slopes at the nodes): called as ``table(x, level)`` with x
+    (..., N, 3) in A and ``level`` an index into ``sigmas``; returns E(x, sigmas[level]) (...). Beyond the grid each
+    pair term continues linearly with its end slope. Built by ``ConformerPrior.energy_table``; ten times cheaper
+    per evaluation than the network for the pair counts of small molecules, which is what the annealing of the
+    posterior spends its time on."""
+
+    values: jax.Array  # (L, P, n_nodes)
+    slopes: jax.Array  # (L, P, n_nodes): d f / d d at the nodes, 1/A
+    pair_i: jax.Array
+    pair_j: jax.Array
+    sigmas: jax.Array  # (L,) A
+    d_min: float = flax.struct.field(pytree_node=False)
+    spacing: float = flax.struct.field(pytree_node=False)
+
+    def __call__(self, x, level):
+        x = jnp.asarray(x)
+        d = _pair_distances(x, self.pair_i, self.pair_j)
+        n = self.values.shape[-1]
+        clipped = jnp.clip(d, self.d_min, self.d_min + (n - 1) * self.spacing)
+        u = (clipped - self.d_min) / self.spacing
+        k = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, n - 2)
+        t = u - k
+        pairs = jnp.arange(d.shape[-1])
+        values, slopes = self.values[level].astype(x.dtype), self.slopes[level].astype(x.dtype) * self.spacing
+        f0, f1, m0, m1 = values[pairs, k], values[pairs, k + 1], slopes[pairs, k], slopes[pairs, k + 1]
+        t2, t3 = t * t, t * t * t
+        value = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * m1
+        slope = ((6 * t2 - 6 * t) * (f0 - f1) + (3 * t2 - 4 * t + 1) * m0 + (3 * t2 - 2 * t) * m1) / self.spacing
+        return jnp.sum(value + jax.lax.stop_gradient(slope) * (d - clipped), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _tabulate(head, grid, sigmas, *, config):
+    """Pair terms and their slopes (L, P, n) on ``grid`` (n,) A at noise levels ``sigmas`` (L,) A."""
+    n_pairs = head["b1"].shape[0]
+    d = jnp.broadcast_to(grid[:, None], (len(grid), n_pairs))
+
+    def level(sigma):  # each term depends on its own distance only: one vjp gives every slope
+        f, vjp = jax.vjp(lambda v: pair_terms(head, v, sigma, config), d)
+        return f.T, vjp(jnp.ones_like(f))[0].T
+
+    values, slopes = jax.lax.map(level, sigmas)
+    return values, slopes
 
 
 def init_params(config: ConformerConfig, key: jax.Array) -> dict:
@@ -321,17 +417,34 @@ class ConformerPrior:
             head[key] = head[key][representative]
         return head, i, j
 
-    def energy_fn(self, atoms: Atoms | MoleculeGraph):
-        """A pure JAX function E(x, sigma) -> (...) of structures x (..., n_atoms, 3) in A and a noise level sigma
-        in A (a scalar or one per structure), in the dtype of x: -log p_sigma(x) up to a constant per sigma.
-        jit/vmap/grad-friendly; the graph network runs once, here."""
+    def energy_fn(self, atoms: Atoms | MoleculeGraph) -> PairEnergy:
+        """E(x, sigma) -> (...) of structures x (..., n_atoms, 3) in A and a noise level sigma in A (a scalar or one
+        per structure), in the dtype of x: -log p_sigma(x) up to a constant per sigma. A pure JAX pytree callable
+        (jit/vmap/grad-friendly; pass it to jitted functions as an argument); the graph network runs once, here."""
         head, pair_i, pair_j = self.head(atoms)
-        config = self.config
+        return PairEnergy(head, pair_i, pair_j, self.config)
 
-        def energy(x, sigma):
-            return pair_energy(head, x, sigma, pair_i, pair_j, config)
-
-        return energy
+    def energy_table(
+        self, atoms: Atoms | MoleculeGraph, sigmas, *, spacing: float = 0.02, d_max: float = 12.0
+    ) -> PairTable:
+        """The energy at the noise levels ``sigmas`` (L,) A tabulated per pair, every ``spacing`` A from 0.05 A to
+        ``d_max`` A: a ``PairTable`` called as ``table(x, level)``, E(x, sigmas[level]) to within ~1e-4 per pair
+        (cubic Hermite on exact values and slopes), linear beyond the grid. Cached per molecule and levels."""
+        graph = as_graph(atoms)
+        key = (graph.numbers.tobytes(), graph.bonds.tobytes(), tuple(float(v) for v in sigmas), spacing, d_max)
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            head, pair_i, pair_j = self.head(graph)
+            d_min = 0.05
+            grid = d_min + spacing * np.arange(int(np.ceil((d_max - d_min) / spacing)) + 1)
+            values, slopes = _tabulate(
+                head, jnp.asarray(grid, jnp.float32), jnp.asarray(key[2], jnp.float32), config=self.config
+            )
+            table = PairTable(values, slopes, pair_i, pair_j, jnp.asarray(key[2], jnp.float32), d_min, spacing)
+            if len(cache) >= 4:  # a few MB each: keep the latest few molecules and schedules
+                cache.pop(next(iter(cache)))
+            cache[key] = table
+        return cache[key]
 
     def energy(self, x, atoms: Atoms | MoleculeGraph, sigma: float | None = None) -> np.ndarray:
         """E(x, sigma) (...) for x (..., n_atoms, 3) in A (default sigma: ``sigma_min``)."""
