@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from ase import Atoms
 from scipy.spatial.transform import Rotation
 
 import xfit
@@ -14,7 +15,7 @@ import xfit
 from .conftest import DATA, ROOT
 
 Q = np.linspace(0.5, 8.0, 76)
-FAST = {"n_starts": 4, "steps": 150, "seed": 0}
+FAST = {"n_starts": 4, "steps": 150, "seed": 0, "prior": None}  # the refinement path: its mechanics
 
 
 def perturbed(atoms, scale, seed):
@@ -92,7 +93,7 @@ def test_retrieves_a_distorted_structure_from_its_pattern(chd):
     start_error = xfit.rmsd(skeleton, truth)
     # 16 starts: with 8, whether one lands in the true basin depends on the seed's draws (seeds 0-5 reach it in 3 of
     # 6 with the batch-wide stream of starts, 5 of 6 with per-pattern keys; 16 reach it for seeds 0-3).
-    result = xfit.retrieve(pattern, skeleton, restraints=None, n_starts=16, steps=600)
+    result = xfit.retrieve(pattern, skeleton, restraints=None, prior=None, n_starts=16, steps=600)
     assert xfit.rmsd(result.atoms, truth) < 0.1 * start_error
     assert result.parameters["scale"] == pytest.approx(3.7, rel=1e-3)
     assert result.chi2_reduced < 1e-3  # noiseless data, relative weights
@@ -106,16 +107,18 @@ def test_percent_difference_fits_the_excitation_fraction(chd):
     i_ref, i_exc = xfit.scattering(chd, Q), xfit.scattering(excited, Q)
     signal = np.asarray(xfit.percent_difference(i_exc, i_ref, 0.08))
     pattern = xfit.Pattern(Q, signal, np.full(len(Q), 1e-4), kind="percent_difference")
-    fitted = xfit.retrieve(pattern, excited, reference=chd, n_starts=1, steps=50, learning_rate=1e-4)
+    fitted = xfit.retrieve(pattern, excited, reference=chd, prior=None, n_starts=1, steps=50, learning_rate=1e-4)
     assert fitted.parameters["fraction"] == pytest.approx(0.08, rel=0.02)
-    fixed = xfit.retrieve(pattern, excited, reference=chd, fraction=0.08, n_starts=1, steps=50, learning_rate=1e-4)
+    fixed = xfit.retrieve(
+        pattern, excited, reference=chd, fraction=0.08, prior=None, n_starts=1, steps=50, learning_rate=1e-4
+    )
     assert fixed.parameters["fraction"] == 0.08
     assert fixed.reference is chd
 
 
 def test_background_is_solved_in_closed_form(chd):
     pattern = xfit.Pattern(Q, 2.0 * xfit.scattering(chd, Q) + 15.0)
-    result = xfit.retrieve(pattern, chd, background=True, n_starts=1, steps=5, learning_rate=1e-5)
+    result = xfit.retrieve(pattern, chd, background=True, prior=None, n_starts=1, steps=5, learning_rate=1e-5)
     assert result.parameters["scale"] == pytest.approx(2.0, rel=1e-4)
     assert result.parameters["background"] == pytest.approx(15.0, rel=1e-2)
 
@@ -141,7 +144,7 @@ def test_uncertainty_is_positive_and_scales_with_the_noise(chd):
     errors = []
     for sigma in (1e-3, 2e-3):
         pattern = xfit.Pattern(Q, values, sigma * values)
-        result = xfit.retrieve(pattern, truth, restraints=None, n_starts=1, steps=20, learning_rate=1e-4)
+        result = xfit.retrieve(pattern, truth, restraints=None, prior=None, n_starts=1, steps=20, learning_rate=1e-4)
         u = result.uncertainty
         assert u.distances.shape == (len(chd), len(chd)) and u.positions.shape == (len(chd), 3)
         errors.append(u.distance(0, 1))
@@ -183,7 +186,7 @@ def test_extra_starts_join_the_search(chd):
 
 def test_plot_writes_an_image(chd, tmp_path):
     pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(0), relative=1e-3)
-    result = xfit.retrieve(pattern, chd, n_starts=2, steps=10)
+    result = xfit.retrieve(pattern, chd, prior=None, n_starts=2, steps=10)
     assert result.plot(tmp_path / "fit.png").stat().st_size > 10_000
 
 
@@ -198,7 +201,7 @@ truths = [chd.copy() for k in range(3)]
 for k, t in enumerate(truths):
     t.positions += np.random.default_rng(k).normal(0, 0.05, t.positions.shape)
 patterns = [xfit.Pattern(q, xfit.scattering(t, q)) for t in truths]
-results = xfit.retrieve(patterns, chd, n_starts=1, steps=20, dtype=jax.numpy.float64)
+results = xfit.retrieve(patterns, chd, prior=None, n_starts=1, steps=20, dtype=jax.numpy.float64)
 np.save({str(tmp_path / "x.npy")!r}, np.stack([r.atoms.positions for r in results]))
 """
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
@@ -214,7 +217,7 @@ np.save({str(tmp_path / "x.npy")!r}, np.stack([r.atoms.positions for r in result
     for k, t in enumerate(truths):
         t.positions += np.random.default_rng(k).normal(0, 0.05, t.positions.shape)
     patterns = [xfit.Pattern(Q, xfit.scattering(t, Q)) for t in truths]
-    local = xfit.retrieve(patterns, chd, n_starts=1, steps=20, dtype=jax.numpy.float64)  # no ranking ties
+    local = xfit.retrieve(patterns, chd, prior=None, n_starts=1, steps=20, dtype=jax.numpy.float64)  # no ranking ties
     np.testing.assert_allclose(sharded, np.stack([r.atoms.positions for r in local]), atol=1e-8)
 
 
@@ -241,3 +244,20 @@ def test_bad_input_raises_clear_errors(chd, nmm):
         xfit.retrieve(good, chd.positions, **FAST)
     with pytest.raises(ValueError, match="restraints must be"):
         xfit.retrieve(good, chd, restraints="tight", **FAST)
+
+
+def test_default_call_samples_the_posterior_where_the_shipped_prior_fits(chd):
+    pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(5), relative=1e-3)
+    result = xfit.retrieve(pattern, chd)
+    assert result.info["method"] == "posterior" and result.info["prior"] is not None
+    assert result.samples.shape[1:] == (len(chd), 3) and np.isclose(result.modes.sum(), 1.0)
+    assert xfit.rmsd(result.atoms, chd, heavy_only=True) < 0.1
+    assert 0 < result.uncertainty.distance(0, 5) < 0.15
+
+
+def test_default_call_falls_back_to_refinement_with_a_warning_elsewhere():
+    water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    pattern = xfit.Pattern(Q, xfit.scattering(water, Q))
+    with pytest.warns(xfit.PriorFallbackWarning, match="no learned conformer prior covers"):
+        result = xfit.retrieve(pattern, water, n_starts=1, steps=5)
+    assert result.info["method"] == "refinement"

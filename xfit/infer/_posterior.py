@@ -87,8 +87,8 @@ def as_energy(energy):
     return jax.tree_util.Partial(energy) if len(leaves) == 1 and leaves[0] is energy else energy
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
-def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_rate: float):
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate", "prune"))
+def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_rate: float, prune=None):
     """Descend U_l(x) = chi2(x)/2 + E(x, l) with the prior's noise level l following ``levels``, Adam, cosine step.
 
     Args:
@@ -96,9 +96,12 @@ def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_r
             with ``levels`` the noise levels in A (an energy function), or indices into a ``PairTable``'s levels.
         x0: particles (T, S, n_atoms, 3) in A. levels: (steps,) the level at each step.
         steps: optimisation steps. learning_rate: initial step in A.
+        prune: None, or (step, n): after that many steps each pattern goes on with its n particles of lowest U
+            only (successive halving: a particle far above the best by then rarely ends in a basin that matters).
 
     Returns:
-        (x (T, S, n_atoms, 3), chi2 (T, S), E(x, levels[-1]) (T, S)).
+        (x (T, S', n_atoms, 3), chi2 (T, S'), E(x, levels[-1]) (T, S'), index (T, S') of each final particle among
+        the S initial ones); S' = n with ``prune``, else S.
     """
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-2)
     optimizer = optax.adam(schedule)
@@ -115,8 +118,22 @@ def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_r
         updates, state = optimizer.update(grad, state, x)
         return (optax.apply_updates(x, updates), state), None
 
-    (x, _), _ = jax.lax.scan(step, (x0, optimizer.init(x0)), levels)
-    return x, likelihood.chi2(x), energy(x, levels[-1])
+    carry = (x0, optimizer.init(x0))
+    index = jnp.broadcast_to(jnp.arange(x0.shape[1]), x0.shape[:2])
+    if prune is not None:
+        at, n = prune
+        carry, _ = jax.lax.scan(step, carry, levels[:at])
+        x = carry[0]
+        u = 0.5 * likelihood.chi2(x) + energy(x, levels[at - 1])
+        _, index = jax.lax.top_k(-jnp.where(jnp.isfinite(u), u, jnp.inf), n)  # (T, n), lowest U first
+
+        def take(a):  # the kept particles' positions and Adam moments; the step count stays
+            return jnp.take_along_axis(a, index[..., None, None], axis=1) if a.ndim == x.ndim else a
+
+        carry = jax.tree.map(take, carry)
+        levels = levels[at:]
+    (x, _), _ = jax.lax.scan(step, carry, levels)
+    return x, likelihood.chi2(x), energy(x, levels[-1]), index
 
 
 def _residuals(likelihood: Likelihood, t, x):
@@ -312,7 +329,9 @@ class Posterior:
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
             first step. table_levels: noise levels at which the annealing reads the prior from per-pair tables
-            (``energy_table``, where the prior has one; 0: the network at every step's own level).
+            (``energy_table``, where the prior has one; 0: the network at every step's own level). prune_at,
+            prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
+            particles, those of lowest -log posterior (0: no pruning).
         n_basins: how many distinct optima, lowest -log posterior first, get a Laplace mass and a MALA chain (the
             rest are dropped: their mass is exponentially smaller).
         draws: posterior samples kept per basin, one every ``thin`` MALA steps of ``step_size`` (whitened units).
@@ -331,6 +350,8 @@ class Posterior:
     extra_starts: np.ndarray | None = None
     steps: int = 500
     table_levels: int = 25
+    prune_at: float = 0.4
+    prune_fraction: float = 0.5
     n_basins: int = 12
     learning_rate: float = 0.02
     sigma_start: float = 0.3
@@ -402,15 +423,28 @@ class Posterior:
             pixels = [] if like.pixels is None else [like.pixels]
             x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
             like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
-            x_star, chi2, prior_energy = anneal(
-                like, anneal_energy, x, jnp.asarray(levels), steps=self.steps, learning_rate=self.learning_rate
+            n_particles = x0.shape[1]
+            prune = None
+            if self.prune_fraction and self.prune_at and n_particles > 2 * self.n_basins:
+                n_keep = max(round(self.prune_fraction * n_particles), self.n_basins)
+                prune = (max(1, min(int(self.prune_at * self.steps), self.steps - 1)), n_keep)
+            x_star, chi2, prior_energy, kept = anneal(
+                like,
+                anneal_energy,
+                x,
+                jnp.asarray(levels),
+                steps=self.steps,
+                learning_rate=self.learning_rate,
+                prune=prune,
             )
             t = problem.n_patterns
             x_star, chi2 = np.asarray(x_star, np.float64)[:t], np.asarray(chi2, np.float64)[:t]
-            prior_energy = np.asarray(prior_energy, np.float64)[:t]
+            prior_energy, kept = np.asarray(prior_energy, np.float64)[:t], np.asarray(kept)[:t]
             finite = np.isfinite(chi2) & np.isfinite(prior_energy) & np.all(np.isfinite(x_star), axis=(-2, -1))
             scale = _noise_scale(problem, chi2, finite)
-            safe = np.where(finite[..., None, None], x_star, x0[:t])
+            seeds = np.take_along_axis(x0[:t], kept[..., None, None], axis=1)
+            k_draw = k_draw[:t][np.arange(t)[:, None], kept]
+            safe = np.where(finite[..., None, None], x_star, seeds)
             local = like.select(np.arange(t)) if len(like.y) > t else like
             sigma_j, scale_j = jnp.asarray(sigma_min, self.dtype), jnp.asarray(scale, self.dtype)
             log_mass, vectors, spread = laplace(
@@ -421,7 +455,7 @@ class Posterior:
             # and the chains would cost as much as the annealing otherwise.
             keep = _select_basins(-log_mass, safe, problem.molecule.heavy, self.duplicate_tolerance, self.n_basins)
             rows = np.arange(t)[:, None]
-            n_particles, unselected = finite.shape[1], np.ones(finite.shape, bool)
+            unselected = np.ones(finite.shape, bool)
             unselected[rows, keep] = False
             lost = int(np.sum(~finite & unselected))  # non-finite after annealing and not among the kept
             safe, finite, log_mass = safe[rows, keep], finite[rows, keep], log_mass[rows, keep]
@@ -433,7 +467,7 @@ class Posterior:
                 jnp.asarray(vectors, self.dtype),
                 jnp.asarray(spread, self.dtype),
                 sigma_j,
-                k_draw[:t][rows, keep],
+                k_draw[rows, keep],
                 scale_j,
                 jnp.asarray(self.step_size, self.dtype),
                 draws=self.draws,

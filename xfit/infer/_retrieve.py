@@ -49,11 +49,11 @@ PROPOSAL_KINDS = ("total", "elastic", "molecular", "percent_difference")
 """Pattern kinds the proposal network reads."""
 AUTO_PROPOSALS = ("nmm_chd_dt",)
 """The shipped proposal networks that ``prior="auto"`` tries for the refinement fallback, in order."""
-AUTO_CONFORMER = None
-"""The shipped conformer prior that ``prior="auto"`` uses when it fits the molecule: none yet. With the shipped prior
-the posterior is the more accurate path on the shared CHD frames (``benchmarks/posterior.py``: carbon RMSD median
-0.091 A against 0.131, ring-opened 0.183 against 0.393), but its error bars cover the truth at 2 sigma on 34 % of
-frames and it is 2.3x slower, so it stays opt-in (``prior="conformer"``) until its error bars hold."""
+AUTO_CONFORMER = "conformer"
+"""The shipped conformer prior that ``prior="auto"`` uses when it fits the molecule (CHD, NMM, DT): retrieval is then
+posterior sampling (``benchmarks/posterior.py``, shared CHD frames at stride 4: carbon RMSD median 0.091 A against
+0.131 for refinement with proposals, ring-opened frames 0.183 A against 0.393, the true C1-C6 within 2 sigma on
+82 % of frames). Other molecules fall back to refinement with a ``PriorFallbackWarning``."""
 SHIPPED_CONFORMER = "conformer"
 
 
@@ -385,8 +385,9 @@ def retrieve(
             molecular, percent_difference (P2 as 100 Delta I2 / I_off), difference; electrons also sm (P2 as
             q I2/I_at) and delta_sm (q Delta I2/I_at).
         prior: which learned prior, and so which strategy.
-            "auto" (default): refinement, seeded with the shipped NMM/CHD/DT proposal network's candidates when
-            that fits (the posterior becomes the default once its error bars hold: see AUTO_CONFORMER).
+            "auto" (default): posterior sampling with the shipped conformer prior where it fits (NMM, CHD, DT,
+            any atom order; see AUTO_CONFORMER), its particles seeded also by the shipped proposal network;
+            other molecules: refinement, with a ``PriorFallbackWarning`` saying so.
             A ``ConformerPrior``, its folder (from ``xfit train-prior``) or "conformer" (the shipped one, NMM, CHD
             and DT): posterior sampling with it (``info["method"] == "posterior"``; no restraints, bonds may
             break by themselves; an error if it was trained on another molecule). A proposal ``xfit.Prior``, its
@@ -626,7 +627,7 @@ def _choose_strategy(problem: Problem, prior, starts, fraction, model_kind, dtyp
 
 def _warn_fallback(graph: MoleculeGraph) -> None:
     shipped = None if AUTO_CONFORMER is None else _shipped_conformer(AUTO_CONFORMER)
-    if shipped is None:  # no conformer prior is used by default yet: refinement is the plan, not a fallback
+    if shipped is None:  # a checkout without the shipped conformer weights: refinement is the plan, not a fallback
         return
     warnings.warn(
         f"no learned conformer prior covers {graph.formula} ({graph.key}); retrieving by refinement with covalent "
