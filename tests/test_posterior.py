@@ -175,3 +175,28 @@ def test_orbit_volume_of_a_bent_molecule_is_half_log_det_inertia():
     inertia = jnp.sum(c * c) * jnp.eye(3) - c.T @ c
     expected = 0.5 * float(jnp.sum(jnp.log(jnp.linalg.eigvalsh(inertia))))
     assert float(_log_orbit_volume(x)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_equivalent_atoms_under_other_labels_are_matched_before_averaging(nmm):
+    """Two optima of one mode whose methyl hydrogens carry other labels (an automorphism of the graph): after
+    matching, the copy maps back onto the original atom by atom, so a mode's mean keeps three distinct hydrogens."""
+    from xfit.infer._result import batch_kabsch, match_labels
+
+    graph = xfit.MoleculeGraph.from_atoms(nmm)
+    perms = graph.automorphisms()
+    x = np.asarray(nmm.positions, np.float64)
+    heavy = np.flatnonzero(graph.heavy)
+    hydrogen_only = perms[np.all(perms[:, heavy] == heavy, axis=1)][1:]  # heavy atoms keep their labels
+    relabelled = x[hydrogen_only[-1]]  # the same structure, equivalent hydrogens exchanged
+    assert np.abs(relabelled - x).max() > 0.5
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    batch = np.stack([x, relabelled @ rotation.T + 1.0])
+    aligned, _ = batch_kabsch(batch, x, graph.heavy)
+    target = x - x[graph.heavy].mean(axis=0)
+    index = match_labels(aligned, target, perms)
+    matched = np.take_along_axis(aligned, index[..., None], axis=1)
+    np.testing.assert_allclose(matched, np.broadcast_to(target, matched.shape), atol=1e-8)
+    mean = matched.mean(axis=0)
+    hydrogens = mean[~graph.heavy]
+    gaps = np.linalg.norm(hydrogens[:, None] - hydrogens[None], axis=-1)[np.triu_indices(len(hydrogens), 1)]
+    assert gaps.min() > 1.0  # no two hydrogens averaged onto each other

@@ -328,6 +328,16 @@ def batch_kabsch(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> tuple[
     return aligned, rmsd
 
 
+def match_labels(aligned: np.ndarray, target: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """For structures ``aligned`` (S, n, 3) superposed on ``target`` (n, 3), the graph automorphism (perms (P, n),
+    ``MoleculeGraph.automorphisms``) of each that brings its atoms closest to the target's, all atoms counted:
+    indices (S, n) such that ``aligned[s][index[s]]`` is the same structure relabelled. Structures of one mode found
+    from different seeds may carry equivalent atoms (a methyl's hydrogens) under different labels; averaging them
+    without this collapses those atoms onto each other."""
+    cost = np.sum((aligned[:, perms] - target) ** 2, axis=(-2, -1))  # (S, P)
+    return perms[np.argmin(cost, axis=1)]
+
+
 def batch_rmsd(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     """Heavy-atom RMSD (S,) in A of structures x (S, n, 3) from target (n, 3), reflection allowed."""
     return batch_kabsch(x, target, heavy)[1]
@@ -396,11 +406,16 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float
     sample_modes = labels[particle]
     total = ensemble.chi2_data[t] + ensemble.penalty[t]
 
+    perms = problem.molecule.automorphisms()
     aligned = np.empty_like(x)
     means, chi2 = [], []
     for m, seed in enumerate(seeds):
         members = sample_modes == m
-        aligned[members], _ = batch_kabsch(x[members], optima[seed], heavy)
+        a, _ = batch_kabsch(x[members], optima[seed], heavy)
+        target = optima[seed] - optima[seed][heavy].mean(axis=0)  # the frame batch_kabsch aligns into
+        if len(perms) > 1:
+            a = np.take_along_axis(a, match_labels(a, target, perms)[..., None], axis=1)
+        aligned[members] = a
         w = weights[members] / max(np.sum(weights[members]), 1e-300)
         means.append(np.einsum("s,sij->ij", w, aligned[members]))
         chi2.append(float(np.min(total[members])))
@@ -421,7 +436,13 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float
         # of the chosen mode's basin Gaussians (weights = their posterior masses), never narrower than the samples.
         in_mode = np.flatnonzero(labels == 0)
         w_basin = mass[in_mode] / max(np.sum(mass[in_mode]), 1e-300)
-        laplace = _laplace_distance_std(optima[in_mode], ensemble.optima_covariance[t][in_mode], w_basin)
+        basins, covariances = optima[in_mode], ensemble.optima_covariance[t][in_mode]
+        if len(perms) > 1:  # the basins' atoms under the labels of the mode's best one, as for the samples
+            index = match_labels(batch_kabsch(basins, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
+            basins = np.take_along_axis(basins, index[..., None], axis=1)
+            flat = (3 * index[:, :, None] + np.arange(3)).reshape(len(index), -1)  # (B, 3n) coordinate order
+            covariances = np.stack([c[np.ix_(f, f)] for c, f in zip(covariances, flat, strict=True)])
+        laplace = _laplace_distance_std(basins, covariances, w_basin)
         distances = np.maximum(distances, laplace)
     return Retrieval(
         atoms=atoms,
