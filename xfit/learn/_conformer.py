@@ -313,9 +313,9 @@ class PairTable:
     """A molecule's energy at a few fixed noise levels, tabulated per pair on a uniform distance grid and read by
     cubic Hermite interpolation (exact values and slopes at the nodes): called as ``table(x, level)`` with x
     (..., N, 3) in A and ``level`` an index into ``sigmas``; returns E(x, sigmas[level]) (...). Beyond the grid each
-    pair term continues linearly with its end slope. Built by ``ConformerPrior.energy_table``; ten times cheaper
-    per evaluation than the network for the pair counts of small molecules, which is what the annealing of the
-    posterior spends its time on."""
+    pair term continues linearly with its end slope. Built by ``ConformerPrior.energy_table``; its gradient is ~15x
+    cheaper than the network's (CHD, 576 structures: 1.6 against 25 ms on 2 CPU cores), which is what the
+    annealing of the posterior spends its time on."""
 
     values: jax.Array  # (L, P, n_nodes)
     slopes: jax.Array  # (L, P, n_nodes): d f / d d at the nodes, 1/A
@@ -432,7 +432,7 @@ class ConformerPrior:
         (cubic Hermite on exact values and slopes), linear beyond the grid. Cached per molecule and levels."""
         graph = as_graph(atoms)
         key = (graph.numbers.tobytes(), graph.bonds.tobytes(), tuple(float(v) for v in sigmas), spacing, d_max)
-        cache = self.__dict__.setdefault("_tables", {})
+        cache = self.__dict__.setdefault("_tables", {})  # this prior's own tables (its weights never change)
         if key not in cache:
             head, pair_i, pair_j = self.head(graph)
             d_min = 0.05
