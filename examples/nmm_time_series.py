@@ -13,8 +13,10 @@
 # The LCLS data of Stankus et al. (Nat. Chem. 2019), shipped as `examples/data/nmm_experiment.mat`: isotropic percent
 # difference 100 (I_on - I_off)/I_off with standard errors, q = 0.33-4.37 1/A, delays -1 to 4 ps. Every delay from
 # -0.1 to 4 ps is retrieved in one batched call from the ground state (`nmm.xyz`, also the reference), with the
-# published excitation fraction 5.7 % fixed, and once more with the fraction fitted. Then the time course of the
-# ring-methyl C-N-C torsion, the ring puckering and the C-O and C-N distances, with Gauss-Newton error bars.
+# published excitation fraction 5.7 % fixed, and once more with the fraction fitted: the default call, posterior
+# sampling with the shipped conformer prior, against the measured scatter of the data (the stated standard errors
+# are rescaled first). Then the time course of the ring-methyl C-N-C torsion, the ring puckering and the C-O and C-N
+# distances, with posterior bands (+- 1 posterior standard deviation of each coordinate).
 #
 # Set `XFIT_QUICK=1` for a small run (what CI executes). Figures and structures go to `examples/output/`.
 
@@ -37,11 +39,7 @@ OUT = ROOT / "examples" / "output"
 OUT.mkdir(exist_ok=True)
 
 nmm = read(ROOT / "examples" / "data" / "nmm.xyz")
-series = [p for p in xfit.load_patterns(ROOT / "examples" / "data" / "nmm_experiment.mat") if -0.1 <= p.delay <= 4.0]
-if QUICK:
-    series = series[::20]
-print(f"{len(series)} delays, {series[0]!r}")
-options = {"n_starts": 4 if QUICK else 32, "steps": 50 if QUICK else 400}
+all_delays = xfit.load_patterns(ROOT / "examples" / "data" / "nmm_experiment.mat")
 
 # %% [markdown]
 # Named coordinates (atom indices of `nmm.xyz`: ring C0-C1-N3-C5-C10-O12, methyl C6 on N3).
@@ -60,32 +58,31 @@ for name, fn in coordinates.items():
 # %% [markdown]
 # How large is the noise really? Before time zero nothing has happened, so the zero signal should fit within the
 # stated standard errors (chi2_red ~ 1). It does not: the scatter of the unexcited delays is several times
-# `iso_stdx`. The ratio sets the noise floor that any fit of these data meets.
+# `iso_stdx`. `xfit.estimate_noise` measures that scatter and rescales every delay's sigma by it, so that the
+# likelihood (and every chi2 below) is judged against the real noise.
 
 # %%
-all_delays = xfit.load_patterns(ROOT / "examples" / "data" / "nmm_experiment.mat")
-before = [p for p in all_delays if p.delay <= -0.2]
+before = [p for p in all_delays if p.delay <= -0.15]
 zero_chi2 = np.array([np.mean((p.values / p.sigma) ** 2) for p in before])
-noise_scale = float(np.sqrt(np.median(zero_chi2)))
+rescaled_all, noise_scale = xfit.estimate_noise(all_delays, before=-0.15)
 print(
-    f"{len(before)} delays before -0.2 ps: chi2_red of the zero signal {zero_chi2.min():.1f}..{zero_chi2.max():.1f}, "
-    f"median {np.median(zero_chi2):.1f}: the stated sigma understates the scatter by ~{noise_scale:.1f}x"
+    f"{len(before)} delays before -0.15 ps: chi2_red of the zero signal {zero_chi2.min():.1f}..{zero_chi2.max():.1f}, "
+    f"median {np.median(zero_chi2):.1f}: the stated sigma understates the scatter by {noise_scale:.2f}x"
 )
+series = [p for p in rescaled_all if -0.1 <= p.delay <= 4.0]
+if QUICK:
+    series = series[::20]
+print(f"{len(series)} delays, {series[0]!r}")
 
 # %%
-fixed = xfit.retrieve(series, nmm, fraction=0.057, **options)
-fitted = xfit.retrieve(series, nmm, **options)
-print(f"{'delay/ps':>8} {'chi2_red f=5.7%':>15} {'/ noise floor':>13} {'chi2_red fitted':>15} {'fitted f':>9}")
+fixed = xfit.retrieve(series, nmm, fraction=0.057)
+fitted = xfit.retrieve(series, nmm)
+print(f"method: {fixed[0].info['method']}")
+print(f"{'delay/ps':>8} {'chi2_red f=5.7%':>15} {'chi2_red fitted':>15} {'fitted f':>9}")
 for a, b in zip(fixed, fitted, strict=True):
-    print(
-        f"{a.pattern.delay:>8.2f} {a.chi2_reduced:>15.2f} {a.chi2_reduced / noise_scale**2:>13.2f} "
-        f"{b.chi2_reduced:>15.2f} {b.parameters['fraction']:>9.3f}"
-    )
-rescaled = np.array([r.chi2_reduced for r in fixed]) / noise_scale**2
-print(
-    f"chi2_red against the measured noise floor: median {np.median(rescaled):.2f}, "
-    f"{np.mean(rescaled <= 1.5):.0%} of delays <= 1.5"
-)
+    print(f"{a.pattern.delay:>8.2f} {a.chi2_reduced:>15.2f} {b.chi2_reduced:>15.2f} {b.parameters['fraction']:>9.3f}")
+chi2 = np.array([r.chi2_reduced for r in fixed])
+print(f"chi2_red against the measured scatter: median {np.median(chi2):.2f}; <= 1.5 at {np.mean(chi2 <= 1.5):.0%}")
 
 frames = []
 for r in fixed:
@@ -103,9 +100,10 @@ axes[0].axhline(1, color="0.6", lw=0.8)
 axes[0].set_ylabel("chi2_red")
 axes[0].legend(fontsize=8)
 for ax, (name, fn) in zip(axes[1:], coordinates.items(), strict=True):
-    values = [fn(r.atoms.positions) for r in fixed]
-    errors = [r.uncertainty.of(fn) for r in fixed]
-    ax.errorbar(delays, values, errors, fmt="o-", ms=3, lw=0.8, capsize=1.5)
+    values = np.array([fn(r.atoms.positions) for r in fixed])
+    errors = np.array([r.uncertainty.of(fn) for r in fixed])  # posterior standard deviations
+    ax.fill_between(delays, values - errors, values + errors, alpha=0.3, lw=0, label="posterior +- 1 sigma")
+    ax.plot(delays, values, "o-", ms=3, lw=0.8)
     ax.axhline(fn(nmm.positions), color="0.6", lw=0.8, ls="--")
     ax.set_ylabel(name, fontsize=8)
 axes[-1].set_xlabel("delay (ps)")
