@@ -16,7 +16,7 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    patterns the likelihood is far sharper than the prior, and plain Langevin steps small enough for it would need
    ~1e4 steps per level). The prior is read from per-pair tables at ``table_levels`` levels (cubic Hermite in
    the distance, ~15x cheaper than the network), and after ``prune_at`` of the steps each pattern keeps only the
-   ``prune_fraction`` of its particles of lowest U (successive halving).
+   ``prune_fraction`` of its particles of lowest U, distinct structures first (successive halving).
 3. Local posterior. At each particle's optimum x*, H = Gauss-Newton Hessian of chi2/2 + the prior energy's
    Hessian (rigid-body directions projected out, curvature floored). The basin's mass is its Laplace evidence,
    exp(-U(x*)) det'(H)^(-1/2) sqrt(det' I(x*)), where I is the inertia tensor (unit masses): integrating out the
@@ -89,21 +89,20 @@ def as_energy(energy):
     return jax.tree_util.Partial(energy) if len(leaves) == 1 and leaves[0] is energy else energy
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "learning_rate", "prune"))
-def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_rate: float, prune=None):
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def anneal(likelihood: Likelihood, energy, x0, levels, state=None, *, steps: int, learning_rate: float):
     """Descend U_l(x) = chi2(x)/2 + E(x, l) with the prior's noise level l following ``levels``, Adam, cosine step.
 
     Args:
         likelihood: T patterns. energy: the prior's energy f(x, level) -> (...) as a pytree (:func:`as_energy`):
             with ``levels`` the noise levels in A (an energy function), or indices into a ``PairTable``'s levels.
-        x0: particles (T, S, n_atoms, 3) in A. levels: (steps,) the level at each step.
-        steps: optimisation steps. learning_rate: initial step in A.
-        prune: None, or (step, n): after that many steps each pattern goes on with its n particles of lowest U
-            only (successive halving: a particle far above the best by then rarely ends in a basin that matters).
+        x0: particles (T, S, n_atoms, 3) in A. levels: the level at each step of this call.
+        state: Adam's state from an earlier call (to go on where it stopped: its step count drives the cosine
+            schedule), or None to start. steps: the whole run's steps (the schedule's length).
+        learning_rate: initial step in A.
 
     Returns:
-        (x (T, S', n_atoms, 3), chi2 (T, S'), E(x, levels[-1]) (T, S'), index (T, S') of each final particle among
-        the S initial ones); S' = n with ``prune``, else S.
+        (x (T, S, n_atoms, 3), Adam's state, chi2 (T, S), E(x, levels[-1]) (T, S)).
     """
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-2)
     optimizer = optax.adam(schedule)
@@ -120,22 +119,9 @@ def anneal(likelihood: Likelihood, energy, x0, levels, *, steps: int, learning_r
         updates, state = optimizer.update(grad, state, x)
         return (optax.apply_updates(x, updates), state), None
 
-    carry = (x0, optimizer.init(x0))
-    index = jnp.broadcast_to(jnp.arange(x0.shape[1]), x0.shape[:2])
-    if prune is not None:
-        at, n = prune
-        carry, _ = jax.lax.scan(step, carry, levels[:at])
-        x = carry[0]
-        u = 0.5 * likelihood.chi2(x) + energy(x, levels[at - 1])
-        _, index = jax.lax.top_k(-jnp.where(jnp.isfinite(u), u, jnp.inf), n)  # (T, n), lowest U first
-
-        def take(a):  # the kept particles' positions and Adam moments; the step count stays
-            return jnp.take_along_axis(a, index[..., None, None], axis=1) if a.ndim == x.ndim else a
-
-        carry = jax.tree.map(take, carry)
-        levels = levels[at:]
-    (x, _), _ = jax.lax.scan(step, carry, levels)
-    return x, likelihood.chi2(x), energy(x, levels[-1]), index
+    state = optimizer.init(x0) if state is None else state
+    (x, state), _ = jax.lax.scan(step, (x0, state), levels)
+    return x, state, likelihood.chi2(x), energy(x, levels[-1])
 
 
 def _residuals(likelihood: Likelihood, t, x):
@@ -333,7 +319,8 @@ class Posterior:
             first step. table_levels: noise levels at which the annealing reads the prior from per-pair tables
             (``energy_table``, where the prior has one; 0: the network at every step's own level). prune_at,
             prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
-            particles, those of lowest -log posterior (0: no pruning).
+            particles, those of lowest -log posterior, one per distinct structure (``prune_tolerance`` A
+            heavy-atom RMSD apart) first (0: no pruning).
         n_basins: how many distinct optima, heaviest Laplace mass first, get a MALA chain and enter the summary
             (the rest are dropped: their mass is exponentially smaller).
         draws: posterior samples kept per basin, one every ``thin`` MALA steps of ``step_size`` (whitened units).
@@ -354,6 +341,7 @@ class Posterior:
     table_levels: int = 25
     prune_at: float = 0.4
     prune_fraction: float = 0.5
+    prune_tolerance: float = 0.05
     n_basins: int = 12
     learning_rate: float = 0.02
     sigma_start: float = 0.3
@@ -425,20 +413,24 @@ class Posterior:
             pixels = [] if like.pixels is None else [like.pixels]
             x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
             like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
-            n_particles = x0.shape[1]
-            prune = None
+            n_particles, levels = x0.shape[1], jnp.asarray(levels)
+            kept = np.broadcast_to(np.arange(n_particles), x.shape[:2])
+            run = functools.partial(anneal, like, anneal_energy, steps=self.steps, learning_rate=self.learning_rate)
             if self.prune_fraction and self.prune_at and n_particles > 2 * self.n_basins:
+                # Successive halving, keeping variety: after prune_at of the steps each pattern goes on with its
+                # lowest-U particles, one per distinct structure first (a second mode a few units of U above the
+                # first must survive), Adam's moments and step count carried over.
+                at = max(1, min(int(self.prune_at * self.steps), self.steps - 1))
                 n_keep = max(round(self.prune_fraction * n_particles), self.n_basins)
-                prune = (max(1, min(int(self.prune_at * self.steps), self.steps - 1)), n_keep)
-            x_star, chi2, prior_energy, kept = anneal(
-                like,
-                anneal_energy,
-                x,
-                jnp.asarray(levels),
-                steps=self.steps,
-                learning_rate=self.learning_rate,
-                prune=prune,
-            )
+                x, state, chi2, prior_energy = run(x, levels[:at])
+                u = 0.5 * np.asarray(chi2, np.float64) + np.asarray(prior_energy, np.float64)
+                heavy = problem.molecule.heavy
+                kept = _select_basins(u, np.asarray(x, np.float64), heavy, self.prune_tolerance, n_keep)
+                rows, index = jnp.arange(len(kept))[:, None], jnp.asarray(kept)
+                x, state = jax.tree.map(lambda a: a[rows, index] if a.ndim == x.ndim else a, (x, state))
+                x_star, _, chi2, prior_energy = run(x, levels[at:], state)
+            else:
+                x_star, _, chi2, prior_energy = run(x, levels)
             t = problem.n_patterns
             x_star, chi2 = np.asarray(x_star, np.float64)[:t], np.asarray(chi2, np.float64)[:t]
             prior_energy, kept = np.asarray(prior_energy, np.float64)[:t], np.asarray(kept)[:t]
