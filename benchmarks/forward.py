@@ -3,10 +3,12 @@
 Question: how fast is ``xfit.intensity`` (forward, and value-and-grad with respect to positions) against a
 vectorised NumPy implementation and against DebyeCalculator, for an 18-atom molecule (NMM) and a 101-atom molecule
 (the alkane C33H68), 512 q points, float32, batch 1 to 65,536? And how much scratch memory does the gradient take
-(XLA's compiled memory analysis) on the fast path (custom VJP) against the direct formula with plain autodiff?
-The forward pass is timed three ways a user writes it: q a NumPy constant closed over (``q const``), q a JAX array
-passed as an argument of the jitted function (``q traced``: the direct path, with a PerformanceWarning), and q an
-``xfit.QGrid`` passed as that argument (``QGrid arg``: static, the fast path).
+(XLA's compiled memory analysis) on the fast path (checkpointed custom JVP) against the direct formula with plain
+autodiff? The forward pass is timed every way a user writes it: q a NumPy float64 grid closed over (``q const``), the
+same grid as float32 (``f32 const``), q a JAX array passed as an argument of the user's jitted function (``q traced``,
+how a loss is written: ``jax.jit(loss)(x, q)``), and an ``xfit.QGrid`` passed as that argument (``QGrid arg``); then
+value-and-grad with q closed over and with q traced. Accuracy: every float32 call style against a float64 NumPy
+Debye sum (max relative error over the pattern, at batch 16).
 
 Every figure printed is measured in this run, on this machine. Usage:
 
@@ -58,20 +60,23 @@ def alkane(n_carbons: int):
 
 
 class NumpyDebye:
-    """Vectorised NumPy float32 Debye sum over pairs i < j, chunked over the batch to bound memory."""
+    """Vectorised NumPy Debye sum over pairs i < j (total X-ray intensity), chunked over the batch to bound memory;
+    float32 (the timing yardstick) or float64 (the accuracy reference)."""
 
-    def __init__(self, numbers, q):
+    def __init__(self, numbers, q, dtype=np.float32):
         import xfit
 
-        self.q = q.astype(np.float32)
-        f = np.asarray(xfit.form_factor(numbers, q), dtype=np.float32)
+        self.dtype = dtype
+        self.q = q.astype(dtype)
+        f = np.asarray(xfit.form_factor(numbers, q), dtype=np.float64)
         self.i, self.j = np.triu_indices(len(numbers), k=1)
-        self.weights = (2 * f[self.i] * f[self.j]).astype(np.float32)
-        self.constant = (np.sum(f**2, axis=0) + np.asarray(xfit.compton_function(numbers, q)).sum(0)).astype(np.float32)
+        self.weights = (2 * f[self.i] * f[self.j]).astype(dtype)
+        self.constant = (np.sum(f**2, axis=0) + np.asarray(xfit.compton_function(numbers, q)).sum(0)).astype(dtype)
         self.chunk = max(1, int(2e7 // (len(self.i) * len(q))))
 
     def __call__(self, positions):
-        out = np.empty((len(positions), len(self.q)), np.float32)
+        positions = positions.astype(self.dtype)
+        out = np.empty((len(positions), len(self.q)), self.dtype)
         for start in range(0, len(positions), self.chunk):
             x = positions[start : start + self.chunk]
             r = np.linalg.norm(x[:, self.i] - x[:, self.j], axis=-1)
@@ -136,8 +141,6 @@ def gradient_memory(numbers, batch: int) -> dict[str, float]:
 
 
 def run(batches: list[int], molecules: list[str], max_seconds: float, min_time: float, with_debye: bool) -> dict:
-    import warnings
-
     import jax
     import jax.numpy as jnp
     from ase.io import read
@@ -146,35 +149,49 @@ def run(batches: list[int], molecules: list[str], max_seconds: float, min_time: 
 
     structures = {"NMM": read(ROOT / "examples" / "data" / "nmm.xyz"), "C33H68": alkane(33)}
     rng = np.random.default_rng(0)
-    rows, memory, debye = [], {}, {}
+    q32 = Q.astype(np.float32)
+    rows, memory, debye, accuracy = [], {}, {}, {}
     for name in molecules:
         atoms = structures[name]
         numbers = atoms.numbers
         numpy_debye = NumpyDebye(numbers, Q)
-        forward = jax.jit(lambda x, numbers=numbers: xfit.intensity(numbers, x, Q))
-        traced = jax.jit(lambda x, q, numbers=numbers: xfit.intensity(numbers, x, q))
-        q_traced, grid = jnp.asarray(Q, jnp.float32), xfit.QGrid.from_values(Q)
-        value_and_grad = jax.jit(
-            jax.value_and_grad(lambda x, numbers=numbers: jnp.sum(xfit.intensity(numbers, x, Q) ** 2))
-        )
+
+        def total(x, q, numbers=numbers):
+            return xfit.intensity(numbers, x, q)
+
+        def loss(x, q, numbers=numbers):
+            return jnp.sum(xfit.intensity(numbers, x, q) ** 2)
+
+        styles = {  # label -> (jitted function of x, the q it is called with or None when q is closed over)
+            "xfit_forward": (jax.jit(lambda x: total(x, Q)), None),
+            "xfit_f32_grid": (jax.jit(lambda x: total(x, q32)), None),
+            "xfit_traced_q": (jax.jit(total), jnp.asarray(q32)),
+            "xfit_qgrid": (jax.jit(total), xfit.QGrid.from_values(Q)),
+            "xfit_value_and_grad": (jax.jit(jax.value_and_grad(lambda x: loss(x, Q))), None),
+            "xfit_value_and_grad_traced_q": (jax.jit(jax.value_and_grad(loss)), jnp.asarray(q32)),
+        }
+
+        def call(label, xj, styles=styles):
+            fn, q = styles[label]
+            return jax.block_until_ready(fn(xj) if q is None else fn(xj, q))
+
+        x16 = (atoms.positions + rng.normal(0, 0.05, (16, len(atoms), 3))).astype(np.float32)
+        reference = NumpyDebye(numbers, Q, np.float64)(x16.astype(np.float64))
+        accuracy[name] = {
+            label: float(np.max(np.abs(np.asarray(call(label, jnp.asarray(x16)), np.float64) / reference - 1)))
+            for label in ("xfit_forward", "xfit_f32_grid", "xfit_traced_q", "xfit_qgrid")
+        }
         estimates: dict[str, float] = {}
         for batch in batches:
             x = (atoms.positions + rng.normal(0, 0.05, (batch, len(atoms), 3))).astype(np.float32)
             xj = jnp.asarray(x)
             row = {"molecule": name, "atoms": len(atoms), "batch": batch}
-            for label, fn in (
-                ("xfit_forward", lambda xj=xj, f=forward: f(xj).block_until_ready()),
-                ("xfit_traced_q", lambda xj=xj, f=traced, q=q_traced: f(xj, q).block_until_ready()),
-                ("xfit_qgrid", lambda xj=xj, f=traced, g=grid: f(xj, g).block_until_ready()),
-                ("xfit_value_and_grad", lambda xj=xj, f=value_and_grad: jax.block_until_ready(f(xj))),
-                ("numpy_forward", lambda x=x, f=numpy_debye: f(x)),
-            ):
+            timers = [(label, lambda xj=xj, label=label: call(label, xj)) for label in styles]
+            for label, fn in [*timers, ("numpy_forward", lambda x=x, f=numpy_debye: f(x))]:
                 if estimates.get(label, 0.0) * batch > max_seconds:
                     row[label] = None  # skipped: the last batch's rate predicts more than max_seconds a call
                     continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", xfit.PerformanceWarning)  # the traced-q row is that path on purpose
-                    seconds = timed(fn, min_time)
+                seconds = timed(fn, min_time)
                 estimates[label] = seconds / batch
                 row[label] = batch / seconds
             rows.append(row)
@@ -182,24 +199,32 @@ def run(batches: list[int], molecules: list[str], max_seconds: float, min_time: 
         memory[name] = gradient_memory(numbers, min(1024, max(batches)))
         if with_debye:
             debye[name] = debyecalculator_rate(atoms, structures=8 if len(atoms) < 50 else 2)
-    return {"rows": rows, "gradient_memory": memory, "debyecalculator": debye}
+    return {"rows": rows, "gradient_memory": memory, "debyecalculator": debye, "max_relative_error": accuracy}
 
 
 def _rate(value) -> str:
     return f"{value:>12.4g}" if value is not None else f"{'skipped':>12}"
 
 
+_COLUMNS = (
+    ("xfit_forward", "q const/s"),
+    ("xfit_f32_grid", "f32 const/s"),
+    ("xfit_traced_q", "q traced/s"),
+    ("xfit_qgrid", "QGrid arg/s"),
+    ("xfit_value_and_grad", "v&g/s"),
+    ("xfit_value_and_grad_traced_q", "v&g traced/s"),
+    ("numpy_forward", "numpy fwd/s"),
+)
+_RATIOS = (("xfit_forward", "const/np"), ("xfit_f32_grid", "f32/np"), ("xfit_traced_q", "traced/np"))
+
+
 def _format_row(row) -> str:
-    speedup = (
-        f"{row['xfit_forward'] / row['numpy_forward']:>8.2f}x"
-        if row.get("xfit_forward") and row.get("numpy_forward")
-        else f"{'-':>9}"
-    )
-    return (
-        f"{row['molecule']:>7} {row['atoms']:>5} {row['batch']:>7} {_rate(row['xfit_forward'])} "
-        f"{_rate(row['xfit_traced_q'])} {_rate(row['xfit_qgrid'])} {_rate(row['xfit_value_and_grad'])} "
-        f"{_rate(row['numpy_forward'])} {speedup}"
-    )
+    ratios = [
+        f"{row[label] / row['numpy_forward']:>9.2f}x" if row.get(label) and row.get("numpy_forward") else f"{'-':>10}"
+        for label, _ in _RATIOS
+    ]
+    rates = " ".join(_rate(row.get(label)) for label, _ in _COLUMNS)
+    return f"{row['molecule']:>7} {row['atoms']:>5} {row['batch']:>7} {rates} {' '.join(ratios)}"
 
 
 def main(argv=None) -> int:
@@ -222,10 +247,8 @@ def main(argv=None) -> int:
         f"# {header['date']}  {header['device']}  ({header['cpu_count']} CPUs)  jax {header['jax']}  float32, "
         f"{len(Q)} q points"
     )
-    print(
-        f"{'mol':>7} {'atoms':>5} {'batch':>7} {'q const/s':>12} {'q traced/s':>12} {'QGrid arg/s':>12} "
-        f"{'value&grad/s':>12} {'numpy fwd/s':>12} {'const/np':>9}"
-    )
+    titles = " ".join(f"{title:>12}" for _, title in _COLUMNS) + " " + " ".join(f"{t:>10}" for _, t in _RATIOS)
+    print(f"{'mol':>7} {'atoms':>5} {'batch':>7} {titles}")
     results = header | run(batches, molecules, args.max_seconds, args.min_time, not args.no_debyecalculator)
 
     print("\n# gradient scratch memory (XLA memory analysis), MB")
@@ -235,6 +258,9 @@ def main(argv=None) -> int:
             f"forward fast {mem['forward_auto_MB']:.1f}, direct {mem['forward_direct_MB']:.1f}; "
             f"(batch x pairs x q x 4 B = {mem['batch_x_pairs_x_q_MB']:.1f})"
         )
+    print("\n# float32 against a float64 NumPy Debye sum (batch 16): max relative error")
+    for name, errors in results["max_relative_error"].items():
+        print(f"{name:>7}: " + ", ".join(f"{label.removeprefix('xfit_')} {e:.2e}" for label, e in errors.items()))
     for name, rates in results["debyecalculator"].items():
         big = [r for r in results["rows"] if r["molecule"] == name and r["batch"] >= 1024 and r["xfit_forward"]]
         if not rates:

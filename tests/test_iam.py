@@ -146,21 +146,71 @@ def test_accelerator_chunks_bound_memory_and_stay_exact(chd, monkeypatch):
     np.testing.assert_allclose(chunked[:5], one_by_one, rtol=1e-12)
 
 
-def test_traced_q_is_exact_and_warns_of_its_cost(chd):
+def test_traced_uniform_q_takes_the_fast_path_exactly(chd):
+    # q as an argument of the user's jitted function: traced values, static length. Uniform grids (float64 and the
+    # float32 linspace, which is uniform only to its rounding) need no warning (warnings are errors in this suite).
+    x = jnp.asarray(chd.positions + np.random.default_rng(3).normal(0, 0.1, (4, len(chd), 3)))
+    f = jax.jit(lambda x, q: xfit.intensity(chd.numbers, x, q))
+    reference = xfit.intensity(chd.numbers, x, Q, method="direct")
+    np.testing.assert_allclose(f(x, jnp.asarray(Q)), reference, rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.jit(lambda x: xfit.intensity(chd.numbers, x, jnp.asarray(Q)))(x), reference, rtol=1e-10
+    )
+    shifted = Q + 0.25  # same shape, other values: same program, new answer
+    before = f._cache_size()
+    np.testing.assert_allclose(
+        f(x, jnp.asarray(shifted)), xfit.intensity(chd.numbers, x, shifted, method="direct"), rtol=1e-10
+    )
+    assert f._cache_size() == before
+    q32 = np.linspace(0.5, 8.0, 512).astype(np.float32)
+    with jax.enable_x64(True):
+        reference32 = xfit.intensity(chd.numbers, x[:1], q32.astype(np.float64), method="direct")
+    got32 = f(x[:1].astype(jnp.float32), jnp.asarray(q32))
+    np.testing.assert_allclose(got32, reference32, rtol=RTOL[np.float32])
+
+
+def test_traced_irregular_q_is_exact_and_warns_once(chd):
     f = jax.jit(lambda q: xfit.intensity(chd.numbers, chd.positions, q))
-    with pytest.warns(xfit.PerformanceWarning, match="QGrid"):
-        traced = f(Q_IRREGULAR)
-    np.testing.assert_allclose(traced, xfit.intensity(chd.numbers, chd.positions, Q_IRREGULAR), rtol=1e-12)
-    # Asking for the direct path is a choice, not an accident: no warning (warnings are errors in this suite).
+    with pytest.warns(xfit.PerformanceWarning, match="not uniformly spaced") as caught:
+        traced = [jax.block_until_ready(f(Q_IRREGULAR + shift)) for shift in (0.0, 0.01, 0.02)]
+        jax.effects_barrier()
+    assert sum(issubclass(w.category, xfit.PerformanceWarning) for w in caught) == 1
+    np.testing.assert_allclose(traced[0], xfit.intensity(chd.numbers, chd.positions, Q_IRREGULAR), rtol=1e-12)
+    # Asking for the direct path is a choice, not an accident: no warning.
     g = jax.jit(lambda q: xfit.intensity(chd.numbers, chd.positions, q, method="direct"))
     np.testing.assert_allclose(g(Q), xfit.intensity(chd.numbers, chd.positions, Q), rtol=1e-12)
+
+
+@pytest.mark.parametrize("style", ["concrete", "qgrid", "traced"])
+def test_fast_path_equals_direct_under_every_transform(chd, style):
+    grid = xfit.QGrid(0.0, 8.0, 512)
+    x = jnp.asarray(chd.positions + np.random.default_rng(6).normal(0, 0.1, (2, len(chd), 3)))
+    weights = jnp.asarray(np.cos(Q))
+
+    def call(x, q, method="auto"):
+        q = {"concrete": Q, "qgrid": grid, "traced": q}[style] if method == "auto" else Q
+        return xfit.intensity(chd.numbers, x, q, method=method)
+
+    def direct(x, q=None):
+        return call(x, q, "direct")
+
+    q = jnp.asarray(Q)
+    np.testing.assert_allclose(jax.jit(call)(x, q), direct(x), rtol=1e-10)
+    np.testing.assert_allclose(jax.vmap(call, (0, None))(x, q), direct(x), rtol=1e-10)
+    loss = lambda x, f: jnp.sum(f(x, q) * weights)  # noqa: E731
+    np.testing.assert_allclose(jax.grad(loss)(x, call), jax.grad(loss)(x, direct), rtol=1e-9, atol=1e-9)
+    forward = jax.jacfwd(lambda x: call(x, q)[:, ::64])(x[:1])
+    np.testing.assert_allclose(forward, jax.jacfwd(lambda x: direct(x)[:, ::64])(x[:1]), rtol=1e-9, atol=1e-8)
 
 
 def _uses_fast_path(numbers, x, q) -> bool:
     """Whether intensity's compiled program has the angle-addition shape: A x M blocks, no (P, n_q) sine table."""
     text = jax.jit(lambda x: xfit.intensity(numbers, x, q)).lower(x).as_text()
-    n_pairs = len(numbers) * (len(numbers) - 1) // 2
-    return f"{n_pairs}x{len(q) if not isinstance(q, xfit.QGrid) else q.num}x" not in text
+    n_q = q.num if isinstance(q, xfit.QGrid) else len(q)
+    plan = _iam._pair_plan(tuple(int(z) for z in numbers))
+    # The direct formula's (P, n_q) sinc table, or per-type (2 P_t, A = n_q) anchor tables of a one-point block.
+    tables = [f"{len(plan.i)}x{n_q}x"] + [f"{2 * (hi - lo)}x{n_q}x" for lo, hi in plan.slices]
+    return not any(table in text for table in tables)
 
 
 def test_qgrid_keeps_the_fast_path_through_jit_arguments(chd):

@@ -157,7 +157,7 @@ def laplace(likelihood: Likelihood, energy, x_star, sigma_min, noise_scale, *, f
 
     def one(t, x):
         flat = x.ravel()
-        # Residuals and their Jacobian from one forward pass (reverse mode: the IAM is a custom_vjp).
+        # Residuals and their Jacobian from one forward pass (reverse mode through the IAM's checkpointed JVP).
         residuals, pullback = jax.vjp(lambda f: _residuals(likelihood, t, f.reshape(n_atoms, 3)), flat)
         jac = jax.vmap(pullback)(jnp.eye(residuals.shape[0], dtype=flat.dtype))[0]
         if hasattr(energy, "hessian"):  # a pair energy assembles its own, at a fraction of the cost

@@ -21,10 +21,15 @@ How the kernel is built, and why:
   q = qa_a + dm_m, and the angle-addition identity sin(qa r + dm r) = sin(qa r) cos(dm r) + cos(qa r) sin(dm r)
   re-anchors at every block, so that only 2 (A + M) transcendentals are evaluated per pair instead of n_q, with no
   recurrence error carried from block to block. The remaining sum over pairs is a batched matrix product
-  Y_t[b] = U_t[b]^T V_t[b] (A x 2P_t times 2P_t x M). A non-uniform grid uses A = n_q, M = 1 (direct); so does a traced
-  one (its values unknown at trace time), with a ``PerformanceWarning``; ``xfit.QGrid`` keeps the structure static.
-- Reverse mode: ``_sinc_sums`` has a custom VJP that keeps only the distances (batch x pairs) and recomputes the
-  trigonometric factors in the backward pass, so gradient memory grows as batch x pairs, not batch x pairs x q.
+  Y_t[b] = U_t[b]^T V_t[b] (A x 2P_t times 2P_t x M). Sines and cosines come from one polynomial pass
+  (``_sin_shifted``: sin(x + k pi/2) with the quadrant shift exact), 7x XLA's own sin on CPU. A non-uniform grid
+  uses A = n_q, M = 1 (direct). A traced q (an argument of the caller's jitted function) keeps the fast path: its
+  length is static, and start, step and uniformity are read from the values at run time (``_qgrid.traced_blocks``),
+  so new q values on the same grid shape neither recompile nor slow down; a traced grid that turns out not to be
+  uniform falls back to the direct sum with a one-time ``PerformanceWarning``. ``xfit.QGrid`` is the static form.
+- Derivatives: ``_sinc_sums`` has a custom JVP (so jacfwd, grad and Hessians all work) whose tangent map is under
+  ``jax.checkpoint``: reverse mode keeps only the distances (batch x pairs) and recomputes the trigonometric
+  factors when it transposes, so gradient memory grows as batch x pairs, not batch x pairs x q.
 - Coincident atoms: distances are floored at ``R_MIN`` with a gradient-safe square root, so values and gradients
   stay finite (sin(q r)/(q r) -> 1 there, as it should).
 
@@ -89,63 +94,130 @@ def _pair_plan(numbers: tuple[int, ...]) -> _PairPlan:
 # The kernel.
 
 
-def _offset_table(r, dm):
-    """cos and sin of dm_m r, each (..., P, M), for offsets dm = step * arange(M) with M a power of two.
+# Cody-Waite reduction by pi/2 in three parts (each exact in the working precision times the quadrant count) and
+# Cephes' minimax polynomials for sin and cos on [-pi/4, pi/4] (S. L. Moshier, Cephes Math Library: sinf.c, sin.c).
+_SINCOS = {
+    np.dtype(np.float32): (
+        (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8),
+        (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1),
+        (2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2),
+    ),
+    np.dtype(np.float64): (
+        (1.57079625129699707031, 7.54978941586159635336e-8, 5.39030285815811905290e-15),
+        (
+            1.58962301576546568060e-10,
+            -2.50507477628578072866e-8,
+            2.75573136213857245213e-6,
+            -1.98412698295895385996e-4,
+            8.33333333332211858878e-3,
+            -1.66666666666666307295e-1,
+        ),
+        (
+            -1.13585365213876817300e-11,
+            2.08757008419747316778e-9,
+            -2.75573141792967388112e-7,
+            2.48015872888517045348e-5,
+            -1.38888888888730564116e-3,
+            4.16666666666665929218e-2,
+        ),
+    ),
+}
 
-    Built by complex doubling from one sincos of (step r): e^{i m step r} for m < 2^(L+1) is the table for
-    m < 2^L followed by that table times e^{i 2^L step r}. Rounding error grows with the log2(M) levels (at most
-    ~M ulp in amplitude), against M sines and M cosines saved per pair.
+
+@jax.custom_jvp
+def _sin_shifted(x, shift):
+    """sin(x + shift pi/2) for an integer ``shift`` (broadcast against x): sin (0), cos (1), -sin (2), -cos (3).
+
+    The shift enters the quadrant count of the range reduction, so it is exact (no pi/2 added in floating point).
+    One fused elementwise pass: a Cody-Waite reduction by pi/2 and Cephes' polynomials on [-pi/4, pi/4]. XLA's
+    CPU sin and cos ran at 0.22e9 evaluations/s on the 2-core benchmark machine, this at 1.6e9 (both outputs);
+    measured error against float64 libm: <= 8e-8 absolute for float32 |x| <= 1e5 (the argument's own rounding,
+    ulp(x)/2, is larger beyond |x| ~ 1), <= 2.2e-16 in float64. Other dtypes go through jnp.sin.
     """
-    m_total = dm.shape[0]
-    shape = (*r.shape, 1)
-    if m_total == 1:
-        return jnp.ones(shape, r.dtype), jnp.zeros(shape, r.dtype)
-    phase = r[..., None] * dm[1]
-    c_step, s_step = jnp.cos(phase), jnp.sin(phase)
-    c, s = jnp.ones(shape, r.dtype), jnp.zeros(shape, r.dtype)
-    while c.shape[-1] < m_total:
-        c, s = (
-            jnp.concatenate([c, c * c_step - s * s_step], axis=-1),
-            jnp.concatenate([s, s * c_step + c * s_step], axis=-1),
-        )
-        c_step, s_step = c_step * c_step - s_step * s_step, 2.0 * s_step * c_step
-    return c, s
+    constants = _SINCOS.get(np.dtype(x.dtype))
+    if constants is None:
+        return jnp.sin(x + (jnp.asarray(shift) % 4).astype(x.dtype) * np.asarray(np.pi / 2, x.dtype))
+    (p1, p2, p3), sin_poly, cos_poly = constants
+    dtype = x.dtype
+    k = jnp.round(x * np.asarray(2 / np.pi, dtype))
+    r = ((x - k * np.asarray(p1, dtype)) - k * np.asarray(p2, dtype)) - k * np.asarray(p3, dtype)
+    z = r * r
+    s = jnp.zeros_like(z)
+    for coefficient in sin_poly:
+        s = s * z + np.asarray(coefficient, dtype)
+    s = r + r * z * s
+    c = jnp.zeros_like(z)
+    for coefficient in cos_poly:
+        c = c * z + np.asarray(coefficient, dtype)
+    c = np.asarray(1, dtype) - np.asarray(0.5, dtype) * z + z * z * c
+    quadrant = (k.astype(jnp.int32) + shift) & 3  # x + shift pi/2 = quadrant pi/2 + r (mod 2 pi)
+    value = jnp.where((quadrant & 1) == 0, s, c)
+    return jnp.where(quadrant >= 2, -value, value)
 
 
-def _trig(r, qa, dm):
-    """sin and cos of the anchors qa_a r (..., P, A), and of the offsets dm_m r (..., P, M)."""
-    ra = r[..., None] * qa
-    cm, sm = _offset_table(r, dm)
-    return jnp.sin(ra), jnp.cos(ra), sm, cm
+@_sin_shifted.defjvp
+def _sin_shifted_jvp(primals, tangents):
+    (x, shift), (dx, _) = primals, tangents
+    return _sin_shifted(x, shift), _sin_shifted(x, shift + 1) * dx
+
+
+def _type_operands(r, qa, dm):
+    """The two factors of one pair type's angle-addition product, for distances r (B, P) of that type:
+    U (B, 2P, A) = [sin(qa r); cos(qa r)] / r and V (B, 2P, M) = [cos(dm r); sin(dm r)], so that
+    sum_p sin((qa_a + dm_m) r_p)/r_p = (U^T V)[a, m]. Also returns the angles qa r (B, 2P, A) and the shifts.
+
+    Each factor is one elementwise pass over the duplicated distances with a per-row phase shift, rather than
+    sines and cosines concatenated afterwards: inside the chunk loop the concatenation cost 3x (16e3 against
+    49e3 NMM structures/s at 512 q on the 2-core CPU).
+    """
+    n = r.shape[-1]
+    shift = np.repeat(np.arange(2, dtype=np.int32), n)[:, None]  # (2P, 1): 0 = sin, 1 = cos
+    rr = jnp.concatenate([r, r], axis=-1)[..., None]  # (B, 2P, 1)
+    angles = rr * qa
+    u = _sin_shifted(angles, shift) / rr
+    v = _sin_shifted(rr * dm, 1 - shift)
+    return u, v, angles, shift, rr
 
 
 def _sinc_sums_forward(r, qa, dm, slices):
-    sa, ca, sm, cm = _trig(r, qa, dm)
-    inv_r = (1.0 / r)[..., None]
-    sa, ca = sa * inv_r, ca * inv_r
-    # sin((qa + dm) r)/r summed over the pairs of each type: one broadcast multiply-reduce per type, which XLA
-    # fuses into a single loop nest (on CPU ~10x faster than the equivalent batched dot of these small matrices,
-    # and nothing of size B x P x n_q is materialised).
-    return jnp.stack(
-        [
-            jnp.sum(
-                sa[:, lo:hi, :, None] * cm[:, lo:hi, None, :] + ca[:, lo:hi, :, None] * sm[:, lo:hi, None, :],
-                axis=1,
-            )
-            for lo, hi in slices
-        ],
-        axis=1,
-    )
+    # One batched matrix product (A x 2P_t times 2P_t x M) per type; nothing of size B x P x n_q is materialised.
+    out = []
+    for lo, hi in slices:
+        u, v, *_ = _type_operands(r[:, lo:hi], qa, dm)
+        out.append(jnp.einsum("bpa,bpm->bam", u, v, precision=_HIGHEST))
+    return jnp.stack(out, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.checkpoint, static_argnums=(4,))
+def _sinc_sums_tangent(r, dr, qa, dm, slices):
+    """d/dt of Y along dr: sum_p [q cos(q r_p)/r_p - sin(q r_p)/r_p^2] dr_p with q = qa_a + dm_m, by the same
+    angle addition (cos((qa + dm) r) = [cos(qa r); -sin(qa r)] . [cos(dm r); sin(dm r)]).
+
+    Under ``jax.checkpoint`` reverse mode keeps only (r, dr) and recomputes the trigonometric factors when it
+    transposes this linear map, so gradient memory grows as batch x pairs, not batch x pairs x q.
+    """
+    q = qa[:, None] + dm[None, :]
+    out = []
+    for lo, hi in slices:
+        u, v, angles, shift, rr = _type_operands(r[:, lo:hi], qa, dm)
+        w = jnp.concatenate([dr[:, lo:hi], dr[:, lo:hi]], axis=-1)[..., None] / rr  # (B, 2P, 1): dr / r
+        cos_part = jnp.einsum("bpa,bpm->bam", _sin_shifted(angles, shift + 1) * w, v, precision=_HIGHEST)
+        sin_part = jnp.einsum("bpa,bpm->bam", u * w, v, precision=_HIGHEST)
+        out.append(q * cos_part - sin_part)
+    return jnp.stack(out, axis=1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _sinc_sums(r, qa, dm, slices):
     """Y[b, t, a, m] = sum_{p in type t} sin((qa_a + dm_m) r_bp) / r_bp.
 
+    Differentiable in r to any order, forward and reverse (a custom JVP whose tangent map is checkpointed, see
+    ``_sinc_sums_tangent``); the grid (qa, dm) is treated as constant.
+
     Args:
         r: distances (B, P) in A, pairs sorted by type, all >= R_MIN.
-        qa: anchors (A,) and dm: offsets (M,) = step * arange(M) (M a power of two, or M = 1 with dm = [0]),
-            both 1/A, so that q = qa_a + dm_m.
+        qa: anchors (A,) and dm: offsets (M,) = step * arange(M) (or M = 1 with dm = [0]), both 1/A, so that
+            q = qa_a + dm_m.
         slices: static pair-index ranges of the types (T of them).
 
     Returns:
@@ -154,31 +226,10 @@ def _sinc_sums(r, qa, dm, slices):
     return _sinc_sums_forward(r, qa, dm, slices)
 
 
-def _sinc_sums_fwd(r, qa, dm, slices):
-    return _sinc_sums_forward(r, qa, dm, slices), (r, qa, dm)
-
-
-def _sinc_sums_bwd(slices, residuals, g):
-    # d/dr [sin(q r)/r] = q cos(q r)/r - sin(q r)/r^2, with cos and sin of q r = (qa + dm) r again by angle
-    # addition. The trigonometric factors are recomputed here rather than stored: memory stays O(B P).
-    r, qa, dm = residuals
-    sa, ca, sm, cm = _trig(r, qa, dm)
-    q = qa[:, None] + dm[None, :]
-    cos_part, sin_part = [], []
-    for t, (lo, hi) in enumerate(slices):
-        # Contract over the offsets m first (a batched matrix product, (B, P_t, A) out), then over the anchors a:
-        # nothing of size B x P x n_q is formed.
-        g_t = jnp.stack([g[:, t] * q, g[:, t]], axis=1)  # (B, 2, A, M): weights of the cos and of the sin part
-        x_c = jnp.einsum("bkam,bpm->bkpa", g_t, cm[:, lo:hi], precision=_HIGHEST)
-        x_s = jnp.einsum("bkam,bpm->bkpa", g_t, sm[:, lo:hi], precision=_HIGHEST)
-        s_a, c_a = sa[:, lo:hi], ca[:, lo:hi]
-        cos_part.append(jnp.sum(c_a * x_c[:, 0] - s_a * x_s[:, 0], axis=-1))
-        sin_part.append(jnp.sum(s_a * x_c[:, 1] + c_a * x_s[:, 1], axis=-1))
-    cos_part, sin_part = jnp.concatenate(cos_part, axis=1), jnp.concatenate(sin_part, axis=1)
-    return cos_part / r - sin_part / r**2, jnp.zeros_like(qa), jnp.zeros_like(dm)
-
-
-_sinc_sums.defvjp(_sinc_sums_fwd, _sinc_sums_bwd)
+@_sinc_sums.defjvp
+def _sinc_sums_jvp(slices, primals, tangents):
+    (r, qa, dm), (dr, _, _) = primals, tangents
+    return _sinc_sums_forward(r, qa, dm, slices), _sinc_sums_tangent(r, dr, qa, dm, slices)
 
 
 def _distances(positions, i, j):
@@ -212,11 +263,12 @@ ACCELERATOR_PAIR_BUDGET = 1 << 21
 def _chunk_size(n_pairs: int) -> int:
     """Structures per chunk of the pair sum.
 
-    On CPU small chunks keep the (chunk, P, A + M) trigonometric tables in cache (2x faster at batch 1024, measured
-    in benchmarks/forward.py). On accelerators a chunk holds up to ACCELERATOR_PAIR_BUDGET structure-pairs (a power
-    of two structures): when the whole batch went at once, a 101-atom molecule (5,050 pairs) on an H100 fell from
-    8e4 patterns/s at batch 16-256 to 1.5e4 at 4,096, and its gradient ran out of memory (53 GB) at 16,384
-    (benchmarks/results/forward_gpu.txt). NMM (153 pairs) keeps whole batches up to 8,192.
+    On CPU small chunks keep the (chunk, 2P, A + M) trigonometric tables in cache: 32 to 128 structures ran within
+    5 % of each other for NMM (153 pairs) and C33H68 (5,050 pairs) at 512 q, 16 was 20 % slower for NMM, and the
+    whole batch at once 2x slower at batch 1024. On accelerators a chunk holds up to ACCELERATOR_PAIR_BUDGET
+    structure-pairs (a power of two structures): when the whole batch went at once, a 101-atom molecule (5,050
+    pairs) on an H100 fell from 8e4 patterns/s at batch 16-256 to 1.5e4 at 4,096, and its gradient ran out of
+    memory (53 GB) at 16,384 (benchmarks/results/forward_gpu.txt). NMM (153 pairs) keeps whole batches up to 8,192.
     """
     if jax.default_backend() == "cpu":
         return 32
@@ -226,21 +278,25 @@ def _chunk_size(n_pairs: int) -> int:
 def _molecular_fast(plan: _PairPlan, positions, q, qa, dm, probe: tuple):
     """I_molecular (B, n_q) through the blocked kernel; q (n_q,) is the grid qa + dm flattened and trimmed."""
     n_q = q.shape[0]
-    r = _distances(positions, plan.i, plan.j)
-    chunk = _chunk_size(r.shape[1])
-    if r.shape[0] <= chunk:
-        y = _sinc_sums(r, qa, dm, plan.slices)
-    else:
-        batch = r.shape[0]
-        padded = jnp.pad(r, ((0, -batch % chunk), (0, 0)), constant_values=1.0)
-        y = jax.lax.map(lambda rc: _sinc_sums(rc, qa, dm, plan.slices), padded.reshape(-1, chunk, r.shape[1]))
-        y = y.reshape(-1, *y.shape[2:])[:batch]
-    y = y.reshape(*y.shape[:2], -1)[..., :n_q]  # (B, T, n_q)
     weights = _type_form_factors(plan, q, probe)
     inv_q = jnp.where(q > 0, 1.0 / jnp.where(q > 0, q, 1.0), 0.0)
     counts = jnp.asarray([hi - lo for lo, hi in plan.slices], q.dtype)
     at_zero = jnp.where(q == 0, counts @ weights, 0.0)  # sin(q r)/(q r) -> 1 at q = 0
-    return 2.0 * (jnp.einsum("btq,tq->bq", y, weights * inv_q, precision=_HIGHEST) + at_zero)
+    weights = weights * inv_q
+
+    def molecular(r):  # (c, P) -> (c, n_q): the pair sums and their form-factor weights, chunk by chunk
+        y = _sinc_sums(r, qa, dm, plan.slices)
+        y = y.reshape(*y.shape[:2], -1)[..., :n_q]  # (c, T, n_q)
+        return 2.0 * (jnp.einsum("btq,tq->bq", y, weights, precision=_HIGHEST) + at_zero)
+
+    r = _distances(positions, plan.i, plan.j)
+    chunk = _chunk_size(r.shape[1])
+    if r.shape[0] <= chunk:
+        return molecular(r)
+    batch = r.shape[0]
+    padded = jnp.pad(r, ((0, -batch % chunk), (0, 0)), constant_values=1.0)
+    out = jax.lax.map(molecular, padded.reshape(-1, chunk, r.shape[1]))
+    return out.reshape(-1, n_q)[:batch]
 
 
 def _molecular_direct(plan: _PairPlan, positions, q, probe: tuple):
@@ -251,8 +307,26 @@ def _molecular_direct(plan: _PairPlan, positions, q, probe: tuple):
     return 2.0 * jnp.einsum("bpq,pq->bq", sinc, f[plan.i] * f[plan.j], precision=_HIGHEST)
 
 
+def _molecular_traced(plan: _PairPlan, positions, q, probe: tuple):
+    """I_molecular for a traced q: the blocked kernel on the grid read from the values where they are uniform
+    (``_qgrid.traced_blocks``), the direct sum where they are not (with a one-time ``PerformanceWarning``)."""
+    qa, dm, uniform = _qgrid.traced_blocks(q)
+    warn = _qgrid.traced_irregular_warning(q.shape[0])
+
+    def direct(positions, q, qa, dm, uniform):
+        jax.debug.callback(warn, uniform)
+        return _molecular_direct(plan, positions, q, probe)
+
+    def fast(positions, q, qa, dm, uniform):
+        return _molecular_fast(plan, positions, q, qa, dm, probe)
+
+    return jax.lax.cond(uniform, fast, direct, positions, q, qa, dm, uniform)
+
+
 @functools.partial(jax.jit, static_argnames=("plan", "kind", "method", "probe"))
 def _intensity_flat(positions, q, qa, dm, *, plan: _PairPlan, kind: str, method: str, probe: tuple):
+    """method: "auto" (blocked kernel on the given qa, dm), "traced" (blocks read from q's values at run time)
+    or "direct"."""
     batch = positions.shape[0]
     terms = jnp.zeros((batch, q.shape[0]), positions.dtype)
     if kind in ("atomic", "elastic", "total"):
@@ -261,6 +335,8 @@ def _intensity_flat(positions, q, qa, dm, *, plan: _PairPlan, kind: str, method:
     if kind in ("molecular", "elastic", "total") and plan.slices:
         if method == "direct":
             terms = terms + _molecular_direct(plan, positions, q, probe)
+        elif method == "traced":
+            terms = terms + _molecular_traced(plan, positions, q, probe)
         else:
             terms = terms + _molecular_fast(plan, positions, q, qa, dm, probe)
     if kind in ("inelastic", "total") and probe[0] == "xray":
@@ -360,7 +436,9 @@ def intensity(
         q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, shape (n_q,), 0 <= q <= ~75.4 1/A. A concrete,
             uniformly spaced grid (to its dtype's rounding) takes the fast angle-addition path; so does an
             ``xfit.QGrid``, which also stays static when passed through ``jax.jit``. A traced q array (an argument of
-            the caller's jitted function) takes the direct path with a ``PerformanceWarning``.
+            the caller's jitted function) takes the fast path too when its values are uniform, checked at run time
+            without recompiling; a traced non-uniform grid takes the direct path, with a ``PerformanceWarning`` once
+            per compiled function (traced grids of fewer than 16 points always take the direct path).
         kind: "atomic" (sum_i f_i^2), "molecular" (sum_{i != j} f_i f_j sinc), "elastic" (atomic + molecular),
             "inelastic" (sum_i S_i, Compton) or "total" (elastic + inelastic).
         probe: "xray" (form factors f0, electron units) or "electron" (scattering factors f_e in A, first Born
@@ -433,7 +511,7 @@ def intensity(
         if q_arr.ndim != 1:
             raise ValueError(f"q must be a 1-D array, got shape {q_arr.shape}")
         if method == "auto" and q_arr.shape[0] >= 16:
-            _qgrid.warn_traced_q()
+            method = "traced"  # the grid's structure is static (n_q); start, step and uniformity are read at run time
         qa, dm = q_arr, jnp.zeros(1, dtype)
 
     batch_shape = positions.shape[:-2]

@@ -164,13 +164,45 @@ class QGrid:
         return self.values if dtype is None else self.values.astype(dtype)
 
 
-def warn_traced_q() -> None:
-    """The one-line warning for a traced q array: what it costs and how to avoid it."""
-    warnings.warn(
-        "q is a traced array (an argument of a jitted or vmapped function), so xfit cannot see whether the grid is "
-        "uniform and uses the direct pair sum: ~5x slower and O(batch x pairs x q) gradient memory. Pass "
-        "xfit.QGrid(start, stop, num) instead (static under jit), close over a NumPy q, or pass method='direct' "
-        "to silence this.",
-        PerformanceWarning,
-        stacklevel=3,
-    )
+def traced_blocks(q) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Anchors and offsets of a traced q array (n_q,), assuming it is uniform, and whether it is.
+
+    The block structure (A anchors x M offsets) depends only on n_q, which is static even when the values are
+    traced; start and step are read from the values: qa = q[0] + step M arange(A), dm = step arange(M), with
+    step = (q[-1] - q[0])/(n_q - 1). ``uniform`` (a traced bool) says whether q lies on that grid within
+    :func:`uniform_tolerance` of its dtype; where it does not, the caller must use the direct sum.
+    """
+    import jax.numpy as jnp
+
+    n_q = q.shape[0]
+    unit_a, unit_m = q_blocks(0.0, 1.0, n_q)  # multiples of the step
+    step = (q[-1] - q[0]) / (n_q - 1)
+    deviation = jnp.max(jnp.abs(q - (q[0] + step * jnp.arange(n_q, dtype=q.dtype))))
+    eps = float(np.finfo(np.dtype(q.dtype)).eps)
+    tolerance = max(UNIFORM_RTOL_FLOAT64, UNIFORM_ULPS * eps) * jnp.max(jnp.abs(q))
+    uniform = (step > 0) & (deviation <= tolerance)
+    return q[0] + step * jnp.asarray(unit_a, q.dtype), step * jnp.asarray(unit_m, q.dtype), uniform
+
+
+def traced_irregular_warning(n_q: int):
+    """A host callback that warns, once per compiled program, that a traced q grid of n_q points is not uniform.
+
+    Called from inside the program (``jax.debug.callback``) with the traced ``uniform`` flag, it warns only where
+    the flag is false (under ``vmap`` the branch may run for every grid of a batch) and only the first time.
+    """
+    warned = []
+
+    def callback(uniform) -> None:
+        if warned or bool(np.all(uniform)):
+            return
+        warned.append(True)
+        warnings.warn(
+            f"q is a traced array of {n_q} points that is not uniformly spaced, so xfit evaluates the direct pair "
+            "sum: n_q sines per pair instead of ~2 sqrt(n_q) (~5x slower at 512 points) and O(batch x pairs x q) "
+            "gradient memory. Resample onto a uniform grid (xfit.QGrid(start, stop, num), or any evenly spaced "
+            "array) or pass method='direct' to make the choice explicit and silence this.",
+            PerformanceWarning,
+            stacklevel=2,
+        )
+
+    return callback
