@@ -181,6 +181,23 @@ def test_traced_irregular_q_is_exact_and_warns_once(chd):
     np.testing.assert_allclose(g(Q), xfit.intensity(chd.numbers, chd.positions, Q), rtol=1e-12)
 
 
+@pytest.mark.parametrize("irregular", [False, True])
+def test_traced_q_gradient_memory_grows_as_batch_x_pairs(chd, irregular):
+    # Differentiating the run-time choice of path must not keep the direct sum's batch x pairs x q residuals
+    # (a cond saves those of both branches): the scratch of value-and-grad barely grows with the batch.
+    q = np.sort(np.random.default_rng(0).uniform(0.5, 8.0, 512)) if irregular else np.linspace(0.5, 8.0, 512)
+    q = jnp.asarray(q, jnp.float32)
+
+    def scratch(batch):
+        x = jnp.broadcast_to(jnp.asarray(chd.positions, jnp.float32), (batch, len(chd), 3))
+        f = jax.jit(jax.value_and_grad(lambda x, q: jnp.sum(xfit.intensity(chd.numbers, x, q))))
+        return f.lower(x, q).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = scratch(256), scratch(1024)
+    batch_pairs_q = 1024 * len(chd) * (len(chd) - 1) / 2 * 512 * 4
+    assert large < 1.5 * small and large < 0.3 * batch_pairs_q
+
+
 @pytest.mark.parametrize("style", ["concrete", "qgrid", "traced"])
 def test_fast_path_equals_direct_under_every_transform(chd, style):
     grid = xfit.QGrid(0.0, 8.0, 512)

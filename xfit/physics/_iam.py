@@ -289,7 +289,11 @@ def _molecular_fast(plan: _PairPlan, positions, q, qa, dm, probe: tuple):
         y = y.reshape(*y.shape[:2], -1)[..., :n_q]  # (c, T, n_q)
         return 2.0 * (jnp.einsum("btq,tq->bq", y, weights, precision=_HIGHEST) + at_zero)
 
-    r = _distances(positions, plan.i, plan.j)
+    return _by_chunks(molecular, _distances(positions, plan.i, plan.j), n_q)
+
+
+def _by_chunks(molecular, r, n_q: int):
+    """``molecular`` (c, P) -> (c, n_q) applied to distances r (B, P) in chunks of ``_chunk_size`` structures."""
     chunk = _chunk_size(r.shape[1])
     if r.shape[0] <= chunk:
         return molecular(r)
@@ -299,12 +303,16 @@ def _molecular_fast(plan: _PairPlan, positions, q, qa, dm, probe: tuple):
     return out.reshape(-1, n_q)[:batch]
 
 
-def _molecular_direct(plan: _PairPlan, positions, q, probe: tuple):
-    """Reference: the textbook double sum over pairs i < j, (B, n_q), plain autodiff."""
+def _direct_sum(plan: _PairPlan, r, q, probe: tuple):
+    """2 sum_{i<j} f_i f_j sin(q r_ij)/(q r_ij) for distances r (B, P): the textbook formula, (B, n_q)."""
     f = _form_factors(plan.numbers, q, probe)
-    r = _distances(positions, plan.i, plan.j)
     sinc = jnp.sinc(r[..., None] * q / jnp.pi)  # jnp.sinc(x) = sin(pi x)/(pi x)
     return 2.0 * jnp.einsum("bpq,pq->bq", sinc, f[plan.i] * f[plan.j], precision=_HIGHEST)
+
+
+def _molecular_direct(plan: _PairPlan, positions, q, probe: tuple):
+    """Reference: the textbook double sum over pairs i < j, (B, n_q), plain autodiff, all of the batch at once."""
+    return _direct_sum(plan, _distances(positions, plan.i, plan.j), q, probe)
 
 
 def _molecular_traced(plan: _PairPlan, positions, q, probe: tuple):
@@ -313,10 +321,18 @@ def _molecular_traced(plan: _PairPlan, positions, q, probe: tuple):
     qa, dm, uniform = _qgrid.traced_blocks(q)
     warn = _qgrid.traced_irregular_warning(q.shape[0])
 
+    # Both branches under jax.checkpoint: differentiating a cond saves the residuals of both branches, and the
+    # direct sum's (batch x pairs x q) made value-and-grad 10x slower than with q closed over (and ran out of memory
+    # at batch 16,384) even when the fast branch ran; checkpointed, each branch keeps only its inputs.
+    @jax.checkpoint
     def direct(positions, q, qa, dm, uniform):
         jax.debug.callback(warn, uniform)
-        return _molecular_direct(plan, positions, q, probe)
+        # In checkpointed chunks, like the fast path (XLA reserves scratch for both branches whichever runs): the
+        # backward pass then holds one chunk's batch x pairs x q at a time.
+        chunked = jax.checkpoint(lambda r: _direct_sum(plan, r, q, probe))
+        return _by_chunks(chunked, _distances(positions, plan.i, plan.j), q.shape[0])
 
+    @jax.checkpoint
     def fast(positions, q, qa, dm, uniform):
         return _molecular_fast(plan, positions, q, qa, dm, probe)
 
