@@ -1,5 +1,6 @@
 """Retrieval: superposition RMSD, the refinement objective, xfit.retrieve end to end, sharding, bad input."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -188,6 +189,19 @@ def test_plot_writes_an_image(chd, tmp_path):
     pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(0), relative=1e-3)
     result = xfit.retrieve(pattern, chd, prior=None, n_starts=2, steps=10)
     assert result.plot(tmp_path / "fit.png").stat().st_size > 10_000
+
+
+def test_plot_key_distances_include_a_bond_broken_in_the_result(chd):
+    from xfit._plot import _key_pairs
+
+    pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(0), relative=1e-3)
+    result = xfit.retrieve(pattern, chd, prior=None, n_starts=1, steps=5)
+    assert (0, 5) in result.info["bonds"]
+    opened = result.atoms.copy()
+    opened.positions[5] += 1.5 * (opened.positions[5] - opened.positions[0]) / opened.get_distance(0, 5)
+    broken = dataclasses.replace(result, atoms=opened)  # C1-C6 now 2.9 A: no longer a bond of the result's graph
+    assert (0, 5) in _key_pairs(broken)
+    assert all(opened.numbers[list(p)].min() > 1 for p in _key_pairs(broken))  # heavy atoms only
 
 
 def test_sharded_across_two_cpu_devices_matches_one_device(tmp_path):

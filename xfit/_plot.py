@@ -80,13 +80,18 @@ def plot_scattering(q, parts: dict[str, np.ndarray], labels: list[str], title: s
 
 
 def _key_pairs(result, n_extra: int = 3) -> list[tuple[int, int]]:
-    """Heavy-atom bonds, then the heavy-atom pairs whose distance varies most over the posterior samples."""
+    """Heavy-atom bonds of the input molecule (``info["bonds"]``, so that a bond broken in the result is shown), then
+    heavy-atom bonds new in the result, then the heavy-atom pairs whose distance varies most over the posterior
+    samples."""
     from xfit.chem._graph import MoleculeGraph
 
     graph = MoleculeGraph.from_atoms(result.atoms)
-    pairs = [tuple(p) for p in graph.heavy_bonds.tolist()]
+    heavy = np.flatnonzero(graph.heavy)
+    is_heavy = set(heavy.tolist())
+    given = [tuple(int(v) for v in b) for b in result.info.get("bonds", [])]
+    pairs = [b for b in given if b[0] in is_heavy and b[1] in is_heavy]
+    pairs += [p for p in map(tuple, graph.heavy_bonds.tolist()) if p not in pairs]
     if result.samples is not None:
-        heavy = np.flatnonzero(graph.heavy)
         spread = result.uncertainty.candidate_spread[np.ix_(heavy, heavy)]
         i, j = np.triu_indices(len(heavy), k=1)
         for k in np.argsort(-spread[i, j])[:n_extra]:

@@ -110,7 +110,8 @@ class Retrieval:
             (posterior; None for refinement).
         modes: posterior mass of each candidate (n_candidates,), summing to 1 (posterior; None for refinement).
         sample_modes: the candidate each sample belongs to (n_samples,), and sample_weights their weights.
-        info: how it was made; ``info["method"]`` is "posterior" or "refinement".
+        info: how it was made; ``info["method"]`` is "posterior" or "refinement"; ``info["bonds"]`` the bonded
+            pairs (i, j) of the input molecule's graph.
     """
 
     atoms: Atoms
@@ -145,8 +146,8 @@ class Retrieval:
 
         Args:
             path: image file to write; None returns the matplotlib figure.
-            pairs: atom pairs whose distances to show (default: heavy-atom bonds, plus the pairs that vary most
-                over the posterior).
+            pairs: atom pairs whose distances to show (default: the input molecule's heavy-atom bonds, broken
+                or not, bonds new in the result, and the pairs that vary most over the posterior).
         """
         from xfit import _plot
 
@@ -240,7 +241,8 @@ def _distinct(structures: np.ndarray, order: np.ndarray, heavy: np.ndarray, tole
 def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: float, info: dict) -> list[Retrieval]:
     """One :class:`Retrieval` per pattern from a strategy's ensemble."""
     summary = _summarise_candidates if ensemble.kind == "candidates" else _summarise_samples
-    info = {**info, **ensemble.info}
+    # The input molecule's bonds: what a bond broken in the result is measured against (the plot's key distances).
+    info = {**info, **ensemble.info, "bonds": [tuple(b) for b in problem.molecule.bonds.tolist()]}
     return [summary(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)]
 
 
