@@ -149,3 +149,16 @@ def test_batch_of_images_and_plot(skeleton, detector, tmp_path):
     assert results[1].model.q.shape == results[1].pattern.q.shape
     results[1].plot(tmp_path / "fit.png")
     assert (tmp_path / "fit.png").stat().st_size > 0
+
+
+def test_posterior_of_an_image(chd, detector):
+    # The posterior's Laplace stage on ~1,600 pixel residuals: its Jacobian is taken in forward mode (one pass per
+    # coordinate), not one backward pass per pixel (which ran out of memory on a 96 x 96 image).
+    truth = ase.io.read(DATA / "chd_traj001_t12_true.xyz")  # C1-C6 stretched to 2.33 A
+    counts = xfit.simulate_image(truth, detector, photons=1e10, key=jax.random.key(4))
+    strategy = xfit.Posterior(xfit.load_conformer_prior("conformer"), n_prior=8, n_local=4, steps=250, draws=4)
+    result = xfit.retrieve(xfit.DetectorImage(counts, detector), chd, strategy=strategy)
+    assert result.info["method"] == "posterior"
+    assert result.samples.shape[1:] == (len(chd), 3) and np.all(np.isfinite(result.samples))
+    assert result.chi2_reduced < 3  # from the ground-state start (chi2_r > 70 after 60 steps); default sampler: 0.99
+    assert 0 < result.uncertainty.distance(0, 5) < 0.5
