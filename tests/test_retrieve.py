@@ -196,7 +196,7 @@ def test_plot_key_distances_include_a_bond_broken_in_the_result(chd):
 
     pattern = xfit.Pattern(Q, xfit.scattering(chd, Q)).with_noise(jax.random.key(0), relative=1e-3)
     result = xfit.retrieve(pattern, chd, prior=None, n_starts=1, steps=5)
-    assert (0, 5) in result.info["bonds"]
+    assert [0, 5] in result.info["bonds"]
     opened = result.atoms.copy()
     opened.positions[5] += 1.5 * (opened.positions[5] - opened.positions[0]) / opened.get_distance(0, 5)
     broken = dataclasses.replace(result, atoms=opened)  # C1-C6 now 2.9 A: no longer a bond of the result's graph

@@ -242,7 +242,7 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
     """One :class:`Retrieval` per pattern from a strategy's ensemble."""
     summary = _summarise_candidates if ensemble.kind == "candidates" else _summarise_samples
     # The input molecule's bonds: what a bond broken in the result is measured against (the plot's key distances).
-    info = {**info, **ensemble.info, "bonds": [tuple(b) for b in problem.molecule.bonds.tolist()]}
+    info = {**info, **ensemble.info, "bonds": problem.molecule.bonds.tolist()}  # [[i, j], ...]: JSON round trip
     return [summary(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)]
 
 
