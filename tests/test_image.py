@@ -162,3 +162,16 @@ def test_posterior_of_an_image(chd, detector):
     assert result.samples.shape[1:] == (len(chd), 3) and np.all(np.isfinite(result.samples))
     assert result.chi2_reduced < 3  # from the ground-state start (chi2_r > 70 after 60 steps); default sampler: 0.99
     assert 0 < result.uncertainty.distance(0, 5) < 0.5
+
+
+def test_tempered_image_likelihood_weighs_each_pixel_by_its_own_q(chd, detector):
+    # Likelihood.tempered multiplies each data point's weight by exp(-(q b)^2): for an image, q is the pixel's |q|.
+    counts = xfit.simulate_image(chd, detector, photons=1e9, key=jax.random.key(1))
+    image = xfit.DetectorImage(counts, detector)
+    with jax.enable_x64(True):
+        like = build_image_likelihood([image], chd.numbers, background=False, dipole=None)
+        q_pixels = image.pixel_factors()["q"]
+        np.testing.assert_allclose(np.asarray(like.point_q())[0, : len(q_pixels)], q_pixels, rtol=1e-12)
+        tempered = like.tempered(0.2)
+        expected = np.asarray(like.w) * np.exp(-((np.asarray(like.point_q()) * 0.2) ** 2))
+        np.testing.assert_allclose(np.asarray(tempered.w), expected, rtol=1e-12)

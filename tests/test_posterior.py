@@ -112,6 +112,60 @@ def test_two_mode_prior_gives_each_mode_its_posterior_mass(key):
     assert sorted(np.round(lengths, 1)) == [1.5, 2.0]
 
 
+def test_structure_is_the_mode_mean_relaxed_to_a_posterior_optimum(key):
+    # One mode spanning both prior bond lengths (mode_radius 1 A): its mean lies between them, where the posterior
+    # density is low; the reported structure is that mean relaxed to the nearest local minimum of
+    # U(d) = chi2/2 - log prior, while the samples and error bars stay those of the mode.
+    prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.1, 0.9))
+    pattern = simulated(1.75, 0.15, key)
+    base = {"n_prior": 48, "n_local": 4, "draws": 16, "mode_radius": 1.0, "dtype": jnp.float64}
+    relaxed = xfit.retrieve(pattern, ATOMS, strategy=Posterior(prior, **base), dtype=jnp.float64)
+    mean = xfit.retrieve(pattern, ATOMS, strategy=Posterior(prior, relax_steps=0, **base), dtype=jnp.float64)
+    assert len(mean.modes) == 1
+    d_grid, p = grid_posterior(prior, pattern)
+    short = np.trapezoid(p * (d_grid < 1.75), d_grid)
+    assert 0.2 < short < 0.8, short  # the mean falls well between the two bond lengths
+    u = -np.log(p) + 2 * np.log(d_grid)  # without the orbit factor: the optimum relax descends to
+    minima = d_grid[1:-1][(u[1:-1] < u[:-2]) & (u[1:-1] < u[2:])]
+    d_relaxed, d_mean = relaxed.atoms.get_distance(0, 1), mean.atoms.get_distance(0, 1)
+    assert np.min(np.abs(minima - d_relaxed)) < 2e-3
+    assert np.min(np.abs(minima - d_mean)) > 0.05
+    assert relaxed.info["relax_shift"] > 0.02 and mean.info["relax_shift"] == 0.0
+    assert relaxed.uncertainty.distance(0, 1) == pytest.approx(mean.uncertainty.distance(0, 1), rel=1e-9)
+
+
+def test_tempered_likelihood_is_a_debye_waller_factor_on_the_weights():
+    # Likelihood.tempered(b): weights x exp(-(q b)^2) point by point (q twice over for an I0 + P2 pair); b = 0 is
+    # the likelihood itself.
+    from xfit.infer._likelihood import build_likelihood
+
+    atoms = Atoms("SOC", positions=[[0, 0, 0], [0, 0, 1.5], [1.2, 0, 0]])
+    with jax.enable_x64(True):
+        x = jnp.asarray(atoms.positions)[None, None]
+        for dipole in (None, ("bond", 0, 1)):
+            patterns = [xfit.Pattern(Q, xfit.scattering(atoms, Q), sigma=1e-3 * xfit.scattering(atoms, Q))]
+            p2 = None
+            if dipole is not None:
+                p2 = [xfit.Pattern(Q, 0.1 * np.cos(Q), sigma=np.full(len(Q), 0.01), legendre=2)]
+            like = build_likelihood(
+                patterns,
+                atoms.numbers,
+                atoms.positions,
+                fraction=None,
+                model_kind="total",
+                background=False,
+                relative_sigma=1e-3,
+                dtype=jnp.float64,
+                p2_patterns=p2,
+                dipole=dipole,
+            )
+            q = np.concatenate([Q, Q]) if dipole is not None else Q
+            np.testing.assert_allclose(np.asarray(like.point_q())[0], q)
+            np.testing.assert_allclose(np.asarray(like.tempered(0.0).chi2(x)), np.asarray(like.chi2(x)), rtol=1e-14)
+            w = np.asarray(like.tempered(0.3).w)[0]
+            np.testing.assert_allclose(w, np.asarray(like.w)[0] * np.exp(-((q * 0.3) ** 2)), rtol=1e-12)
+
+
 def test_orbit_volume_factor_is_d_squared_for_a_diatomic():
     from xfit.infer._posterior import _log_orbit_volume
 

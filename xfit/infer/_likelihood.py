@@ -354,6 +354,25 @@ class Likelihood:
         model, _ = self.model_and_parameters(x)
         return jnp.sum(self._broadcast(x, self.w) * (self._broadcast(x, self.y) - model) ** 2, axis=-1)
 
+    def point_q(self):
+        """q = 4 pi sin(theta)/lambda (1/A) of every data point, (T, N): the grid (twice over for an I0 + P2 pair),
+        or each pixel's |q| for images."""
+        q = np.asarray(self.spec.q)
+        if self.spec.image:
+            return self.pixels[:, 0, :] * jnp.asarray(q[1] - q[0], self.y.dtype)
+        if self.spec.dipole is not None:
+            q = np.concatenate([q, q])
+        return jnp.broadcast_to(jnp.asarray(q, self.y.dtype), self.y.shape)
+
+    def tempered(self, blur):
+        """The likelihood with each point's weight multiplied by exp(-(q blur)^2), blur (A) a scalar: high-q data
+        down-weighted, as if every atom were smeared by a Gaussian of that width per coordinate (the
+        Debye-Waller factor of the pair term). The oscillations of the pair sum at high q, and the local optima
+        they make, fade; blur = 0 is this likelihood."""
+        blur = jnp.asarray(blur, self.w.dtype)
+        w = self.w * jnp.exp(-((self.point_q() * blur) ** 2))
+        return Likelihood(self.spec, self.has_sigma, self.y, w, self.i_ref, self.pixels)
+
     def log_density(self, x):
         """log p(y | x) up to a constant, -chi2/2, (T, ...)."""
         return -0.5 * self.chi2(x)

@@ -16,7 +16,11 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    patterns the likelihood is far sharper than the prior, and plain Langevin steps small enough for it would need
    ~1e4 steps per level). The prior is read from per-pair tables at ``table_levels`` levels (cubic Hermite in
    the distance, ~15x cheaper than the network), and after ``prune_at`` of the steps each pattern keeps only the
-   ``prune_fraction`` of its particles of lowest U, distinct structures first (successive halving).
+   ``prune_fraction`` of its particles of lowest U, distinct structures first (successive halving). The
+   likelihood is tempered with the prior (``tempering``): at level sigma each point's weight carries the
+   Debye-Waller factor exp(-q^2 b^2), b = sqrt(sigma^2 - sigma_min^2), that the pair term of a structure would
+   show with every atom smeared by the prior's extra noise (the low-q data lead, the high-q data whose
+   oscillations trap particles weigh in as sigma falls; full strength at the end).
 3. Local posterior. At each particle's optimum x*, H = Gauss-Newton Hessian of chi2/2 + the prior energy's
    Hessian (rigid-body directions projected out, curvature floored). The basin's mass is its Laplace evidence,
    exp(-U(x*)) det'(H)^(-1/2) sqrt(det' I(x*)), where I is the inertia tensor (unit masses): integrating out the
@@ -27,7 +31,10 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    effective sample per basin in trials: the prior's curvature is not that of a Gaussian). Particles that
    converged to one optimum share its mass.
 4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection allowed; mode
-   masses; the heaviest mode's weighted mean as the structure; posterior standard deviations from its samples.
+   masses; the heaviest mode's weighted mean, relaxed to the nearest optimum of U at sigma_min (:func:`relax`), as
+   the structure; posterior standard deviations from its samples. The relaxation matters for hot structures: the
+   basins of one mode differ in their hydrogens, and their mean fitted shared CHD frames at chi2_reduced 10-20
+   where every basin fitted at 1.
 
 Noise: with sigma given, the likelihood is taken as it is. Without sigma (``relative_sigma`` assumed), the noise
 level is re-estimated from the best particle's chi2_reduced before step 3, so error bars follow the residual.
@@ -50,7 +57,7 @@ import optax
 from xfit.infer._likelihood import Likelihood
 from xfit.infer._problem import Ensemble, Problem, pattern_keys, shard
 
-__all__ = ["Posterior", "anneal", "as_energy", "laplace", "mala"]
+__all__ = ["Posterior", "anneal", "as_energy", "laplace", "mala", "relax"]
 
 
 def _rigid_projector(x):
@@ -90,38 +97,71 @@ def as_energy(energy):
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
-def anneal(likelihood: Likelihood, energy, x0, levels, state=None, *, steps: int, learning_rate: float):
-    """Descend U_l(x) = chi2(x)/2 + E(x, l) with the prior's noise level l following ``levels``, Adam, cosine step.
+def anneal(likelihood: Likelihood, energy, x0, levels, state=None, blur=None, *, steps: int, learning_rate: float):
+    """Descend U_l(x) = chi2_b(x)/2 + E(x, l) with the prior's noise level l following ``levels`` and the
+    likelihood tempered by ``blur`` b (:meth:`Likelihood.tempered`), Adam, cosine step.
 
     Args:
         likelihood: T patterns. energy: the prior's energy f(x, level) -> (...) as a pytree (:func:`as_energy`):
             with ``levels`` the noise levels in A (an energy function), or indices into a ``PairTable``'s levels.
         x0: particles (T, S, n_atoms, 3) in A. levels: the level at each step of this call.
         state: Adam's state from an earlier call (to go on where it stopped: its step count drives the cosine
-            schedule), or None to start. steps: the whole run's steps (the schedule's length).
+            schedule), or None to start. blur: (len(levels),) the likelihood's smearing (A) at each step, or None
+            for the likelihood as it is. steps: the whole run's steps (the schedule's length).
         learning_rate: initial step in A.
 
     Returns:
-        (x (T, S, n_atoms, 3), Adam's state, chi2 (T, S), E(x, levels[-1]) (T, S)).
+        (x (T, S, n_atoms, 3), Adam's state, chi2 (T, S) of the likelihood tempered by blur[-1],
+        E(x, levels[-1]) (T, S)).
     """
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-2)
     optimizer = optax.adam(schedule)
     if jnp.issubdtype(levels.dtype, jnp.floating):
         levels = levels.astype(x0.dtype)
+    blur = jnp.zeros(levels.shape, x0.dtype) if blur is None else jnp.asarray(blur, x0.dtype)
 
-    def loss(x, level):
-        return jnp.sum(0.5 * likelihood.chi2(x) + energy(x, level))
+    def loss(x, level, b):
+        return jnp.sum(0.5 * likelihood.tempered(b).chi2(x) + energy(x, level))
 
-    def step(carry, level):
+    def step(carry, inputs):
         x, state = carry
-        grad = jax.grad(loss)(x, level)
+        grad = jax.grad(loss)(x, *inputs)
         grad = jnp.where(jnp.isfinite(grad), grad, 0.0)  # a particle gone astray stops; it is dropped later
         updates, state = optimizer.update(grad, state, x)
         return (optax.apply_updates(x, updates), state), None
 
     state = optimizer.init(x0) if state is None else state
-    (x, state), _ = jax.lax.scan(step, (x0, state), levels)
-    return x, state, likelihood.chi2(x), energy(x, levels[-1])
+    (x, state), _ = jax.lax.scan(step, (x0, state), (levels, blur))
+    return x, state, likelihood.tempered(blur[-1]).chi2(x), energy(x, levels[-1])
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def relax(likelihood: Likelihood, energy, x, sigma_min, *, steps: int, learning_rate: float):
+    """The optimum of U(x) = chi2(x)/2 + E(x, sigma_min) nearest to x, one structure per pattern: ``steps`` Adam
+    steps from x (T, n_atoms, 3) in A at the prior's lowest noise level, cosine-decayed from ``learning_rate`` (A).
+    Returns (T, n_atoms, 3) in A."""
+    levels = jnp.full((steps,), sigma_min, x.dtype)
+    out, _, _, _ = anneal(likelihood, energy, x[:, None], levels, steps=steps, learning_rate=learning_rate)
+    return out[:, 0]
+
+
+def _relaxer(likelihood: Likelihood, energy, sigma_min: float, noise_scale: np.ndarray, steps: int, dtype):
+    """``Ensemble.relax`` for these patterns: :func:`relax` on the likelihood with its weights divided by the noise
+    scale (the posterior the samples were drawn from), float64 in and out."""
+
+    def fn(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        with jax.enable_x64(dtype == jnp.float64):
+            like = likelihood.select(rows).astype(dtype)
+            scale = jnp.asarray(noise_scale[rows], dtype)[:, None]
+            like = Likelihood(like.spec, like.has_sigma, like.y, like.w / scale, like.i_ref, like.pixels)
+            out = relax(
+                like, energy, jnp.asarray(x, dtype), jnp.asarray(sigma_min, dtype), steps=steps, learning_rate=3e-3
+            )
+        out = np.asarray(out, np.float64)
+        return np.where(np.isfinite(out).all(axis=(-2, -1), keepdims=True), out, x)  # a relaxation gone astray
+
+    return fn
 
 
 def _residuals(likelihood: Likelihood, t, x):
@@ -325,7 +365,10 @@ class Posterior:
         n_local: the input geometry and n_local - 1 random perturbations of it (``perturbation`` A).
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
-            first step. table_levels: noise levels at which the annealing reads the prior from per-pair tables
+            first step. tempering: the likelihood is tempered alongside the prior (:meth:`Likelihood.tempered`),
+            blur = tempering x sqrt(sigma^2 - sigma_min^2) at prior level sigma: each atom smeared as the prior's
+            extra noise smears it, so high-q data, whose oscillations trap particles, weigh in as sigma falls
+            (0: the likelihood at full sharpness throughout). table_levels: noise levels at which the annealing reads the prior from per-pair tables
             (``energy_table``, where the prior has one; 0: the network at every step's own level). prune_at,
             prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
             particles, those of lowest -log posterior, one per distinct structure (``prune_tolerance`` A
@@ -337,11 +380,13 @@ class Posterior:
             standard deviation of at most 1/sqrt(floor) A).
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
         mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
+        relax_steps: Adam steps (:func:`relax`) taking the chosen mode's mean to the nearest optimum of the
+            posterior, the reported structure (0: the mean itself).
         dtype: float32 (fast) or float64. progress: unused (one compiled call), kept for a uniform interface.
     """
 
     prior: object
-    n_prior: int = 48
+    n_prior: int = 96
     prior_steps: int = 100
     n_local: int = 16
     perturbation: float = 0.1
@@ -354,12 +399,14 @@ class Posterior:
     n_basins: int = 12
     learning_rate: float = 0.02
     sigma_start: float = 0.3
+    tempering: float = 1.0
     draws: int = 8
     thin: int = 4
     step_size: float = 0.9
     curvature_floor: float = 4.0
     duplicate_tolerance: float = 0.02
     mode_radius: float = 0.15
+    relax_steps: int = 300
     dtype: object = jnp.float32
     progress: bool = False
     name: str = "posterior"
@@ -411,6 +458,7 @@ class Posterior:
         sigma_min = float(self.prior.sigma_min)
         sigmas = np.geomspace(max(self.sigma_start, sigma_min), sigma_min, self.steps)
         anneal_energy, levels = energy, sigmas
+        blur = self.tempering * np.sqrt(np.maximum(sigmas**2 - sigma_min**2, 0.0))
         if self.table_levels and hasattr(self.prior, "energy_table"):
             # The annealing reads the prior from per-pair tables at table_levels noise levels (a staircase
             # schedule), ~15x cheaper than the network; the local stage uses the network itself.
@@ -422,7 +470,7 @@ class Posterior:
             pixels = [] if like.pixels is None else [like.pixels]
             x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
             like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
-            n_particles, levels = x0.shape[1], jnp.asarray(levels)
+            n_particles, levels, blur = x0.shape[1], jnp.asarray(levels), jnp.asarray(blur, self.dtype)
             kept = np.broadcast_to(np.arange(n_particles), x.shape[:2])
             run = functools.partial(anneal, like, anneal_energy, steps=self.steps, learning_rate=self.learning_rate)
             if self.prune_fraction and self.prune_at and n_particles > 2 * self.n_basins:
@@ -431,15 +479,15 @@ class Posterior:
                 # first must survive), Adam's moments and step count carried over.
                 at = max(1, min(int(self.prune_at * self.steps), self.steps - 1))
                 n_keep = max(round(self.prune_fraction * n_particles), self.n_basins)
-                x, state, chi2, prior_energy = run(x, levels[:at])
+                x, state, chi2, prior_energy = run(x, levels[:at], blur=blur[:at])
                 u = 0.5 * np.asarray(chi2, np.float64) + np.asarray(prior_energy, np.float64)
                 heavy = problem.molecule.heavy
                 kept = _select_basins(u, np.asarray(x, np.float64), heavy, self.prune_tolerance, n_keep)
                 rows, index = jnp.arange(len(kept))[:, None], jnp.asarray(kept)
                 x, state = jax.tree.map(lambda a: a[rows, index] if a.ndim == x.ndim else a, (x, state))
-                x_star, _, chi2, prior_energy = run(x, levels[at:], state)
+                x_star, _, chi2, prior_energy = run(x, levels[at:], state, blur[at:])
             else:
-                x_star, _, chi2, prior_energy = run(x, levels)
+                x_star, _, chi2, prior_energy = run(x, levels, blur=blur)
             t = problem.n_patterns
             x_star, chi2 = np.asarray(x_star, np.float64)[:t], np.asarray(chi2, np.float64)[:t]
             prior_energy, kept = np.asarray(prior_energy, np.float64)[:t], np.asarray(kept)[:t]
@@ -505,5 +553,9 @@ class Posterior:
                 "acceptance": float(np.median(acceptance[ok])) if ok.any() else 0.0,
                 "noise_scale": float(np.median(scale)),
                 "mode_radius": self.mode_radius,
+                "relax_steps": self.relax_steps,
             },
+            relax=_relaxer(problem.likelihood, energy, sigma_min, scale, self.relax_steps, self.dtype)
+            if self.relax_steps
+            else None,
         )

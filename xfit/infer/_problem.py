@@ -10,6 +10,7 @@ strategy, runs it and summarises the ensemble into ``Retrieval`` objects.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
@@ -89,6 +90,10 @@ class Ensemble:
         optima_covariance: (T, P, 3 n_atoms, 3 n_atoms) Laplace covariance (A^2) of each particle's basin at its
             optimum (samples), or None.
         info: what the strategy reports (method, settings, dropped particles, ...), shared by every pattern.
+        relax: samples only, or None: relax(x, rows) maps one structure per pattern, x (k, n_atoms, 3) in A for the
+            patterns ``rows`` (k,), to the nearest optimum of that pattern's -log posterior. The summary applies it
+            to the chosen mode's mean, which averages basins and so need not be a geometry that fits (see
+            ``xfit.infer._result``).
     """
 
     positions: np.ndarray
@@ -101,6 +106,7 @@ class Ensemble:
     particle: np.ndarray | None = None
     optima_covariance: np.ndarray | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    relax: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
 
 class Strategy(Protocol):

@@ -4,8 +4,9 @@ strategy's :class:`~xfit.infer._problem.Ensemble` into them.
 - Candidates (refinement): ranked by chi^2 + restraints, near-duplicates merged; the best gets Gauss-Newton
   standard errors with the rigid-body modes projected out (Laplace at the optimum).
 - Samples (posterior): aligned, clustered into modes by heavy-atom RMSD (reflection allowed), each mode weighed by
-  its posterior mass; the heaviest mode's weighted mean is the structure, and the uncertainties are the posterior
-  standard deviations over that mode's samples.
+  its posterior mass; the structure is the heaviest mode's weighted mean relaxed to the nearest optimum of the
+  posterior (``Ensemble.relax``; a mean of basins whose hydrogens differ need not fit), and the uncertainties are
+  the posterior standard deviations over that mode's samples.
 
 ``chi2_reduced`` = chi2_data / (n_q - number of nuisance parameters); structural parameters are not subtracted,
 since the restraints or the prior make their effective number ambiguous. Without sigma the uncertainties are scaled
@@ -92,7 +93,9 @@ class Retrieval:
     """Result of :func:`retrieve` for one pattern.
 
     Attributes:
-        atoms: the structure: the heaviest posterior mode's mean (posterior) or the lowest chi^2 (refinement).
+        atoms: the structure: the heaviest posterior mode's mean relaxed to the nearest posterior optimum
+            (posterior; ``info["relax_shift"]``: how far it moved, A RMS over all atoms) or the lowest chi^2
+            (refinement).
         candidates: distinct structures, ``candidates[0]`` is ``atoms``: the other modes by posterior mass
             (posterior) or the refined candidates by chi^2 + restraints (refinement).
         chi2: -2 log posterior up to a constant (chi^2 data + prior or restraints) of each candidate.
@@ -240,10 +243,19 @@ def _distinct(structures: np.ndarray, order: np.ndarray, heavy: np.ndarray, tole
 
 def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: float, info: dict) -> list[Retrieval]:
     """One :class:`Retrieval` per pattern from a strategy's ensemble."""
-    summary = _summarise_candidates if ensemble.kind == "candidates" else _summarise_samples
     # The input molecule's bonds: what a bond broken in the result is measured against (the plot's key distances).
     info = {**info, **ensemble.info, "bonds": problem.molecule.bonds.tolist()}  # [[i, j], ...]: JSON round trip
-    return [summary(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)]
+    if ensemble.kind == "candidates":
+        return [
+            _summarise_candidates(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)
+        ]
+    modes = [_sample_modes(problem, ensemble, t, info) for t in range(problem.n_patterns)]
+    means = np.stack([m.means[0] for m in modes])
+    structures = means if ensemble.relax is None else _relaxed(ensemble.relax, means, problem.molecule.heavy)
+    return [
+        _summarise_samples(problem, ensemble, t, info, m, x)
+        for t, (m, x) in enumerate(zip(modes, structures, strict=True))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,8 +410,22 @@ def _laplace_distance_std(optima: np.ndarray, covariances: np.ndarray, w: np.nda
     return np.sqrt(var)
 
 
-def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float, info: dict) -> Retrieval:
-    """Modes, structure and posterior uncertainties of pattern t's samples (float64)."""
+@dataclasses.dataclass(frozen=True)
+class _Modes:
+    """Pattern t's samples clustered into modes (``_sample_modes``)."""
+
+    weights: np.ndarray  # (S,) normalised sample weights
+    mass: np.ndarray  # (P,) each particle's posterior mass
+    labels: np.ndarray  # (P,) each particle's mode
+    mode_mass: np.ndarray  # (M,) descending
+    sample_modes: np.ndarray  # (S,) each sample's mode
+    aligned: np.ndarray  # (S, n, 3) every sample superposed on its mode's seed, equivalent atoms relabelled
+    means: list  # M x (n, 3): each mode's weighted mean, in its seed's frame
+    chi2: list  # M: each mode's lowest chi2 + penalty among its samples
+
+
+def _sample_modes(problem: Problem, ensemble: Ensemble, t: int, info: dict) -> _Modes:
+    """Pattern t's samples aligned and clustered into modes by their particles' optima (float64)."""
     heavy = problem.molecule.heavy
     x, particle, optima = ensemble.positions[t], ensemble.particle[t], ensemble.optima[t]
     weights = ensemble.weights[t] / np.sum(ensemble.weights[t])
@@ -421,16 +447,37 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float
         w = weights[members] / max(np.sum(weights[members]), 1e-300)
         means.append(np.einsum("s,sij->ij", w, aligned[members]))
         chi2.append(float(np.min(total[members])))
+    return _Modes(weights, mass, labels, mode_mass, sample_modes, aligned, means, chi2)
 
-    best = means[0]
+
+def _relaxed(relax, means: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """Each pattern's mode mean (T, n, 3) relaxed to its nearest posterior optimum by ``Ensemble.relax``, then
+    superposed back onto the mean (the frame of its samples). A mean averages basins that differ in their
+    hydrogens (a CH2 tilted either way), and such an average can fit badly (chi2_reduced 10-20 measured on hot
+    shared CHD frames whose basins all fit at 1); the relaxed mean is a geometry that fits."""
+    out = relax(means, np.arange(len(means)))
+    for k, (x, mean) in enumerate(zip(out, means, strict=True)):
+        aligned, _ = batch_kabsch(x[None], mean, heavy)
+        out[k] = aligned[0] + mean[heavy].mean(axis=0)
+    return out
+
+
+def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict, modes: _Modes, best) -> Retrieval:
+    """Structure ``best`` (n, 3: the chosen mode's mean, relaxed or not), its fit and the posterior uncertainties
+    of pattern t from its modes (float64)."""
+    heavy = problem.molecule.heavy
+    x, optima, perms = ensemble.positions[t], ensemble.optima[t], problem.molecule.automorphisms()
+    weights, mass, labels, aligned, means = modes.weights, modes.mass, modes.labels, modes.aligned, modes.means
+    sample_modes = modes.sample_modes
     chosen = sample_modes == 0
     w0 = weights[chosen] / np.sum(weights[chosen])
     xs = aligned[chosen]
-    centred = (xs - best).reshape(len(xs), -1)
+    centred = (xs - means[0]).reshape(len(xs), -1)  # the posterior covariance: about the mean
     covariance = np.einsum("s,sa,sb->ab", w0, centred, centred)
     model, params, chi2_best = _fit(problem, t, best)
     atoms = _to_atoms(problem.atoms, best)
     centre = best.mean(axis=0)
+    shift = float(np.sqrt(np.mean(np.sum((best - means[0]) ** 2, axis=-1))))  # all atoms, A
     distances = _weighted_distance_std(xs, w0)
     if ensemble.optima_covariance is not None:
         # The MALA chains are short (draws x thin steps from each optimum) and, measured on shared CHD frames,
@@ -449,7 +496,7 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float
     return Retrieval(
         atoms=atoms,
         candidates=[atoms] + [_to_atoms(problem.atoms, m) for m in means[1:]],
-        chi2=np.asarray(chi2),
+        chi2=np.asarray(modes.chi2),
         chi2_reduced=chi2_best / problem.likelihood.dof,
         parameters=params,
         model=_model_pattern(problem, t, model),
@@ -457,16 +504,16 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, _tol: float
             distances=distances,
             positions=np.sqrt(np.clip(np.diag(covariance), 0, None)).reshape(-1, 3),
             candidate_spread=_weighted_distance_std(x, weights),
-            n_comparable=len(seeds),
+            n_comparable=len(means),
             covariance=covariance,
             reference_positions=best - centre,
             samples=(xs - centre, w0),
         ),
         pattern=problem.patterns[t],
         reference=problem.reference if problem.difference else None,
-        info={**info, "chi2_data": chi2_best, "n_modes": len(seeds)},
+        info={**info, "chi2_data": chi2_best, "n_modes": len(means), "relax_shift": shift},
         samples=aligned - centre,
-        modes=mode_mass / mode_mass.sum(),
+        modes=modes.mode_mass / modes.mode_mass.sum(),
         sample_modes=sample_modes,
         sample_weights=weights,
     )
