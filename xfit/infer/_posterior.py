@@ -368,8 +368,9 @@ class Posterior:
             first step. tempering: the likelihood is tempered alongside the prior (:meth:`Likelihood.tempered`),
             blur = tempering x sqrt(sigma^2 - sigma_min^2) at prior level sigma: each atom smeared as the prior's
             extra noise smears it, so high-q data, whose oscillations trap particles, weigh in as sigma falls
-            (0: the likelihood at full sharpness throughout). table_levels: noise levels at which the annealing reads the prior from per-pair tables
-            (``energy_table``, where the prior has one; 0: the network at every step's own level). prune_at,
+            (0: the likelihood at full sharpness throughout).
+        table_levels: noise levels at which the annealing reads the prior from per-pair tables (``energy_table``,
+            where the prior has one; 0: the network at every step's own level). prune_at,
             prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
             particles, those of lowest -log posterior, one per distinct structure (``prune_tolerance`` A
             heavy-atom RMSD apart) first (0: no pruning).
@@ -380,8 +381,8 @@ class Posterior:
             standard deviation of at most 1/sqrt(floor) A).
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
         mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
-        relax_steps: Adam steps (:func:`relax`) taking the chosen mode's mean to the nearest optimum of the
-            posterior, the reported structure (0: the mean itself).
+        relax_steps: Adam steps (:func:`relax`, first step 3e-3 A) taking the chosen mode's mean to the nearest
+            optimum of the posterior, the reported structure (0: the mean itself).
         dtype: float32 (fast) or float64. progress: unused (one compiled call), kept for a uniform interface.
     """
 
