@@ -40,8 +40,8 @@ def test_pixel_model_is_simulate_image(chd, detector, dipole):
     truth = xfit.simulate_image(chd, detector, dipole=mu, n_grid=IMAGE_GRID)
     image = xfit.DetectorImage(3.0 * truth, detector, sigma=1e-3 * truth, dipole=dipole)
     model, params, _ = _model(image, chd)
-    np.testing.assert_allclose(model, 3.0 * truth[image.valid], rtol=1e-9)
-    assert float(params["scale"]) == pytest.approx(3.0, rel=1e-9)
+    np.testing.assert_allclose(model, 3.0 * truth[image.valid], rtol=1e-6)  # the cubic fill-in: measured 1e-7
+    assert float(params["scale"]) == pytest.approx(3.0, rel=1e-7)
     if dipole is not None:  # the photoselected image is not the isotropic one
         iso = xfit.simulate_image(chd, detector, n_grid=IMAGE_GRID)
         assert np.max(np.abs(truth - iso) / iso) > 1e-3
