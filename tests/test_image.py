@@ -175,3 +175,10 @@ def test_tempered_image_likelihood_weighs_each_pixel_by_its_own_q(chd, detector)
         tempered = like.tempered(0.2)
         expected = np.asarray(like.w) * np.exp(-((np.asarray(like.point_q()) * 0.2) ** 2))
         np.testing.assert_allclose(np.asarray(tempered.w), expected, rtol=1e-12)
+
+
+def test_image_grid_that_the_stride_does_not_divide_is_an_error(chd, detector):
+    truth = xfit.simulate_image(chd, detector)
+    image = xfit.DetectorImage(truth, detector, sigma=1e-3 * truth)
+    with pytest.raises(ValueError, match="n_grid must be 1 \\+ a multiple of 4"):
+        build_image_likelihood([image], chd.numbers, background=False, dipole=None, n_grid=2048)

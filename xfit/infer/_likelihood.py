@@ -561,8 +561,13 @@ def build_image_likelihood(
     Args:
         images: the images. numbers: atomic numbers (n_atoms,).
         background: fit a flat background per pixel. dipole: the validated dipole (``check_dipole``) or None.
-        dtype: float32 or float64. n_grid: points of the model's |q| grid.
+        dtype: float32 or float64. n_grid: points of the model's |q| grid, 1 + a multiple of ``IMAGE_STRIDE`` (the
+            IAM is computed on every IMAGE_STRIDE-th point, the last one included).
     """
+    if n_grid < 4 * IMAGE_STRIDE or (n_grid - 1) % IMAGE_STRIDE:
+        raise ValueError(
+            f"n_grid must be 1 + a multiple of {IMAGE_STRIDE} and at least {4 * IMAGE_STRIDE}, not {n_grid}"
+        )
     grid = image_grid(images, n_grid)
     dq = grid[1] - grid[0]
     spec = LikelihoodSpec(
