@@ -1,8 +1,10 @@
 """Detector images and anisotropic patterns: how many per second.
 
 Question: how fast does xfit simulate a 1-Mpixel detector image (isotropic, and photoselected with I0 + I2 P2),
-and how many anisotropic patterns (I0, I2) per second does ``xfit.anisotropic_intensity`` give for NMM (18 atoms,
-512 q points, float32) at growing batch sizes, forward and with the gradient with respect to positions and dipole?
+how many anisotropic patterns (I0, I2) per second does ``xfit.anisotropic_intensity`` give for NMM (18 atoms,
+512 q points, float32) at growing batch sizes, forward and with the gradient with respect to positions and dipole,
+and what does one value-and-gradient of an image's pixel likelihood cost for a retrieval's particles (CHD, 112
+particles, float32: the work of each sampler step; ``--likelihood-pixels``)?
 
     python benchmarks/images.py                  # 1024 x 1024 pixels
     python benchmarks/images.py --smoke          # seconds, as in the test suite
@@ -39,10 +41,12 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--pixels", type=int, default=1024, help="detector side in pixels")
     parser.add_argument("--batches", default="1,64,1024")
+    parser.add_argument("--likelihood-pixels", default="64,192", help="detector sides for the likelihood timing")
+    parser.add_argument("--particles", type=int, default=112, help="particles per likelihood evaluation")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.pixels, args.batches = 64, "1,8"
+        args.pixels, args.batches, args.likelihood_pixels, args.particles = 64, "1,8", "16", 8
 
     import jax
     import jax.numpy as jnp
@@ -77,9 +81,37 @@ def main(argv=None) -> int:
         t_grad = timed(lambda x=x, mu=mu: jax.block_until_ready(grad(x, mu)))
         rows.append({"batch": batch, "forward_per_second": batch / t_forward, "grad_per_second": batch / t_grad})
         print(f"{batch:>7} {batch / t_forward:>12.4g} {batch / t_grad:>12.4g}", flush=True)
-    results = header | {"images": images, "anisotropic": rows}
+    likelihood = _likelihood_rows(args, xfit, jax, jnp)
+    results = header | {"images": images, "anisotropic": rows, "likelihood": likelihood}
     write_json(args.json, results)
     return 0
+
+
+def _likelihood_rows(args, xfit, jax, jnp) -> list[dict]:
+    """Value and gradient of the summed pixel chi2 of ``args.particles`` CHD structures, per detector size and for
+    an isotropic and a photoselected image (the same 9.5 keV geometry as above, photon counts at 1e10)."""
+    from ase.io import read
+
+    from xfit.infer._likelihood import build_image_likelihood
+
+    chd = read(ROOT / "examples" / "data" / "chd.xyz")
+    out = []
+    print(f"\n{'pixels':>9} {'image':>14} {'value+grad':>11}   CHD, {args.particles} particles, float32")
+    for side in (int(v) for v in args.likelihood_pixels.split(",")):
+        detector = xfit.Detector.from_beam_center(
+            distance_m=0.07, pixel_m=100e-6 * 1024 / side, shape=(side, side), energy_kev=9.5, polarization=0.99
+        )
+        counts = xfit.simulate_image(chd, detector, photons=1e10, key=jax.random.key(0))
+        for label, dipole in (("isotropic", None), ("photoselected", ("normal", 0, 1, 2))):
+            image = xfit.DetectorImage(counts, detector, dipole=dipole)
+            like = build_image_likelihood([image], chd.numbers, background=False, dipole=dipole, dtype=jnp.float32)
+            noise = 0.05 * jax.random.normal(jax.random.key(1), (1, args.particles, len(chd), 3))
+            x = jnp.asarray(chd.positions, jnp.float32)[None, None] + noise
+            fn = jax.jit(jax.value_and_grad(lambda x, like=like: jnp.sum(like.chi2(x))))
+            seconds = timed(lambda fn=fn, x=x: jax.block_until_ready(fn(x)), repeats=5)
+            out.append({"pixels": side * side, "image": label, "particles": args.particles, "seconds": seconds})
+            print(f"{side:>4} x {side:<4} {label:>14} {1e3 * seconds:>8.1f} ms", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def test_images_benchmark_smoke(tmp_path):
     data = run_smoke("images", tmp_path)
     assert data["images"]["photoselected"]["images_per_second"] > 0
     assert [row["batch"] for row in data["anisotropic"]] == [1, 8]
+    assert [row["image"] for row in data["likelihood"]] == ["isotropic", "photoselected"]
+    assert all(row["seconds"] > 0 for row in data["likelihood"])
 
 
 def test_prior_benchmark_smoke(tmp_path):
