@@ -1,0 +1,237 @@
+"""Diagnostics of the posterior default call: where its error comes from, one question per subcommand.
+
+These reach into xfit's internals (they wrap ``xfit.infer._retrieve``'s strategy choice and summary, restored on
+exit), so they are for developers; the figures they print are quoted in benchmarks/README.md.
+
+    # the benchmarks with Posterior fields changed (ablations): any field of xfit.Posterior
+    python benchmarks/diagnostics.py bench posterior --set n_prior=48,tempering=0 -- --methods "default call" --no-nmm
+    python benchmarks/diagnostics.py bench ued --set n_prior=144 -- --stride 4 --kinds sm
+    # search or ranking? the default call against the same call with the true structure as one more start
+    python benchmarks/diagnostics.py seed-truth --kind sm --frames traj001/target_52,traj090/target_56
+    # which structure to report: the mode mean, the mean relaxed (the default) or the heaviest basin's optimum
+    python benchmarks/diagnostics.py structure --stride 3
+    # the mode radius, on xfit's own pools (hot Wigner + sweep CHD), never the shared frames
+    python benchmarks/diagnostics.py radius --kind xray
+
+Shared frames: ../shared/reference (validation only, as in ``benchmarks/posterior.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from posterior import CHD, chd_patterns, load_frames
+from ued import ued_patterns
+
+ROOT = Path(__file__).resolve().parents[1]
+Q_XRAY = np.linspace(0.5, 8.0, 76)
+Q_UED = np.linspace(1.0, 10.0, 181)
+
+
+@contextlib.contextmanager
+def posterior_fields(fields: dict):
+    """The default call's Posterior with ``fields`` replaced (refinement untouched)."""
+    from xfit.infer import _retrieve
+
+    original = _retrieve._choose_strategy
+
+    def choose(*args, **kwargs):
+        strategy, path = original(*args, **kwargs)
+        if fields and strategy.name == "posterior":
+            strategy = dataclasses.replace(strategy, **fields)
+        return strategy, path
+
+    _retrieve._choose_strategy = choose
+    try:
+        yield
+    finally:
+        _retrieve._choose_strategy = original
+
+
+@contextlib.contextmanager
+def captured_summary(store: dict):
+    """Keeps the problem, ensemble and options of the next summary in ``store``."""
+    from xfit.infer import _retrieve
+
+    original = _retrieve.summarise
+
+    def summarise(problem, ensemble, **kwargs):
+        store.update(problem=problem, ensemble=ensemble, kwargs=kwargs)
+        return original(problem, ensemble, **kwargs)
+
+    _retrieve.summarise = summarise
+    try:
+        yield
+    finally:
+        _retrieve.summarise = original
+
+
+def parse_fields(text: str | None) -> dict:
+    import xfit
+
+    types = {f.name: f.type for f in dataclasses.fields(xfit.Posterior)}
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        name, value = item.split("=")
+        if name not in types:
+            raise SystemExit(f"unknown Posterior field {name!r}")
+        out[name] = int(value) if types[name] == "int" else float(value)
+    return out
+
+
+def patterns_of(frames, kind: str):
+    return (
+        chd_patterns(frames, Q_XRAY, 1e-3, 0) if kind == "xray" else ued_patterns(frames, Q_UED, kind, 3000.0, 2e-3, 0)
+    )
+
+
+def carbon_rmsd(atoms, truth) -> float:
+    import xfit
+
+    return xfit.rmsd(atoms, truth, heavy_only=True)
+
+
+def seed_truth(args) -> None:
+    import xfit
+
+    wanted = args.frames.split(",")
+    frames = [f for f in load_frames(1, None) if f[0] in wanted]
+    patterns = patterns_of(frames, args.kind)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    plain = xfit.retrieve(patterns, start)
+    for (name, truth), pattern, a in zip(frames, patterns, plain, strict=True):
+        b = xfit.retrieve(pattern, start, starts=truth)
+        print(
+            f"{name}: default C-RMSD {carbon_rmsd(a.atoms, truth):.3f} A, chi2_red {a.chi2_reduced:.2f} | with the "
+            f"truth as a start {carbon_rmsd(b.atoms, truth):.3f} A, chi2_red {b.chi2_reduced:.2f}",
+            flush=True,
+        )
+
+
+def structure(args) -> None:
+    import jax.numpy as jnp
+
+    import xfit
+    from xfit.infer._result import cluster_modes, summarise
+
+    frames = load_frames(args.stride, None)
+    patterns = patterns_of(frames, args.kind)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    store = {}
+    with captured_summary(store):
+        relaxed = xfit.retrieve(patterns, start)
+    problem, ensemble, kwargs = store["problem"], store["ensemble"], store["kwargs"]
+    means = summarise(problem, dataclasses.replace(ensemble, relax=None), **kwargs)
+    optima = []
+    for t in range(problem.n_patterns):
+        w = ensemble.weights[t] / ensemble.weights[t].sum()
+        mass = np.bincount(ensemble.particle[t], weights=w, minlength=ensemble.optima.shape[1])
+        seeds = cluster_modes(ensemble.optima[t], mass, problem.molecule.heavy, ensemble.info["mode_radius"])[2]
+        optima.append(ensemble.optima[t][seeds[0]])
+    closed = np.array([truth.get_distance(0, 5) <= 2.3 for _, truth in frames])
+    choices = {
+        "mode mean": np.stack([r.atoms.positions for r in means]),
+        "mean relaxed (default)": np.stack([r.atoms.positions for r in relaxed]),
+        "heaviest basin's optimum": np.stack(optima),
+    }
+    for label, x in choices.items():
+        chi2 = np.asarray(problem.likelihood.chi2(jnp.asarray(x)[:, None]))[:, 0] / problem.likelihood.dof
+        rmsd = []
+        for k, (_, truth) in enumerate(frames):
+            atoms = truth.copy()
+            atoms.positions = x[k]
+            rmsd.append(carbon_rmsd(atoms, truth))
+        rmsd = np.asarray(rmsd)
+        print(
+            f"{label:>25}: C-RMSD median {np.median(rmsd):.4f} A (near-closed {np.median(rmsd[closed]):.4f}, opened "
+            f"{np.median(rmsd[~closed]):.4f}), <= 0.10 A {np.mean(rmsd <= 0.1):.0%}; chi2_red median "
+            f"{np.median(chi2):.2f}, > 1.5 on {np.mean(chi2 > 1.5):.0%} of {len(frames)} frames",
+            flush=True,
+        )
+
+
+def radius(args) -> None:
+    import h5py
+
+    import xfit
+    from xfit.infer._result import summarise
+
+    work = Path(tempfile.mkdtemp(prefix="xfit_radius_"))
+    q = (float(Q_XRAY[0]), float(Q_XRAY[-1]), len(Q_XRAY))
+    specs = [
+        xfit.PoolSpec("CHD", "wigner", 40, q, seed=123, temperature=1000.0),
+        xfit.PoolSpec("CHD", "sweep", 40, q, seed=321),
+    ]
+    start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
+    truths = []
+    for k, spec in enumerate(specs):
+        with h5py.File(xfit.build_pool(work / f"pool{k}.h5", spec)) as f:
+            positions = np.asarray(f["positions"])
+        for x in positions[:: max(1, len(positions) // 30)]:
+            atoms = start.copy()
+            atoms.positions = x
+            truths.append(atoms)
+    frames = [(f"pool/{k}", a) for k, a in enumerate(truths)]
+    patterns = patterns_of(frames, args.kind)
+    store = {}
+    with captured_summary(store):
+        xfit.retrieve(patterns, start)
+    problem, ensemble, kwargs = store["problem"], store["ensemble"], store["kwargs"]
+    for r in (0.10, 0.15, 0.20, 0.25, 0.35, 0.50):
+        results = summarise(problem, dataclasses.replace(ensemble, info={**ensemble.info, "mode_radius": r}), **kwargs)
+        rmsd = np.array([carbon_rmsd(a.atoms, t) for a, t in zip(results, truths, strict=True)])
+        z = np.array(
+            [
+                abs(a.atoms.get_distance(0, 5) - t.get_distance(0, 5)) / a.uncertainty.distance(0, 5)
+                for a, t in zip(results, truths, strict=True)
+            ]
+        )
+        print(
+            f"{args.kind} mode_radius {r:.2f} A: C-RMSD median {np.median(rmsd):.4f}, mean {np.mean(rmsd):.4f}, "
+            f"<= 0.10 A {np.mean(rmsd <= 0.1):.0%}, C1-C6 within 2 sigma {np.mean(z <= 2):.0%} "
+            f"({len(truths)} structures)",
+            flush=True,
+        )
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="run benchmarks/NAME.py with Posterior fields replaced (args after --)")
+    bench.add_argument("name", choices=["posterior", "ued"])
+    bench.add_argument("--set", help="field=value,... of xfit.Posterior")
+    seed = sub.add_parser("seed-truth", help="default call against the same with the true structure as a start")
+    seed.add_argument("--frames", required=True, help="frame names, e.g. traj001/target_52,traj090/target_56")
+    seed.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    struct = sub.add_parser("structure", help="mode mean, relaxed mean, heaviest basin's optimum")
+    struct.add_argument("--stride", type=int, default=3)
+    struct.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    rad = sub.add_parser("radius", help="mode radius on xfit's own CHD pools")
+    rad.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    args = parser.parse_args(argv)
+    if not CHD.exists() and args.command != "radius":
+        print(f"{CHD} not found: nothing to diagnose")
+        return 0
+    if args.command == "bench":
+        with posterior_fields(parse_fields(args.set)):
+            return importlib.import_module(args.name).main(rest)
+    {"seed-truth": seed_truth, "structure": structure, "radius": radius}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
