@@ -4,8 +4,8 @@ These reach into xfit's internals (they wrap ``xfit.infer._retrieve``'s strategy
 exit), so they are for developers; the figures they print are quoted in benchmarks/README.md.
 
     # the benchmarks with Posterior fields changed (ablations): any field of xfit.Posterior
-    python benchmarks/diagnostics.py bench posterior --set n_prior=48,tempering=0 -- --methods "default call" --no-nmm
-    python benchmarks/diagnostics.py bench ued --set n_prior=144 -- --stride 4 --kinds sm
+    python benchmarks/diagnostics.py --set n_prior=48,tempering=0 bench posterior -- --methods "default call" --no-nmm
+    python benchmarks/diagnostics.py --set n_prior=144 bench ued -- --stride 4 --kinds sm
     # search or ranking? the default call against the same call with the true structure as one more start
     python benchmarks/diagnostics.py seed-truth --kind sm --frames traj001/target_52,traj090/target_56
     # which structure to report: the mode mean, the mean relaxed (the default) or the heaviest basin's optimum
@@ -210,10 +210,10 @@ def main(argv=None) -> int:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", help="field=value,... of xfit.Posterior, for every subcommand (before it)")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="run benchmarks/NAME.py with Posterior fields replaced (args after --)")
     bench.add_argument("name", choices=["posterior", "ued"])
-    bench.add_argument("--set", help="field=value,... of xfit.Posterior")
     seed = sub.add_parser("seed-truth", help="default call against the same with the true structure as a start")
     seed.add_argument("--frames", required=True, help="frame names, e.g. traj001/target_52,traj090/target_56")
     seed.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
@@ -226,10 +226,10 @@ def main(argv=None) -> int:
     if not CHD.exists() and args.command != "radius":
         print(f"{CHD} not found: nothing to diagnose")
         return 0
-    if args.command == "bench":
-        with posterior_fields(parse_fields(args.set)):
+    with posterior_fields(parse_fields(args.set)):
+        if args.command == "bench":
             return importlib.import_module(args.name).main(rest)
-    {"seed-truth": seed_truth, "structure": structure, "radius": radius}[args.command](args)
+        {"seed-truth": seed_truth, "structure": structure, "radius": radius}[args.command](args)
     return 0
 
 
