@@ -554,14 +554,15 @@ def load_conformer_prior(name_or_path: str | os.PathLike | None = None) -> Confo
     except (ValueError, KeyError, TypeError) as err:
         file = directory / CONFIG_FILE
         raise ValueError(f"corrupt conformer prior file {file} ({type(err).__name__}: {err})") from None
-    template = jax.device_get(init_params(config, jax.random.key(0)))
+    # Shapes only (eval_shape): running the initialisers would compile and run every layer op by op, seconds per load.
+    template = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
     try:
         params = serialization.from_bytes(template, (directory / WEIGHTS_FILE).read_bytes())
     except Exception as err:  # msgpack raises several unrelated types on bad bytes
         raise ValueError(
             f"corrupt conformer prior file {directory / WEIGHTS_FILE} ({type(err).__name__}: {err})"
         ) from None
-    shapes = jax.tree.map(np.shape, template)
+    shapes = jax.tree.map(lambda leaf: tuple(leaf.shape), template)
     if jax.tree.structure(params) != jax.tree.structure(template) or jax.tree.map(np.shape, params) != shapes:
         raise ValueError(f"corrupt conformer prior file {directory / WEIGHTS_FILE}: weights do not match the config")
     return ConformerPrior(config, params, molecules, info.get("metadata", {}), str(directory))

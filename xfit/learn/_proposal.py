@@ -421,7 +421,8 @@ def load_prior(path: str | os.PathLike | None = None) -> Prior:
             raise FileNotFoundError(f"{directory} is not a prior: {name} is missing")
     info = json.loads((directory / CONFIG_FILE).read_text())
     config = PriorConfig(**info["config"])
-    template = jax.device_get(init_params(config, jax.random.key(0)))
+    # Shapes only (eval_shape): running the initialisers would compile and run every layer op by op, seconds per load.
+    template = jax.eval_shape(partial(init_params, config), jax.random.key(0))
     params = serialization.from_bytes(template, (directory / WEIGHTS_FILE).read_bytes())
     broad = info.get("any_molecule_of")
     return Prior(
