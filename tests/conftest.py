@@ -4,14 +4,25 @@ import os
 import tempfile
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
+# One persistent compilation cache for the whole run, never the user's ~/.cache: this process, the CLI run in it,
+# every subprocess (benchmark smoke runs, notebook kernels) and every pytest-xdist worker of the run share compiled
+# programs. Most of the suite's time is XLA compiling the same posterior for fresh processes; set before jax loads.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+CACHE = Path(tempfile.gettempdir(), f"xfit-test-cache-{_RUN}") if _RUN else Path(tempfile.mkdtemp(prefix="xfit-test-"))
+CACHE.mkdir(exist_ok=True)
+os.environ["XFIT_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_debug_nans", True)
-# The CLI's persistent compilation cache goes to a per-session folder, never the user's ~/.cache (subprocesses too).
-os.environ["XFIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="xfit-test-cache-")
+jax.config.update("jax_compilation_cache_dir", str(CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
@@ -49,3 +60,12 @@ def skeleton():
     truth = ref.copy()
     truth.positions += 0.06 * np.random.default_rng(1).standard_normal((6, 3))
     return ref, truth
+
+
+LONG_FIRST = ("test_examples.py", "test_benchmarks.py", "test_cli.py")
+"""Files of minute-long tests (notebooks, benchmark smoke runs, the command line), started first: pytest-xdist's
+workers then end on short tests instead of one of them running a notebook alone at the end."""
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: file order kept within each group

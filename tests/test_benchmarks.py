@@ -78,3 +78,9 @@ def test_posterior_benchmark_smoke(tmp_path):
     if "chd" in data:
         for row in data["chd"].values():
             assert row["n"] >= 1 and len(row["coverage_1_2_3_sigma"]) == 3
+
+
+def test_cold_start_benchmark_smoke(tmp_path):
+    data = run_smoke("cold_start", tmp_path)
+    row = data["runs"]["no persistent cache"]
+    assert row["load_conformer_prior_s"] > 0 and row["load_proposal_s"] > 0 and row["xfit"].startswith(str(ROOT))
