@@ -48,10 +48,8 @@ out = {"xfit": xfit.__file__, "import_s": t_import}
 t = time.perf_counter(); _conformer.load_conformer_prior(); out["load_conformer_prior_s"] = time.perf_counter() - t
 t = time.perf_counter(); _proposal.load_prior(); out["load_proposal_s"] = time.perf_counter() - t
 if RETRIEVE:
-    import jax
     from ase.io import read
-    data = DATA
-    pattern, start = xfit.load_pattern(f"{data}/chd_traj001_t12.txt"), read(f"{data}/chd.xyz")
+    pattern, start = xfit.load_pattern(f"{DATA}/chd_traj001_t12.txt"), read(f"{DATA}/chd.xyz")
     t = time.perf_counter(); xfit.retrieve(pattern, start); out["first_retrieve_s"] = time.perf_counter() - t
     other = xfit.Pattern(pattern.q, pattern.values * 1.01, None if pattern.sigma is None else pattern.sigma * 1.01)
     t = time.perf_counter(); xfit.retrieve(other, start); out["second_retrieve_s"] = time.perf_counter() - t
