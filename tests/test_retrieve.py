@@ -275,3 +275,10 @@ def test_default_call_falls_back_to_refinement_with_a_warning_elsewhere():
     with pytest.warns(xfit.PriorFallbackWarning, match="no learned conformer prior covers"):
         result = xfit.retrieve(pattern, water, n_starts=1, steps=5)
     assert result.info["method"] == "refinement"
+
+
+def test_starts_with_the_wrong_atom_count_are_a_clear_error(chd):
+    q = np.linspace(0.5, 8.0, 40)
+    pattern = xfit.Pattern(q, np.asarray(xfit.scattering(chd, q)), np.ones(40))
+    with pytest.raises(ValueError, match=r"starts must have shape \(n, 14, 3\), got \(1, 3, 3\)"):
+        xfit.retrieve(pattern, chd, starts=np.zeros((1, 3, 3)), prior=None)

@@ -50,9 +50,9 @@ def extra_starts(starts, atoms: Atoms) -> np.ndarray:
     if isinstance(starts, Atoms):
         starts = [starts]
     if isinstance(starts, np.ndarray | jax.Array):
-        extra = np.asarray(starts, np.float64).reshape(-1, len(atoms), 3) if np.size(starts) else None
-        if extra is None or np.shape(starts)[-2:] != (len(atoms), 3):
+        if not np.size(starts) or np.shape(starts)[-2:] != (len(atoms), 3):
             raise ValueError(f"starts must have shape (n, {len(atoms)}, 3), got {np.shape(starts)}")
+        extra = np.asarray(starts, np.float64).reshape(-1, len(atoms), 3)
     else:
         starts = list(starts)
         if not starts:
