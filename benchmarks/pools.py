@@ -4,9 +4,10 @@ Question: how fast does xfit make training pools (structures and their X-ray pat
 sampler, and does reading a pool back in shuffled batches keep memory flat whatever the pool's size?
 
 For each sampler a pool of NMM (GFN2-xTB unless --forcefield) is built through ``xfit.build_pool`` (256 q
-points): the wall time includes sampling, patterns and compressed HDF5 writes. Streaming: pools of --stream-sizes
-structures (Wigner) are read back with ``xfit.iterate_pool`` (batch 1024) in a fresh process each, whose peak
-resident memory (ru_maxrss) is reported. Usage:
+points): the wall time includes sampling, patterns and compressed HDF5 writes ("excited": 300 fs trajectories on
+the GFN2-xTB triplet from ground-state Wigner initial conditions, a frame every 10 fs). Streaming: pools of
+--stream-sizes structures (Wigner) are read back with ``xfit.iterate_pool`` (batch 1024) in a fresh process
+each, whose peak resident memory (ru_maxrss) is reported. Usage:
 
     python benchmarks/pools.py                                  # rates + streaming of 1e5 and 1e6 structures
     python benchmarks/pools.py --smoke                          # seconds, as in the test suite
@@ -70,8 +71,8 @@ def matrix(args) -> int:
     print(f"{'molecule':>10} {'sampler':>8} {'status':>9} {'n':>3} {'seconds':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for molecule in ("NMM", "CHD", "DT", "C1CCOC1"):
-            for method in ("wigner", "md", "mc", "sweep"):
-                extra = {}
+            for method in ("wigner", "md", "mc", "sweep") + (("excited",) if args.forcefield == "gfn2" else ()):
+                extra = {"duration": 30.0} if method == "excited" else {}
                 if molecule == "C1CCOC1" and method == "sweep":  # no built-in coordinate: pull the C-O ring bond
                     extra = {"coordinate": "distance:0,4", "coordinate_range": (1.4, 2.4)}
                 spec = xfit.PoolSpec(molecule, method, 6, (0.5, 8.0, 32), forcefield=args.forcefield, chunk=3, **extra)
@@ -98,8 +99,10 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--molecule", default="NMM")
     parser.add_argument("--forcefield", default="gfn2", choices=("gfn2", "mmff"))
-    parser.add_argument("--sizes", default="wigner=100000,md=256,mc=256,sweep=256", help="method=n,...")
-    parser.add_argument("--stream-sizes", default="100000,1000000")
+    parser.add_argument(
+        "--sizes", default="wigner=100000,md=256,mc=256,sweep=256,excited=256", help="method=n,... (excited: GFN2 only)"
+    )
+    parser.add_argument("--stream-sizes", default="100000,1000000", help="Wigner pools to stream ('' for none)")
     parser.add_argument("--dir", type=Path, help="where to write the pools (default: a temporary folder)")
     parser.add_argument("--matrix", action="store_true", help="only: every sampler for every built-in and a SMILES")
     parser.add_argument("--json", type=Path)
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
             )
         streaming = []
         print(f"\n{'pool size':>10} {'read s':>8} {'rows/s':>10} {'peak RSS MB':>12}")
-        for n in (int(v) for v in args.stream_sizes.split(",")):
+        for n in (int(v) for v in args.stream_sizes.split(",") if v):
             path = build(directory, "wigner", n, args.forcefield, args.molecule)["path"]
             row = {"n": n, **stream(path)}
             streaming.append(row)

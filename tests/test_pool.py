@@ -1,5 +1,6 @@
 """Molecules, force fields, samplers and HDF5 pools: physics checks, crash safety, reproducibility."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from ase import units
+from ase.calculators.calculator import Calculator, all_changes
 
 import xfit
 from xfit.chem import _pool, _sampling
@@ -85,6 +88,94 @@ def test_langevin_keeps_the_target_temperature(dt_mmff):
     dof = 3 * len(dt_mmff)
     standard_error = target * np.sqrt(2.0 / dof) / np.sqrt(len(temperatures) / 2)  # frames ~2x correlated
     assert abs(temperatures.mean() - target) < 3 * standard_error
+
+
+class _Harmonic(Calculator):
+    """E = 1/2 dx^T H dx about a minimum: the surface on which the thermal Wigner distribution is stationary."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, x0, h):
+        super().__init__()
+        self.x0, self.h = x0.ravel(), h
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        dx = self.atoms.positions.ravel() - self.x0
+        self.results["energy"] = 0.5 * dx @ self.h @ dx
+        self.results["forces"] = -(self.h @ dx).reshape(-1, 3)
+
+
+def test_wigner_phase_space_has_the_thermal_kinetic_energy_and_no_rigid_motion(dt_mmff):
+    modes = _sampling.normal_modes(dt_mmff, hessian(dt_mmff, calculator(dt_mmff, "mmff")))
+    x, v = _sampling.wigner_phase_space(np.random.default_rng(0), modes, 20_000, temperature=500.0)
+    m = modes.masses[None, :, None]
+    kinetic = 0.5 * np.sum(m * v * v, axis=(1, 2))
+    # <P_k^2>/2 = hbar omega/4 coth(hbar omega / 2kT) per mode: kT/2 classically, more for stiff (C-H) modes.
+    theta = _sampling.HBAR * modes.omega / (2 * units.kB * 500.0)
+    predicted = np.sum(0.25 * _sampling.HBAR * modes.omega / np.tanh(theta))
+    assert kinetic.mean() == pytest.approx(predicted, rel=0.01)
+    assert predicted > 0.5 * len(modes.omega) * units.kB * 500.0  # zero-point motion on top of equipartition
+    np.testing.assert_allclose(np.sum(m * v, axis=1), 0.0, atol=1e-9)  # no centre-of-mass motion
+    angular = np.sum(m * np.cross(modes.positions, v), axis=1)
+    assert np.abs(angular).max() < 1e-9 + 1e-6 * np.abs(m * v).sum(axis=1).max()
+    sample = np.cov((x.reshape(len(x), -1) - modes.positions.ravel()).T)
+    predicted_cov = modes.displacement_covariance(500.0)
+    assert np.abs(sample - predicted_cov).max() < 0.04 * np.abs(predicted_cov).max()
+
+
+def test_excited_dynamics_on_the_ground_state_harmonic_surface_keep_the_wigner_distribution(dt_mmff):
+    # Classical harmonic dynamics leave the thermal Wigner distribution of the same oscillator unchanged: frames
+    # taken along the trajectories must have the Wigner covariance (a check of the initial velocities and of the
+    # integrator together: a factor 2 in either, or positions and velocities mixed up, changes it).
+    h = hessian(dt_mmff, calculator(dt_mmff, "mmff"))
+    modes = _sampling.normal_modes(dt_mmff, h)
+    surface = _Harmonic(dt_mmff.positions, h)
+    x = _sampling.excited_dynamics(modes, dt_mmff.numbers, surface, 3000, temperature=800.0, seed=4, duration_fs=150)
+    assert x.shape == (3000, len(dt_mmff), 3)
+    sample = np.cov((x.reshape(len(x), -1) - dt_mmff.positions.ravel()).T)
+    predicted = modes.displacement_covariance(800.0)
+    diagonal = np.diag(predicted)
+    assert np.abs(np.diag(sample) / diagonal - 1).mean() < 0.1
+    assert np.abs(sample - predicted).max() < 0.15 * diagonal.max()
+    again = _sampling.excited_dynamics(modes, dt_mmff.numbers, surface, 40, temperature=800.0, seed=4, duration_fs=150)
+    np.testing.assert_array_equal(again, x[:40])  # each trajectory a function of (seed, trajectory)
+
+
+def test_excited_pool_runs_on_the_triplet_and_says_so(tmp_path):
+    spec = _pool.PoolSpec("CHD", "excited", 12, (0.5, 8.0, 16), duration=60, seed=1)
+    assert spec.multiplicity == 0 and spec.duration == 60
+    path = _pool.build_pool(tmp_path / "t1.h5", spec)
+    with h5py.File(path) as f:
+        x, reference = f["positions"][()], f["reference_positions"][()]
+        parameters = json.loads(f.attrs["sampler_parameters"])
+        assert f.attrs["sampler"] == "excited" and "hessian" in f
+    assert parameters["charge"] == 0 and parameters["multiplicity"] == "lowest open-shell"
+    assert _pool.PoolSpec.from_json(spec.to_json()) == spec
+    # On the triplet CHD's C2=C3 and C4=C5 double bonds lengthen (GFN2-xTB minimum: 1.43 A against 1.33 A on the
+    # ground state): the ringing molecule's double bonds are longer on average than the reference's.
+    double = np.linalg.norm(x[:, [1, 3]] - x[:, [2, 4]], axis=-1)
+    assert double.mean() > np.linalg.norm(reference[[1, 3]] - reference[[2, 4]], axis=-1).mean() + 0.03
+    pairs = bonds(molecule("CHD"))
+    d = np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+    assert np.all((d > 0.8) & (d < 2.0))  # ringing, not falling apart
+
+
+def test_excited_pool_options_are_checked():
+    q = (0.5, 8.0, 16)
+    with pytest.raises(ValueError, match="method='excited' only"):
+        _pool.PoolSpec("CHD", "md", 10, q, charge=1)
+    with pytest.raises(ValueError, match="ground state"):
+        _pool.PoolSpec("CHD", "excited", 10, q, multiplicity=1)
+    with pytest.raises(ValueError, match="forcefield='gfn2'"):
+        _pool.PoolSpec("CHD", "excited", 10, q, forcefield="mmff")
+    chd = molecule("CHD", forcefield="mmff")
+    with pytest.raises(ValueError, match="multiplicity 2 is impossible"):
+        calculator(chd, "gfn2", multiplicity=2)  # C6H8 has an even number of electrons
+    with pytest.raises(ValueError, match="MMFF94 has only"):
+        calculator(chd, "mmff", charge=1, multiplicity=2)
+    # Pools made before the excited-state fields existed keep their identity (and so resume).
+    assert "charge" not in json.loads(_pool.PoolSpec("CHD", "md", 10, q).to_json())
 
 
 @pytest.mark.parametrize("method", ["wigner", "md", "mc"])

@@ -18,18 +18,39 @@ __all__ = ["FORCEFIELDS", "MMFFCalculator", "calculator", "hessian"]
 FORCEFIELDS = ("gfn2", "mmff")
 
 
-def calculator(atoms: Atoms, forcefield: str = "gfn2") -> Calculator:
+def calculator(
+    atoms: Atoms, forcefield: str = "gfn2", *, charge: int = 0, multiplicity: int | None = None
+) -> Calculator:
     """An ASE calculator for ``atoms``: "gfn2" (GFN2-xTB, tblite) or "mmff" (MMFF94, RDKit).
 
+    ``charge`` (elementary charges) and ``multiplicity`` (2S + 1; default: the lowest the electron count allows)
+    choose another potential-energy surface than the neutral ground state, e.g. the triplet or the cation as
+    surrogates of a photoexcited state (GFN2-xTB only).
     tblite's OpenMP threads are limited to one unless OMP_NUM_THREADS is already set: on small molecules more
     threads make each call 2-3x slower on this kind of hardware.
+
+    Raises:
+        ValueError: an unknown force field; a multiplicity the electron count cannot have; a charged or open-shell
+        surface asked of MMFF94.
     """
+    electrons = int(np.sum(atoms.numbers)) - int(charge)
+    if multiplicity is not None and (multiplicity < 1 or (multiplicity - 1) % 2 != electrons % 2):
+        raise ValueError(
+            f"multiplicity {multiplicity} is impossible for {atoms.get_chemical_formula()} with charge {charge} "
+            f"({electrons} electrons: {'even' if electrons % 2 == 0 else 'odd'} multiplicities only)"
+        )
     if forcefield == "gfn2":
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         from tblite.ase import TBLite
 
-        return TBLite(method="GFN2-xTB", verbosity=0)
+        if charge == 0 and multiplicity in (None, 1):
+            return TBLite(method="GFN2-xTB", verbosity=0)
+        return TBLite(
+            method="GFN2-xTB", verbosity=0, charge=int(charge), multiplicity=multiplicity or 1 + electrons % 2
+        )
     if forcefield == "mmff":
+        if charge != 0 or multiplicity not in (None, 1):
+            raise ValueError("MMFF94 has only the neutral closed-shell surface; use forcefield='gfn2'")
         return MMFFCalculator(atoms)
     raise ValueError(f"unknown force field {forcefield!r}; choose one of {FORCEFIELDS}")
 

@@ -39,7 +39,7 @@ from xfit.physics import _iam
 
 __all__ = ["METHODS", "PoolSpec", "build_pool", "iterate_pool", "pool_summary"]
 
-METHODS = ("wigner", "md", "mc", "sweep")
+METHODS = ("wigner", "md", "mc", "sweep", "excited")
 DEFAULT_SWEEPS = {
     # Built-in reaction coordinates (atom indices of xfit.molecule's built-ins).
     "CHD": ("distance:0,5", 1.5, 5.5),  # ring opening to hexatriene
@@ -68,6 +68,9 @@ class PoolSpec:
     chunk: int = 0  # structures per chunk; 0 picks a default for the method
     coordinate: str | None = None  # sweeps: "distance:i,j" or "dihedral:i,j,k,l"
     coordinate_range: tuple[float, float] | None = None
+    charge: int = 0  # "excited": charge of the surface the dynamics run on
+    multiplicity: int = 0  # "excited": its 2S + 1; 0: a triplet (even electron count) or a doublet (odd)
+    duration: float = 0.0  # "excited": fs per trajectory (0: 300), a frame every 10 fs
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -90,6 +93,18 @@ class PoolSpec:
             object.__setattr__(self, "coordinate_range", self.coordinate_range or (lo, hi))
         if self.method == "sweep" and self.coordinate_range is None:
             raise ValueError("a sweep needs coordinate_range=(start, stop)")
+        if self.method != "excited":
+            if self.charge or self.multiplicity or self.duration:
+                raise ValueError("charge, multiplicity and duration set the dynamics of method='excited' only")
+        else:
+            if self.forcefield != "gfn2":
+                raise ValueError("excited-state dynamics need forcefield='gfn2' (MMFF94 has one surface)")
+            if self.multiplicity < 0 or self.duration < 0:
+                raise ValueError("multiplicity and duration must be >= 0 (0: the default)")
+            if self.charge == 0 and self.multiplicity == 1:
+                raise ValueError("charge 0, multiplicity 1 is the ground state: excited dynamics need another surface")
+            if not self.duration:
+                object.__setattr__(self, "duration", 300.0)
 
     @property
     def q_grid(self) -> np.ndarray:
@@ -103,7 +118,11 @@ class PoolSpec:
         return min(self.chunk, self.n - index * self.chunk)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.method != "excited":  # pools made before these fields existed keep their identity (resume)
+            for name in ("charge", "multiplicity", "duration"):
+                fields.pop(name)
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PoolSpec:
@@ -156,12 +175,12 @@ class _Context:
             self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
         self._calc = None
-        if spec.method == "wigner" and self.hessian is None:
+        if spec.method in ("wigner", "excited") and self.hessian is None:
             from xfit.chem._forcefield import hessian
 
             self.hessian = hessian(self.atoms, self.calc)
         self.modes = None
-        if spec.method == "wigner":
+        if spec.method in ("wigner", "excited"):
             from xfit.chem._sampling import normal_modes
 
             self.modes = normal_modes(self.atoms, self.hessian)
@@ -188,6 +207,21 @@ class _Context:
             return _sampling.langevin(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
         if spec.method == "mc":
             return _sampling.metropolis(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
+        if spec.method == "excited":
+            from xfit.chem._forcefield import calculator
+
+            electrons = int(self.atoms.numbers.sum()) - spec.charge
+            multiplicity = spec.multiplicity or (3 if electrons % 2 == 0 else 2)  # the lowest open-shell surface
+            surface = calculator(self.atoms, spec.forcefield, charge=spec.charge, multiplicity=multiplicity)
+            return _sampling.excited_dynamics(
+                self.modes,
+                self.atoms.numbers,
+                surface,
+                rows,
+                temperature=spec.temperature,
+                seed=seed,
+                duration_fs=spec.duration,
+            )
         coordinate = _sampling.Coordinate.parse(spec.coordinate)
         lo, hi = spec.coordinate_range
         return _sampling.sweep(
@@ -278,6 +312,16 @@ def _attributes(spec: PoolSpec, context: _Context, status: str, n_done: int) -> 
                 "chunk": spec.chunk,
                 "coordinate": spec.coordinate,
                 "coordinate_range": spec.coordinate_range,
+                **(
+                    {
+                        "charge": spec.charge,
+                        "multiplicity": spec.multiplicity or "lowest open-shell",
+                        "duration_fs": spec.duration,
+                        "frame_fs": 10.0,
+                    }
+                    if spec.method == "excited"
+                    else {}
+                ),
             }
         ),
         "forcefield": spec.forcefield,

@@ -22,11 +22,13 @@ from xfit.chem._structures import rigid_body_modes
 __all__ = [
     "Coordinate",
     "NormalModes",
+    "excited_dynamics",
     "langevin",
     "metropolis",
     "normal_modes",
     "sweep",
     "wigner",
+    "wigner_phase_space",
 ]
 
 HBAR = units._hbar * units.J * units.s  # eV x (ASE time)
@@ -105,6 +107,81 @@ def wigner(key: jax.Array, modes: NormalModes, n: int, temperature: float = 300.
     z = jax.random.normal(key, (n, len(sigma)), jnp.float32)
     displacement = (z * sigma) @ cart
     return np.asarray(displacement).reshape(n, -1, 3) + modes.positions[None].astype(np.float32)
+
+
+def wigner_phase_space(
+    rng: np.random.Generator, modes: NormalModes, n: int, temperature: float = 300.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (n, n_atoms, 3) in A and velocities (n, n_atoms, 3) in A per ASE time unit from the harmonic
+    Wigner distribution at ``temperature`` K: the thermal Wigner function of an oscillator is a product of two
+    Gaussians, variance hbar/(2 omega) coth(hbar omega/2kT) for each mass-weighted normal coordinate and omega^2
+    times that for its momentum (Hillery et al., Phys. Rep. 106, 121 (1984)). The internal modes carry neither
+    translation nor, to first order, rotation. The initial conditions of surface-hopping and other trajectory
+    simulations of photochemistry are drawn this way."""
+    variance = _mode_variance(modes.omega, temperature)
+    cart = modes.modes / np.sqrt(np.repeat(modes.masses, 3))[None, :]
+    q = rng.standard_normal((n, len(variance))) * np.sqrt(variance)
+    p = rng.standard_normal((n, len(variance))) * np.sqrt(variance) * modes.omega
+    shape = (n, *modes.positions.shape)
+    return modes.positions[None] + (q @ cart).reshape(shape), (p @ cart).reshape(shape)
+
+
+def excited_dynamics(
+    modes: NormalModes,
+    numbers: np.ndarray,
+    calc: Calculator,
+    n: int,
+    *,
+    temperature: float = 300.0,
+    seed: int = 0,
+    duration_fs: float = 300.0,
+    frame_fs: float = 10.0,
+    timestep_fs: float = 0.5,
+) -> np.ndarray:
+    """Positions (n, n_atoms, 3) in A of molecules after a vertical (Franck-Condon) excitation: positions and
+    velocities from the ground state's harmonic Wigner distribution at ``temperature`` K (``wigner_phase_space``),
+    each propagated by velocity Verlet without a thermostat on the surface of ``calc``, one frame every
+    ``frame_fs`` fs from ``frame_fs`` to ``duration_fs``.
+
+    Why: a pump pulse puts the molecule on another potential-energy surface at the ground-state geometry, and it
+    rings about that surface's minimum with an amplitude set by the distance between the two (bond lengths
+    alternating by +-0.15 A within 100 fs in CHD's pi-pi* state), with correlations that no ground-state
+    ensemble, however hot, holds. With GFN2-xTB's triplet (or cation, for Rydberg excitation) as the surface,
+    this is a cheap surrogate of the excited-state dynamics that time-resolved experiments record. Each
+    trajectory's initial condition comes from ``(seed, trajectory)``; a trajectory whose electronic structure
+    fails to converge is replaced by the next one (at most as many failures as trajectories needed).
+
+    Raises:
+        RuntimeError: too many trajectories failed.
+    """
+    from ase.md.verlet import VelocityVerlet
+
+    per_trajectory = max(1, round(duration_fs / frame_fs))
+    stride = max(1, round(frame_fs / timestep_fs))
+    needed = -(-n // per_trajectory)
+    frames, failures, trajectory = [], 0, 0
+    work = Atoms(numbers=numbers, positions=modes.positions)
+    work.calc = calc
+    while len(frames) < needed:
+        rng = np.random.default_rng([seed, trajectory])
+        trajectory += 1
+        x0, v0 = wigner_phase_space(rng, modes, 1, temperature)
+        work.positions = x0[0]
+        work.set_velocities(v0[0])
+        dyn = VelocityVerlet(work, timestep=timestep_fs * units.fs, logfile=None)
+        out = np.empty((per_trajectory, len(numbers), 3))
+        try:
+            for k in range(per_trajectory):
+                dyn.run(stride)
+                out[k] = work.positions
+        except Exception as err:  # tblite raises its own runtime error when the SCF does not converge
+            failures += 1
+            calc.reset()  # no wavefunction of the failed geometry as the next guess
+            if failures > needed:
+                raise RuntimeError(f"{failures} excited-state trajectories failed; the last: {err}") from err
+            continue
+        frames.append(out)
+    return np.concatenate(frames)[:n]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ def run(args) -> int:
         chunk=args.chunk,
         coordinate=args.coordinate,
         coordinate_range=args.range,
+        charge=args.charge,
+        multiplicity=args.multiplicity,
+        duration=args.duration,
     )
     from tqdm.auto import tqdm
 
@@ -58,7 +61,8 @@ def run(args) -> int:
         bar.close()
     if args.prepare_only:
         print(
-            f"prepared {path} (reference geometry{' and Hessian' if spec.method == 'wigner' else ''}); run the same "
+            f"prepared {path} (reference geometry{' and Hessian' if spec.method in ('wigner', 'excited') else ''}); "
+            "run the same "
             "command without --prepare-only to sample it, on any machine"
         )
     else:
@@ -105,7 +109,9 @@ def add_parser(sub) -> None:
         description=textwrap.fill(
             "Sample structures of a molecule (built-in NMM, CHD, DT; any SMILES; or a structure file) at a "
             "force-field minimum: Wigner (harmonic quantum, from the GFN2-xTB or MMFF94 Hessian), Langevin MD, "
-            "Metropolis MC, or a restrained sweep along a reaction coordinate; compute their X-ray patterns; write "
+            "Metropolis MC, a restrained sweep along a reaction coordinate, or dynamics after a vertical excitation "
+            "(ground-state Wigner initial conditions run on the GFN2-xTB triplet or cation surface); compute their "
+            "X-ray patterns; write "
             "one HDF5 file. An interrupted run leaves a readable pool of what it finished, and the same command "
             "resumes it. 'xfit pool info FILE.h5' summarises a pool.",
             width=100,
@@ -115,6 +121,8 @@ def add_parser(sub) -> None:
             "  xfit pool NMM --method wigner -n 1000000 --q 0.5:8:256 --seed 0 -o nmm_wigner.h5\n"
             "  xfit pool CHD --method sweep -n 2000 --q 0.5:8:256 -o chd_sweep.h5   # C1-C6 1.5 -> 5.5 A\n"
             "  xfit pool 'C1CCOC1' --method md -n 500 --forcefield mmff -o thf_md.h5\n"
+            "  xfit pool CHD --method excited -n 3000 -o chd_excited.h5   # on the triplet, 300 fs each\n"
+            "  xfit pool NMM --method excited --charge 1 -n 3000 -o nmm_cation.h5   # Rydberg: the cation core\n"
             "  xfit pool info nmm_wigner.h5 --pair 0,1 --plot nmm_pool.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,6 +139,16 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=int, default=0, help="structures per chunk (default: 16384 Wigner, 256 others)")
     p.add_argument("--coordinate", help="sweep coordinate, distance:I,J or dihedral:I,J,K,L (built-ins have one)")
     p.add_argument("--range", type=value_range, metavar="START:STOP", help="sweep range in A or degrees")
+    p.add_argument(
+        "--charge", type=int, default=0, help="excited: charge of the surface the dynamics run on (default 0)"
+    )
+    p.add_argument(
+        "--multiplicity",
+        type=int,
+        default=0,
+        help="excited: its multiplicity 2S+1 (default: triplet for an even electron count, doublet for an odd one)",
+    )
+    p.add_argument("--duration", type=float, default=0.0, help="excited: fs per trajectory (default 300)")
     p.add_argument("-o", "--output", type=Path, help="pool file (.h5)")
     p.add_argument("--overwrite", action="store_true", help="replace a file that holds a different pool")
     p.add_argument(
