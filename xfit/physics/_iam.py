@@ -501,6 +501,10 @@ def intensity(
     z = _elements.as_numbers(numbers)
     plan = _pair_plan(tuple(int(v) for v in z))
 
+    if not isinstance(positions, jax.Array):  # NumPy or lists: checked before JAX sees them (with jax_debug_nans
+        positions = np.asarray(positions)  # on, converting a NaN array would raise JAX's own error first)
+        if np.issubdtype(positions.dtype, np.floating) and not np.all(np.isfinite(positions)):
+            raise ValueError("positions contain NaN or infinite values")
     positions = jnp.asarray(positions)
     if not jnp.issubdtype(positions.dtype, jnp.floating):
         positions = positions.astype(jnp.result_type(float))
