@@ -89,7 +89,9 @@ def test_retrieve_on_the_shipped_example(tmp_path, capsys):
 def test_retrieve_a_time_series(tmp_path, capsys):
     out, png = tmp_path / "series.xyz", tmp_path / "course.png"
     argv = ["retrieve", str(DATA / "nmm_experiment.mat"), "--atoms", str(DATA / "nmm.xyz"), "--fraction", "0.057"]
-    argv += ["--delays", "1:1.2", "--starts", "2", "--steps", "20", "-o", str(out), "--plot", str(png)]
+    # Refinement, small: the series' reading, writing and plot are under test here; the CLI's posterior path is
+    # test_retrieve_on_the_shipped_example's (the NMM posterior costs a minute of compilation).
+    argv += ["--delays", "1:1.2", "--no-prior", "--starts", "2", "--steps", "20", "-o", str(out), "--plot", str(png)]
     assert main(argv) == 0
     from ase.io import read
 
