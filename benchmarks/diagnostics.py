@@ -12,6 +12,10 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py structure --stride 3
     # the mode radius, on xfit's own pools (hot Wigner + sweep CHD), never the shared frames
     python benchmarks/diagnostics.py radius --kind xray
+    # ranking or search, near-closed frames: the reported structure against the posterior optimum nearest the truth
+    python benchmarks/diagnostics.py basins --kind sm --stride 3
+    # other conformer priors (folders from xfit train-prior) in the default call, paired against the shipped one
+    python benchmarks/diagnostics.py priors --priors my_prior,other_prior --kinds xray,sm --stride 3
 
 Shared frames: ../shared/reference (validation only, as in ``benchmarks/posterior.py``).
 """
@@ -203,6 +207,92 @@ def radius(args) -> None:
         )
 
 
+def basins(args) -> None:
+    """Near-closed frames: the reported structure against the optimum of U = chi2/2 + E nearest the truth (the
+    truth relaxed at the prior's lowest level): their carbon RMSD from the truth and which has the lower U. If the
+    truth's optimum has the lower U, the sampler missed it (search); if the reported one has, the posterior ranks
+    another basin first (the prior and the data decide)."""
+    import jax.numpy as jnp
+
+    import xfit
+    from xfit.infer._posterior import relax
+
+    frames = [f for f in load_frames(args.stride, None) if f[1].get_distance(0, 5) <= 2.3]
+    patterns = patterns_of(frames, args.kind)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    store = {}
+    with captured_summary(store):
+        results = xfit.retrieve(patterns, start)
+    problem = store["problem"]
+    prior = xfit.load_conformer_prior()
+    energy, likelihood, sigma = prior.energy_fn(problem.molecule), problem.likelihood, prior.sigma_min
+    truth = np.stack([t.positions for _, t in frames])
+    reported = np.stack([r.atoms.positions for r in results])
+    optimum = np.asarray(
+        relax(likelihood, energy, jnp.asarray(truth), jnp.asarray(sigma), steps=600, learning_rate=3e-3)
+    )
+
+    def u(x):
+        x = jnp.asarray(x, jnp.float32)
+        return 0.5 * np.asarray(likelihood.chi2(x)) + np.asarray(energy(x, sigma))
+
+    u_reported, u_optimum = u(reported), u(optimum)
+    chi2 = [np.asarray(likelihood.chi2(jnp.asarray(x, jnp.float32))) for x in (reported, optimum)]
+    rmsd_reported, rmsd_optimum = [], []
+    for k, (_, t) in enumerate(frames):
+        a = t.copy()
+        a.positions = optimum[k]
+        rmsd_reported.append(carbon_rmsd(results[k].atoms, t))
+        rmsd_optimum.append(carbon_rmsd(a, t))
+    missed = u_optimum < u_reported - 0.5
+    print(
+        f"{args.kind}, {len(frames)} near-closed frames: reported C-RMSD median {np.median(rmsd_reported):.4f} A; the "
+        f"optimum nearest the truth {np.median(rmsd_optimum):.4f} A from it, with the lower U (by > 0.5) on "
+        f"{np.mean(missed):.0%} of frames (search missed it); U(nearest) - U(reported) median "
+        f"{np.median(u_optimum - u_reported):+.2f}; the nearest has the lower chi2 on {np.mean(chi2[1] < chi2[0]):.0%}",
+        flush=True,
+    )
+
+
+def priors(args) -> None:
+    """The default call with the shipped conformer prior and with each of ``--priors`` (``retrieve(...,
+    prior=FOLDER)``: the same posterior, seeds and proposal network, another prior), on the same patterns, paired."""
+    import json
+
+    import xfit
+
+    frames = load_frames(args.stride, None)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    closed = np.array([t.get_distance(0, 5) <= 2.3 for _, t in frames])
+    out = {}
+    for kind in args.kinds.split(","):
+        patterns = patterns_of(frames, kind)
+        rows = {}
+        for name in ["shipped", *args.priors.split(",")]:
+            results = xfit.retrieve(patterns, start, **({} if name == "shipped" else {"prior": name}))
+            rmsd = np.array([carbon_rmsd(r.atoms, t) for r, (_, t) in zip(results, frames, strict=True)])
+            z = np.array(
+                [
+                    abs(r.atoms.get_distance(0, 5) - t.get_distance(0, 5)) / r.uncertainty.distance(0, 5)
+                    for r, (_, t) in zip(results, frames, strict=True)
+                ]
+            )
+            base = rows.get("shipped", {}).get("rmsd", rmsd)
+            rows[name] = {"rmsd": rmsd, "z": z}
+            better, closer = np.mean(rmsd < base), np.mean(rmsd[closed] < base[closed])
+            print(
+                f"{kind:>8} {name:>40}: C-RMSD median {np.median(rmsd):.4f} A, near-closed "
+                f"{np.median(rmsd[closed]):.4f}, opened {np.median(rmsd[~closed]):.4f}, <= 0.10 A "
+                f"{np.mean(rmsd <= 0.1):.0%}, C1-C6 within 2 sigma {np.mean(z <= 2):.0%}; against the shipped "
+                f"prior: better on {better:.0%} of frames (near-closed {closer:.0%}), mean difference "
+                f"{np.mean(rmsd - base):+.4f} A",
+                flush=True,
+            )
+        out[kind] = {name: {k: v.tolist() for k, v in row.items()} for name, row in rows.items()}
+    if args.json:
+        args.json.write_text(json.dumps({"frames": [n for n, _ in frames], "results": out}, indent=1))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest = []
@@ -222,6 +312,14 @@ def main(argv=None) -> int:
     struct.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
     rad = sub.add_parser("radius", help="mode radius on xfit's own CHD pools")
     rad.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    bas = sub.add_parser("basins", help="reported structure against the posterior optimum nearest the truth")
+    bas.add_argument("--stride", type=int, default=3)
+    bas.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    pri = sub.add_parser("priors", help="the default call with other conformer priors, paired against the shipped")
+    pri.add_argument("--priors", required=True, help="comma-separated prior folders (xfit train-prior outputs)")
+    pri.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
+    pri.add_argument("--stride", type=int, default=3)
+    pri.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not CHD.exists() and args.command != "radius":
         print(f"{CHD} not found: nothing to diagnose")
@@ -229,7 +327,9 @@ def main(argv=None) -> int:
     with posterior_fields(parse_fields(args.set)):
         if args.command == "bench":
             return importlib.import_module(args.name).main(rest)
-        {"seed-truth": seed_truth, "structure": structure, "radius": radius}[args.command](args)
+        commands = {"seed-truth": seed_truth, "structure": structure, "radius": radius, "basins": basins}
+        commands["priors"] = priors
+        commands[args.command](args)
     return 0
 
 

@@ -53,7 +53,11 @@ _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 class PoolSpec:
     """What a pool is: everything that determines its contents (the identity checked on resume).
 
-    q is stored as (q_min, q_max, n_q): q = 4 pi sin(theta)/lambda in 1/A on an even grid.
+    q is stored as (q_min, q_max, n_q): q = 4 pi sin(theta)/lambda in 1/A on an even grid. Methods: "wigner"
+    (harmonic quantum, ``temperature``), "md" (Langevin), "mc" (Metropolis), "sweep" (restrained along
+    ``coordinate`` over ``coordinate_range``), "excited" (ground-state Wigner positions and velocities at
+    ``temperature`` run for ``duration`` fs on the GFN2-xTB surface of ``charge`` and ``multiplicity``:
+    ``xfit.chem._sampling.excited_dynamics``).
     """
 
     molecule: str

@@ -1,5 +1,6 @@
-"""Structure samplers: Wigner (harmonic quantum), Langevin molecular dynamics, Metropolis Monte Carlo, and
-restrained sweeps along an internal coordinate. Each is reproducible from its seed.
+"""Structure samplers: Wigner (harmonic quantum), Langevin molecular dynamics, Metropolis Monte Carlo, restrained
+sweeps along an internal coordinate, and dynamics after a vertical excitation (Wigner initial conditions run on
+another potential-energy surface). Each is reproducible from its seed.
 
 Units are ASE's: A, eV, amu, and ASE's time unit (A sqrt(amu/eV)); temperatures in K.
 """
