@@ -161,7 +161,7 @@ def test_excited_pool_runs_on_the_triplet_and_says_so(tmp_path):
     assert np.all((d > 0.8) & (d < 2.0))  # ringing, not falling apart
 
 
-def test_excited_pool_options_are_checked():
+def test_excited_pool_options_are_checked(tmp_path):
     q = (0.5, 8.0, 16)
     with pytest.raises(ValueError, match="method='excited' only"):
         _pool.PoolSpec("CHD", "md", 10, q, charge=1)
@@ -172,6 +172,8 @@ def test_excited_pool_options_are_checked():
     chd = molecule("CHD", forcefield="mmff")
     with pytest.raises(ValueError, match="multiplicity 2 is impossible"):
         calculator(chd, "gfn2", multiplicity=2)  # C6H8 has an even number of electrons
+    with pytest.raises(ValueError, match="multiplicity 2 is impossible"):  # before any force-field work
+        _pool.build_pool(tmp_path / "odd.h5", _pool.PoolSpec("CHD", "excited", 10, q, multiplicity=2))
     with pytest.raises(ValueError, match="MMFF94 has only"):
         calculator(chd, "mmff", charge=1, multiplicity=2)
     # Pools made before the excited-state fields existed keep their identity (and so resume).

@@ -178,7 +178,9 @@ class _Context:
 
             self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
-        self._calc = None
+        self._calc = self._surface = None
+        if spec.method == "excited":
+            self.surface()  # a multiplicity the electron count cannot have fails here, before the Hessian
         if spec.method in ("wigner", "excited") and self.hessian is None:
             from xfit.chem._forcefield import hessian
 
@@ -189,8 +191,8 @@ class _Context:
 
             self.modes = normal_modes(self.atoms, self.hessian)
 
-    def __getstate__(self):  # shipped to Dask workers without the force-field calculator (rebuilt there if needed)
-        return {**self.__dict__, "_calc": None}
+    def __getstate__(self):  # shipped to Dask workers without the force-field calculators (rebuilt there if needed)
+        return {**self.__dict__, "_calc": None, "_surface": None}
 
     @property
     def calc(self):
@@ -199,6 +201,18 @@ class _Context:
 
             self._calc = calculator(self.atoms, self.spec.forcefield)
         return self._calc
+
+    def surface(self):
+        """The excited-state surrogate surface of an "excited" pool (charge and multiplicity of the spec; the lowest
+        open-shell multiplicity by default)."""
+        if self._surface is None:
+            from xfit.chem._forcefield import calculator
+
+            spec = self.spec
+            electrons = int(self.atoms.numbers.sum()) - spec.charge
+            multiplicity = spec.multiplicity or (3 if electrons % 2 == 0 else 2)
+            self._surface = calculator(self.atoms, spec.forcefield, charge=spec.charge, multiplicity=multiplicity)
+        return self._surface
 
     def sample(self, index: int, rows: int) -> np.ndarray:
         from xfit.chem import _sampling
@@ -212,15 +226,10 @@ class _Context:
         if spec.method == "mc":
             return _sampling.metropolis(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
         if spec.method == "excited":
-            from xfit.chem._forcefield import calculator
-
-            electrons = int(self.atoms.numbers.sum()) - spec.charge
-            multiplicity = spec.multiplicity or (3 if electrons % 2 == 0 else 2)  # the lowest open-shell surface
-            surface = calculator(self.atoms, spec.forcefield, charge=spec.charge, multiplicity=multiplicity)
             return _sampling.excited_dynamics(
                 self.modes,
                 self.atoms.numbers,
-                surface,
+                self.surface(),
                 rows,
                 temperature=spec.temperature,
                 seed=seed,
