@@ -172,7 +172,7 @@ def test_excited_pool_options_are_checked(tmp_path):
     chd = molecule("CHD", forcefield="mmff")
     with pytest.raises(ValueError, match="multiplicity 2 is impossible"):
         calculator(chd, "gfn2", multiplicity=2)  # C6H8 has an even number of electrons
-    with pytest.raises(ValueError, match="multiplicity 2 is impossible"):  # before any force-field work
+    with pytest.raises(ValueError, match="multiplicity 2 is impossible"):  # before the Hessian and any dynamics
         _pool.build_pool(tmp_path / "odd.h5", _pool.PoolSpec("CHD", "excited", 10, q, multiplicity=2))
     with pytest.raises(ValueError, match="MMFF94 has only"):
         calculator(chd, "mmff", charge=1, multiplicity=2)
