@@ -72,6 +72,20 @@ def test_prior_ranking_benchmark_smoke(tmp_path):
         assert row["oracle"]["median"] <= row["chi2"]["median"] + 1e-12
 
 
+def test_ued_benchmark_smoke(tmp_path):
+    if not (ROOT.parent / "shared" / "reference" / "chd_trajectories").exists():
+        pytest.skip("shared CHD trajectories not present")
+    data = run_smoke("ued", tmp_path)
+    assert data["sm"]["n"] == 2 and data["sm"]["method"] == "posterior" and data["sm"]["carbon_median"] >= 0
+
+
+def test_anisotropic_benchmark_smoke(tmp_path):
+    if not (ROOT.parent / "shared" / "reference" / "chd_trajectories").exists():
+        pytest.skip("shared CHD trajectories not present")
+    data = run_smoke("anisotropic", tmp_path)
+    assert {"isotropic", "isotropic+p2"} <= set(data) and data["isotropic+p2"]["n"] == 2
+
+
 def test_posterior_benchmark_smoke(tmp_path):
     data = run_smoke("posterior", tmp_path)
     assert data["nmm"]["noise_factor"] > 1 and 0 <= data["nmm"]["fraction_chi2_le_1.5"] <= 1
