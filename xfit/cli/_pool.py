@@ -38,9 +38,14 @@ def run(args) -> int:
     )
     from tqdm.auto import tqdm
 
+    surface = ""
+    if spec.method == "excited":
+        multiplicity = spec.multiplicity or "lowest open-shell"
+        surface = f" on charge {spec.charge}, multiplicity {multiplicity}, {spec.duration:g} fs per trajectory,"
     print(
-        f"pool: {spec.molecule}, {spec.method}, {spec.n} structures, T = {spec.temperature:g} K, {spec.forcefield}, "
-        f"q = {spec.q[0]:g}..{spec.q[1]:g} 1/A ({spec.q[2]} points), seed {spec.seed} -> {args.output}"
+        f"pool: {spec.molecule}, {spec.method}, {spec.n} structures, T = {spec.temperature:g} K,{surface} "
+        f"{spec.forcefield}, q = {spec.q[0]:g}..{spec.q[1]:g} 1/A ({spec.q[2]} points), seed {spec.seed} -> "
+        f"{args.output}"
     )
     bar = tqdm(total=spec.n, unit="structure", unit_scale=True, desc="pool", disable=None)
 
