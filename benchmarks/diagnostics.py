@@ -14,6 +14,8 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py radius --kind xray
     # ranking or search, near-closed frames: the reported structure against the posterior optimum nearest the truth
     python benchmarks/diagnostics.py basins --kind sm --stride 3
+    # near-closed frames: ring bond lengths as assigned vs as a set, bond-length alternation of truth, result, pools
+    python benchmarks/diagnostics.py alternation --stride 3 --pools pools/chd_*.h5
     # other conformer priors (folders from xfit train-prior) in the default call, paired against the shipped one
     python benchmarks/diagnostics.py priors --priors my_prior,other_prior --kinds xray,sm --stride 3
 
@@ -254,6 +256,67 @@ def basins(args) -> None:
     )
 
 
+RING_SINGLE, RING_DOUBLE = [(0, 1), (2, 3), (4, 5)], [(1, 2), (3, 4)]  # CHD's ground-state single/double ring bonds
+
+
+def alternation_index(x: np.ndarray) -> np.ndarray:
+    """CHD's bond-length alternation (A), x (..., n_atoms, 3): mean of the ground state's single ring bonds C1-C2,
+    C3-C4, C5-C6 minus mean of its double bonds C2=C3, C4=C5 (about +0.15 A at the ground-state minimum; it turns
+    negative when the pi* orbital's nodes swap the bond orders, as on the excited state)."""
+    length = lambda i, j: np.linalg.norm(x[..., i, :] - x[..., j, :], axis=-1)  # noqa: E731
+    return np.mean([length(*b) for b in RING_SINGLE], axis=0) - np.mean([length(*b) for b in RING_DOUBLE], axis=0)
+
+
+def alternation(args) -> None:
+    """Near-closed frames: is the error the assignment of ring bond lengths? The data give the set of C-C distances
+    (sorted) more closely than which pair has which (assigned); the alternation index of the truth and of the
+    reported structure, and, with ``--pools``, how xfit's own pools (the prior's training data) spread it."""
+    import itertools
+
+    import xfit
+
+    pairs = np.array(list(itertools.combinations(range(6), 2)))
+
+    def carbon_distances(x):
+        return np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+
+    frames = [f for f in load_frames(args.stride, None) if f[1].get_distance(0, 5) <= 2.3]
+    truth = np.stack([t.positions for _, t in frames])
+    a_truth = alternation_index(truth)
+    print(
+        f"{len(frames)} near-closed frames: true alternation index 5/50/95 % "
+        f"{np.percentile(a_truth, [5, 50, 95]).round(3).tolist()} A, below +0.05 A on {np.mean(a_truth < 0.05):.0%}"
+    )
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    for kind in args.kinds.split(","):
+        results = xfit.retrieve(patterns_of(frames, kind), start, **({"prior": args.prior} if args.prior else {}))
+        reported = np.stack([r.atoms.positions for r in results])
+        a = alternation_index(reported)
+        d_true, d_reported = carbon_distances(truth), carbon_distances(reported)
+        assigned = np.mean(np.abs(d_reported - d_true))
+        as_a_set = np.mean(np.abs(np.sort(d_reported, axis=1) - np.sort(d_true, axis=1)))
+        rmsd = np.array([carbon_rmsd(r.atoms, t) for r, (_, t) in zip(results, frames, strict=True)])
+        print(
+            f"{kind:>8}: C-RMSD median {np.median(rmsd):.4f} A; C-C distances off by {assigned:.3f} A as assigned, "
+            f"{as_a_set:.3f} A as a set; reported alternation 5/50/95 % "
+            f"{np.percentile(a, [5, 50, 95]).round(3).tolist()} A (correlation with the truth's "
+            f"{np.corrcoef(a, a_truth)[0, 1]:+.2f}); on the {np.sum(a_truth < 0.05)} frames whose true index is "
+            f"< +0.05 A, C-RMSD median {np.median(rmsd[a_truth < 0.05]):.4f} A, on the rest "
+            f"{np.median(rmsd[a_truth >= 0.05]):.4f} A",
+            flush=True,
+        )
+    for path in args.pools or []:
+        chunks = [b["positions"] for b in xfit.iterate_pool(path, 4096, shuffle=False, fields=("positions",))]
+        x = np.concatenate(chunks)
+        x = x[np.linalg.norm(x[:, 0] - x[:, 5], axis=-1) <= 2.3]
+        if len(x):
+            a = alternation_index(x)
+            print(
+                f"pool {Path(path).name}: {len(x)} near-closed structures, alternation index 5/50/95 % "
+                f"{np.percentile(a, [5, 50, 95]).round(3).tolist()} A, below +0.05 A on {np.mean(a < 0.05):.0%}"
+            )
+
+
 def priors(args) -> None:
     """The default call with the shipped conformer prior and with each of ``--priors`` (``retrieve(...,
     prior=FOLDER)``: the same posterior, seeds and proposal network, another prior), on the same patterns, paired."""
@@ -315,6 +378,11 @@ def main(argv=None) -> int:
     bas = sub.add_parser("basins", help="reported structure against the posterior optimum nearest the truth")
     bas.add_argument("--stride", type=int, default=3)
     bas.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    alt = sub.add_parser("alternation", help="near-closed frames: ring bond lengths assigned, and the pools' spread")
+    alt.add_argument("--stride", type=int, default=3)
+    alt.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
+    alt.add_argument("--prior", help="a conformer prior folder instead of the shipped one")
+    alt.add_argument("--pools", nargs="*", help="CHD pools (xfit pool) whose alternation to show")
     pri = sub.add_parser("priors", help="the default call with other conformer priors, paired against the shipped")
     pri.add_argument("--priors", required=True, help="comma-separated prior folders (xfit train-prior outputs)")
     pri.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
@@ -328,7 +396,7 @@ def main(argv=None) -> int:
         if args.command == "bench":
             return importlib.import_module(args.name).main(rest)
         commands = {"seed-truth": seed_truth, "structure": structure, "radius": radius, "basins": basins}
-        commands["priors"] = priors
+        commands.update(priors=priors, alternation=alternation)
         commands[args.command](args)
     return 0
 

@@ -98,3 +98,28 @@ def test_cold_start_benchmark_smoke(tmp_path):
     data = run_smoke("cold_start", tmp_path)
     row = data["runs"]["no persistent cache"]
     assert row["load_conformer_prior_s"] > 0 and row["load_proposal_s"] > 0 and row["xfit"].startswith(str(ROOT))
+
+
+def test_diagnostics_alternation_index_reads_chd_bond_orders():
+    # The index the near-closed diagnostics report: ground-state CHD's single ring bonds are ~0.15 A longer than its
+    # double bonds (C2=C3, C4=C5); a ring whose bond lengths are swapped reads the opposite sign.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from diagnostics import RING_DOUBLE, RING_SINGLE, alternation_index
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import numpy as np
+
+    import xfit
+
+    x = xfit.molecule("CHD").positions
+    a = alternation_index(x)
+    assert 0.08 < a < 0.25
+    # A ring path with the long and short bonds swapped: its index is minus the difference, exactly.
+    lengths = {**{b: 1.34 for b in RING_SINGLE}, **{b: 1.50 for b in RING_DOUBLE}}
+    angles = np.cumsum([0.0, *[2 * np.pi / 6] * 5])
+    ring = np.zeros((6, 3))
+    for k in range(1, 6):  # a polygon path is enough: the index reads consecutive bonds only
+        ring[k] = ring[k - 1] + lengths[(k - 1, k)] * np.array([np.cos(angles[k - 1]), np.sin(angles[k - 1]), 0])
+    assert alternation_index(ring) == pytest.approx(1.34 - 1.50)
+    np.testing.assert_allclose(alternation_index(np.stack([x, x + 1.0])), [a, a])  # batched, translation-free
