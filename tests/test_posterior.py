@@ -166,6 +166,56 @@ def test_tempered_likelihood_is_a_debye_waller_factor_on_the_weights():
             np.testing.assert_allclose(w, np.asarray(like.w)[0] * np.exp(-((q * 0.3) ** 2)), rtol=1e-12)
 
 
+def test_model_sensitivity_matches_finite_differences_and_inflates_the_noise():
+    # Likelihood.model_sensitivity: S = sum over coordinates of (d model / d x)^2, the model in the data's units with
+    # its nuisance parameters (scale, fraction) refitted; checked by central differences for an X-ray total pattern
+    # (scale), an electron sM curve (scale on q I_mol / I_at) and a percent difference (fraction solved).
+    # tempered(b, S): 1/w -> 1/w + b^2 S on top of the Debye-Waller factor; b = 0 is the likelihood itself.
+    from xfit.infer._likelihood import build_likelihood, model_and_parameters
+
+    atoms = Atoms("SOCH", positions=[[0, 0, 0], [0, 0, 1.5], [1.2, 0, 0], [1.6, 0.9, 0.1]])
+    moved = atoms.copy()
+    moved.positions[0] += [0.05, -0.1, 0.2]
+    electron = {"probe": "electron", "energy_kev": 100.0}
+    cases = [
+        (xfit.Pattern(Q, 2.0 * xfit.scattering(moved, Q), sigma=1e-3 * xfit.scattering(moved, Q)), "total"),
+        (xfit.Pattern(Q, 0.1 * np.sin(Q), sigma=1e-3 * Q, kind="sm", **electron), "molecular"),
+        (xfit.Pattern(Q, 0.3 * np.cos(2 * Q), sigma=np.full(len(Q), 0.01), kind="percent_difference"), "total"),
+    ]
+    with jax.enable_x64(True):
+        x = jnp.asarray(moved.positions)
+        for pattern, model_kind in cases:
+            like = build_likelihood(
+                [pattern],
+                atoms.numbers,
+                atoms.positions,
+                fraction=None,
+                model_kind=model_kind,
+                background=False,
+                relative_sigma=1e-3,
+                dtype=jnp.float64,
+            )
+            s = np.asarray(like.model_sensitivity(x[None]))[0]
+            h, fd = 1e-5, np.zeros(len(Q))
+            for k in np.ndindex(x.shape):
+                step = np.zeros(x.shape)
+                step[k] = h
+                up, down = (model_and_parameters(like.spec, x + d, *like.row(0)[:3])[0] for d in (step, -step))
+                fd += (np.asarray(up - down) / (2 * h)) ** 2
+            np.testing.assert_allclose(s, fd, rtol=1e-6, atol=1e-12 * fd.max())
+            assert np.all(s > 0), pattern.kind
+            b = 0.2
+            w0 = np.asarray(like.w)[0]
+            expected = w0 * np.exp(-((Q * b) ** 2)) / (1 + w0 * b**2 * s)
+            np.testing.assert_allclose(np.asarray(like.tempered(b, s[None]).w)[0], expected, rtol=1e-12)
+            plain = np.asarray(like.chi2(x[None, None]))
+            np.testing.assert_allclose(np.asarray(like.tempered(0.0, s[None]).chi2(x[None, None])), plain, rtol=1e-14)
+        # However precise the data, the inflated weight of a point stays below exp(-(q b)^2) / (b^2 S).
+        sharp = dataclasses.replace(like, w=like.w * 1e8)
+        bound = np.exp(-((Q * b) ** 2)) / (b**2 * s)
+        assert np.all(np.asarray(sharp.tempered(b, s[None]).w)[0] <= bound * (1 + 1e-9))
+
+
 def test_orbit_volume_factor_is_d_squared_for_a_diatomic():
     from xfit.infer._posterior import _log_orbit_volume
 

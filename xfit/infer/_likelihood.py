@@ -387,14 +387,36 @@ class Likelihood:
             q = np.concatenate([q, q])
         return jnp.broadcast_to(jnp.asarray(q, self.y.dtype), self.y.shape)
 
-    def tempered(self, blur):
-        """The likelihood with each point's weight multiplied by exp(-(q blur)^2), blur (A) a scalar: high-q data
-        down-weighted, as if every atom were smeared by a Gaussian of that width per coordinate (the
-        Debye-Waller factor of the pair term). The oscillations of the pair sum at high q, and the local optima
-        they make, fade; blur = 0 is this likelihood."""
+    def tempered(self, blur, sensitivity=None):
+        """The likelihood as seen by a structure whose every atom is uncertain by ``blur`` A per coordinate (a
+        scalar): each point's weight w = 1/sigma^2 multiplied by exp(-(q blur)^2), the Debye-Waller factor of the
+        pair term, so that the oscillations of the pair sum at high q, and the local optima they make, fade; and,
+        with ``sensitivity`` S (T, N) = sum over coordinates of (d model / d x)^2 (``model_sensitivity``), the
+        model's own spread from that uncertainty added to the noise, 1/w -> 1/w + blur^2 S (the likelihood
+        covariance of pseudoinverse-guided diffusion, Song et al., ICLR 2023): however precise the data, a
+        structure known to blur A is not held to them more tightly than its pattern is known. blur = 0 is this
+        likelihood."""
         blur = jnp.asarray(blur, self.w.dtype)
         w = self.w * jnp.exp(-((self.point_q() * blur) ** 2))
+        if sensitivity is not None:
+            w = w / (1.0 + self.w * blur**2 * sensitivity)
         return Likelihood(self.spec, self.has_sigma, self.y, w, self.i_ref, self.pixels)
+
+    def model_sensitivity(self, x):
+        """S (T, N): for each pattern t and data point, the sum over the 3 n coordinates of structure x[t] (T, n, 3)
+        (A) of (d model / d x)^2, the model in the data's units with its nuisance parameters refitted: the variance
+        of the model per A^2 of independent isotropic displacement of every atom, to first order."""
+        image = self.pixels is not None
+        pixels = self.pixels if image else jnp.zeros((len(self.y), 0), self.y.dtype)  # vmapped, unused for curves
+
+        def one(x, y, w, i_ref, pixels):
+            def model(f):
+                return model_and_parameters(self.spec, f, y, w, i_ref, pixels if image else None)[0]
+
+            jac = jax.jacfwd(model)(x)  # (N, n, 3): one forward pass per coordinate
+            return jnp.sum(jac**2, axis=(-2, -1))
+
+        return jax.vmap(one)(x, self.y, self.w, self.i_ref, pixels)
 
     def log_density(self, x):
         """log p(y | x) up to a constant, -chi2/2, (T, ...)."""
