@@ -94,10 +94,12 @@ def parse_fields(text: str | None) -> dict:
     return out
 
 
-def patterns_of(frames, kind: str):
-    return (
-        chd_patterns(frames, Q_XRAY, 1e-3, 0) if kind == "xray" else ued_patterns(frames, Q_UED, kind, 3000.0, 2e-3, 0)
-    )
+def patterns_of(frames, kind: str, noise: float | None = None):
+    """The benchmarks' patterns of the frames: X-ray total at 0.1 % noise (``posterior.py``) or UED at 0.2 % of
+    I_at (``ued.py``), or at ``noise`` (relative, as there)."""
+    if kind == "xray":
+        return chd_patterns(frames, Q_XRAY, 1e-3 if noise is None else noise, 0)
+    return ued_patterns(frames, Q_UED, kind, 3000.0, 2e-3 if noise is None else noise, 0)
 
 
 def carbon_rmsd(atoms, truth) -> float:
@@ -220,7 +222,7 @@ def basins(args) -> None:
     from xfit.infer._posterior import relax
 
     frames = [f for f in load_frames(args.stride, None) if f[1].get_distance(0, 5) <= 2.3]
-    patterns = patterns_of(frames, args.kind)
+    patterns = patterns_of(frames, args.kind, args.noise)
     start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
     store = {}
     with captured_summary(store):
@@ -247,8 +249,10 @@ def basins(args) -> None:
         rmsd_reported.append(carbon_rmsd(results[k].atoms, t))
         rmsd_optimum.append(carbon_rmsd(a, t))
     missed = u_optimum < u_reported - 0.5
+    noise = "" if args.noise is None else f" at noise {args.noise:g}"
     print(
-        f"{args.kind}, {len(frames)} near-closed frames: reported C-RMSD median {np.median(rmsd_reported):.4f} A; the "
+        f"{args.kind}{noise}{args.set_text}, {len(frames)} near-closed frames: reported C-RMSD median "
+        f"{np.median(rmsd_reported):.4f} A; the "
         f"optimum nearest the truth {np.median(rmsd_optimum):.4f} A from it, with the lower U (by > 0.5) on "
         f"{np.mean(missed):.0%} of frames (search missed it); U(nearest) - U(reported) median "
         f"{np.median(u_optimum - u_reported):+.2f}; the nearest has the lower chi2 on {np.mean(chi2[1] < chi2[0]):.0%}",
@@ -378,6 +382,7 @@ def main(argv=None) -> int:
     bas = sub.add_parser("basins", help="reported structure against the posterior optimum nearest the truth")
     bas.add_argument("--stride", type=int, default=3)
     bas.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    bas.add_argument("--noise", type=float, help="relative noise (default: the benchmark's, 0.1 %% X-ray, 0.2 %% UED)")
     alt = sub.add_parser("alternation", help="near-closed frames: ring bond lengths assigned, and the pools' spread")
     alt.add_argument("--stride", type=int, default=3)
     alt.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
@@ -389,6 +394,7 @@ def main(argv=None) -> int:
     pri.add_argument("--stride", type=int, default=3)
     pri.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    args.set_text = f" (--set {args.set})" if args.set else ""
     if not CHD.exists() and args.command != "radius":
         print(f"{CHD} not found: nothing to diagnose")
         return 0
