@@ -23,8 +23,10 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    oscillations trap particles weigh in as sigma falls; full strength at the end), and its noise variance is
    inflated by the model's spread under that smearing, 1/w -> 1/w + b^2 S(q) with S the squared model gradient
    at the input geometry (``inflation``; the likelihood covariance of pseudoinverse-guided diffusion, Song et
-   al., ICLR 2023). Without it, precise data made retrieval worse: at 0.05 % noise the descent, held to the data
-   from the first level, fell into the optima they carve before the prior had shaped the structure.
+   al., ICLR 2023). Without it, precise data made retrieval worse: held to the data from the first level, the
+   descent fell into the optima they carve before the prior had shaped the structure (near-closed CHD frames,
+   X-ray at 0.1 and 0.025 % noise: 0.080 and 0.095 A without, 0.072 and 0.077 A with it; benchmarks/README.md).
+   Then ``polish`` x steps more at sigma_min with the likelihood untempered end every particle at an optimum.
 3. Local posterior. At each particle's optimum x*, H = Gauss-Newton Hessian of chi2/2 + the prior energy's
    Hessian (rigid-body directions projected out, curvature floored). The basin's mass is its Laplace evidence,
    exp(-U(x*)) det'(H)^(-1/2) sqrt(det' I(x*)), where I is the inertia tensor (unit masses): integrating out the
@@ -388,8 +390,7 @@ class Posterior:
             (0: the likelihood at full sharpness throughout). inflation: at the same time the noise variance of
             each point is inflated by the model's own spread under that smearing, blur^2 x (d model / d x)^2 summed
             over coordinates at the input geometry (:meth:`Likelihood.tempered`), so that the early levels see the
-            same landscape however precise the data (without it, four times less noise made near-closed CHD
-            frames worse, the sampler caught in optima the sharper data carve). polish: further steps, as a fraction
+            same landscape however precise the data (see the module notes). polish: further steps, as a fraction
             of ``steps``, at the prior's lowest level with the likelihood untempered, after the levels have fallen.
         table_levels: noise levels at which the annealing reads the prior from per-pair tables (``energy_table``,
             where the prior has one; 0: the network at every step's own level). prune_at,
