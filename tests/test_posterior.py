@@ -214,6 +214,16 @@ def test_model_sensitivity_matches_finite_differences_and_inflates_the_noise():
         sharp = dataclasses.replace(like, w=like.w * 1e8)
         bound = np.exp(-((Q * b) ** 2)) / (b**2 * s)
         assert np.all(np.asarray(sharp.tempered(b, s[None]).w)[0] <= bound * (1 + 1e-9))
+        # At its own reference a difference pattern has no signal and its fitted fraction is 0/0 (NaN in float32
+        # when run op by op): a pattern whose S is not finite is annealed with the Debye-Waller factor alone (S = 0),
+        # the others with S as it is.
+        from xfit.infer._posterior import inflation_sensitivity
+
+        np.testing.assert_allclose(np.asarray(inflation_sensitivity(like, x[None]))[0], s, rtol=1e-12)
+        undefined = dataclasses.replace(like, w=like.w * jnp.nan)
+        np.testing.assert_array_equal(np.asarray(inflation_sensitivity(undefined, x[None])), 0.0)
+        at_reference = np.asarray(inflation_sensitivity(like, jnp.asarray(atoms.positions)[None]))
+        assert np.all(np.isfinite(at_reference)) and at_reference.max() < 1e-6 * s.max()
 
 
 def test_orbit_volume_factor_is_d_squared_for_a_diatomic():

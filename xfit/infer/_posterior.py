@@ -154,6 +154,16 @@ def anneal(
     return x, state, likelihood.tempered(blur[-1], sensitivity).chi2(x), energy(x, levels[-1])
 
 
+@jax.jit
+def inflation_sensitivity(likelihood: Likelihood, x):
+    """S (T, N) for the likelihood's noise inflation (:meth:`Likelihood.tempered`): :meth:`Likelihood.model_sensitivity`
+    at structures x (T, n, 3) in A, zero for a pattern where it is not finite (a difference pattern at its own
+    reference geometry has no signal and so no fitted fraction: that pattern is annealed with the Debye-Waller
+    factor alone). Compiled once per shape (eagerly, the first call took 5.6 s against 1.7 s on a CHD pattern)."""
+    s = likelihood.model_sensitivity(x)
+    return jnp.where(jnp.all(jnp.isfinite(s), axis=-1, keepdims=True), s, 0.0)
+
+
 @functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
 def relax(likelihood: Likelihood, energy, x, sigma_min, *, steps: int, learning_rate: float):
     """The optimum of U(x) = chi2(x)/2 + E(x, sigma_min) nearest to x, one structure per pattern: ``steps`` Adam
@@ -508,7 +518,7 @@ class Posterior:
             sensitivity = None
             if self.inflation and self.tempering:
                 start = jnp.asarray(problem.atoms.positions, self.dtype)
-                sensitivity = like.model_sensitivity(jnp.broadcast_to(start, (len(like.y), *start.shape)))
+                sensitivity = inflation_sensitivity(like, jnp.broadcast_to(start, (len(like.y), *start.shape)))
             run = functools.partial(
                 anneal,
                 like,
