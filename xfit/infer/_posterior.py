@@ -157,9 +157,10 @@ def anneal(
 @jax.jit
 def inflation_sensitivity(likelihood: Likelihood, x):
     """S (T, N) for the likelihood's noise inflation (:meth:`Likelihood.tempered`): :meth:`Likelihood.model_sensitivity`
-    at structures x (T, n, 3) in A, zero for a pattern where it is not finite (a difference pattern at its own
-    reference geometry has no signal and so no fitted fraction: that pattern is annealed with the Debye-Waller
-    factor alone). Compiled once per shape (eagerly, the first call took 5.6 s against 1.7 s on a CHD pattern)."""
+    at structures x (T, n, 3) in A, zero for a pattern where it is not finite. A difference pattern started from its
+    own reference geometry has no signal there, its fitted fraction is 0 (or 0/0), and so S is about 0 (or zeroed
+    here): such patterns are annealed with the Debye-Waller factor alone, as before the inflation. Compiled once
+    per shape (eagerly, the first call took 5.6 s against 1.7 s on a CHD pattern)."""
     s = likelihood.model_sensitivity(x)
     return jnp.where(jnp.all(jnp.isfinite(s), axis=-1, keepdims=True), s, 0.0)
 
