@@ -102,6 +102,11 @@ def patterns_of(frames, kind: str, noise: float | None = None):
     return ued_patterns(frames, Q_UED, kind, 3000.0, 2e-3 if noise is None else noise, 0)
 
 
+def near_closed_frames(stride: int):
+    """Every ``stride``-th shared frame whose ring is near-closed (C1-C6 <= 2.3 A)."""
+    return [f for f in load_frames(stride, None) if f[1].get_distance(0, 5) <= 2.3]
+
+
 def carbon_rmsd(atoms, truth) -> float:
     import xfit
 
@@ -221,7 +226,7 @@ def basins(args) -> None:
     import xfit
     from xfit.infer._posterior import relax
 
-    frames = [f for f in load_frames(args.stride, None) if f[1].get_distance(0, 5) <= 2.3]
+    frames = near_closed_frames(args.stride)
     patterns = patterns_of(frames, args.kind, args.noise)
     start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
     store = {}
@@ -236,12 +241,11 @@ def basins(args) -> None:
         relax(likelihood, energy, jnp.asarray(truth), jnp.asarray(sigma), steps=600, learning_rate=3e-3)
     )
 
-    def u(x):
-        x = jnp.asarray(x, jnp.float32)
-        return 0.5 * np.asarray(likelihood.chi2(x)) + np.asarray(energy(x, sigma))
-
-    u_reported, u_optimum = u(reported), u(optimum)
-    chi2 = [np.asarray(likelihood.chi2(jnp.asarray(x, jnp.float32))) for x in (reported, optimum)]
+    chi2, u = [], []
+    for x in (jnp.asarray(reported, jnp.float32), jnp.asarray(optimum, jnp.float32)):
+        chi2.append(np.asarray(likelihood.chi2(x)))
+        u.append(0.5 * chi2[-1] + np.asarray(energy(x, sigma)))
+    u_reported, u_optimum = u
     rmsd_reported, rmsd_optimum = [], []
     for k, (_, t) in enumerate(frames):
         a = t.copy()
@@ -284,7 +288,7 @@ def alternation(args) -> None:
     def carbon_distances(x):
         return np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
 
-    frames = [f for f in load_frames(args.stride, None) if f[1].get_distance(0, 5) <= 2.3]
+    frames = near_closed_frames(args.stride)
     truth = np.stack([t.positions for _, t in frames])
     a_truth = alternation_index(truth)
     print(
@@ -401,8 +405,14 @@ def main(argv=None) -> int:
     with posterior_fields(parse_fields(args.set)):
         if args.command == "bench":
             return importlib.import_module(args.name).main(rest)
-        commands = {"seed-truth": seed_truth, "structure": structure, "radius": radius, "basins": basins}
-        commands.update(priors=priors, alternation=alternation)
+        commands = {
+            "seed-truth": seed_truth,
+            "structure": structure,
+            "radius": radius,
+            "basins": basins,
+            "alternation": alternation,
+            "priors": priors,
+        }
         commands[args.command](args)
     return 0
 
