@@ -254,6 +254,27 @@ def test_energy_table_matches_the_network_and_continues_linearly(chd):
     assert np.all(np.isfinite(grad))
 
 
+def test_table_sampling_draws_the_networks_density_and_the_bank_is_cached(chd):
+    """Samples read from the per-pair tables (what the posterior seeds with) against the network's own sampler on
+    CHD: every bonded distance's mean and spread, and the open-ring fraction, within Monte Carlo error; the bank is
+    those samples, computed once and kept read-only."""
+    prior = xfit.load_conformer_prior("conformer")
+    n = 768
+    net = prior.sample(jax.random.key(5), chd, n, steps=60)
+    tab = prior.sample(jax.random.key(6), chd, n, steps=60, tables=True)
+    graph = xfit.MoleculeGraph.from_atoms(chd)
+    i, j = np.asarray(graph.bonds).T
+    d_net, d_tab = (np.linalg.norm(x[:, i] - x[:, j], axis=-1) for x in (net, tab))  # (n, n_bonds)
+    spread = np.sqrt((d_net.var(0) + d_tab.var(0)) / n)
+    assert np.all(np.abs(d_net.mean(0) - d_tab.mean(0)) < 5 * spread + 2e-3)
+    np.testing.assert_allclose(d_tab.std(0), d_net.std(0), rtol=0.25)
+    opened = [np.mean(np.linalg.norm(x[:, 0] - x[:, 5], axis=-1) > 2.5) for x in (net, tab)]
+    assert abs(opened[0] - opened[1]) < 5 * np.sqrt(0.25 * 2 / n)
+    bank = prior.bank(jax.random.key(6), chd, n, steps=60)
+    assert prior.bank(jax.random.key(6), chd, n, steps=60) is bank and not bank.flags.writeable
+    np.testing.assert_allclose(bank, tab, atol=1e-5)
+
+
 def test_pair_energy_hessian_matches_autodiff(chd):
     prior = xfit.load_conformer_prior("conformer")
     energy = prior.energy_fn(chd)

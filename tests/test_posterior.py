@@ -314,3 +314,64 @@ def test_equivalent_atoms_under_other_labels_are_matched_before_averaging(nmm):
     hydrogens = mean[~graph.heavy]
     gaps = np.linalg.norm(hydrogens[:, None] - hydrogens[None], axis=-1)[np.triu_indices(len(hydrogens), 1)]
     assert gaps.min() > 1.0  # no two hydrogens averaged onto each other
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedBank:
+    """The shipped conformer prior with a given bank: its energy and tables, ``bank`` always ``structures``."""
+
+    prior: object
+    structures: np.ndarray
+
+    sigma_min = property(lambda self: self.prior.sigma_min)
+
+    def energy_fn(self, graph):
+        return self.prior.energy_fn(graph)
+
+    def energy_table(self, graph, sigmas):
+        return self.prior.energy_table(graph, sigmas)
+
+    def bank(self, key, graph, n, *, steps):
+        return self.structures[:n]
+
+
+def test_bank_seeds_are_the_prior_draws_that_fit_best(chd, key):
+    """A pool fit on the prior's own draws: of 256 CHD prior draws one is the truth, a ring opened to 4.5 A; the
+    pattern is its X-ray curve at 0.1 % noise. The bank's chi2 is the likelihood's own, chunk by chunk, and the
+    posterior's bank seeds are the draws of lowest chi2 at the first level's blur, the truth first."""
+    from xfit.infer._likelihood import build_likelihood
+    from xfit.infer._posterior import bank_chi2, inflation_sensitivity
+    from xfit.infer._problem import Problem
+
+    prior = xfit.load_conformer_prior()
+    draws = prior.sample(jax.random.key(11), chd, 512, steps=60, tables=True)
+    gap = np.linalg.norm(draws[:, 0] - draws[:, 5], axis=-1)
+    truth = draws[np.argmin(np.abs(gap - 4.5))]
+    closed = draws[gap < 2.0][:255]
+    bank = np.concatenate([closed[:100], truth[None], closed[100:]])
+    atoms = chd.copy()
+    atoms.positions = truth
+    q = np.linspace(0.5, 8.0, 76)
+    pattern = xfit.Pattern(q, xfit.scattering(atoms, q)).with_noise(key, relative=1e-3)
+    like = build_likelihood(
+        [pattern], chd.numbers, chd.positions, fraction=None, model_kind="total", background=False, relative_sigma=1e-3
+    )
+    whole = bank_chi2(like, jnp.asarray(bank), 0.0)
+    chunked = bank_chi2(like, jnp.asarray(bank), 0.0, budget=76 * 91 * 10)  # 26 chunks of 10, the last one padded
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+    np.testing.assert_allclose(whole[0], like.chi2(jnp.asarray(bank)[None])[0], rtol=1e-6)
+    assert np.argmin(whole[0]) == 100 and whole[0, 100] < 2 * len(q)
+
+    problem = Problem((pattern,), like, xfit.MoleculeGraph.from_atoms(chd), chd, chd, difference=False)
+    strategy = Posterior(FixedBank(prior, bank), n_prior=0, n_bank=len(bank), bank_seeds=3, n_local=1)
+    seeds = strategy.particles(problem, key)[0]  # (3 bank seeds + the start, n_atoms, 3), centred on the start's
+    assert seeds.shape == (4, len(chd), 3)
+    centred = lambda x: x - x.mean(axis=0)  # noqa: E731
+    np.testing.assert_allclose(centred(seeds[0]), centred(truth), atol=1e-5)
+    like32 = like.astype(jnp.float32)
+    start = jnp.asarray(chd.positions, jnp.float32)[None]
+    blur = np.sqrt(strategy.sigma_start**2 - prior.sigma_min**2)
+    order = np.argsort(bank_chi2(like32, jnp.asarray(bank, jnp.float32), blur, inflation_sensitivity(like32, start))[0])
+    assert order[0] == 100
+    for k in (1, 2):
+        np.testing.assert_allclose(centred(seeds[k]), centred(bank[order[k]]), atol=1e-5)

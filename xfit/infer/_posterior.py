@@ -5,8 +5,12 @@ With U(x) = chi2(x)/2 + E(x, sigma_min), -log of the posterior up to a constant 
 is -grad E; chi2: the likelihood with nuisance parameters profiled out), for every pattern at once:
 
 1. Particles. ``n_prior`` draws from the learned diffusion prior itself (annealed Langevin on its score, so that
-   ring-opened, twisted, hot structures are among the seeds when the prior holds them), the input geometry and
-   random perturbations of it, and any extra seeds (a proposal network's candidates, the user's ``starts``).
+   ring-opened, twisted, hot structures are among the seeds when the prior holds them); the ``bank_seeds`` draws
+   of one shared bank of ``n_bank`` prior draws that fit each pattern best (chi2 at the annealing's first, blurred
+   level: a pool fit on the prior's own samples, which finds the rare open-chain conformers that a few dozen
+   draws per pattern miss; drawn once per call, or once per process for ``xfit.ConformerPrior``, from per-pair
+   tables); the input geometry and random perturbations of it; and any extra seeds (a proposal network's
+   candidates, the user's ``starts``).
 2. Annealing. Each particle descends U_sigma(x) = chi2(x)/2 + E(x, sigma) while sigma falls geometrically from
    ``sigma_start`` to the prior's sigma_min: early, the prior is the smoothed density of its noisier levels and
    the likelihood's gradient leads; late, both hold at full strength. Adam preconditions the very different
@@ -163,6 +167,28 @@ def inflation_sensitivity(likelihood: Likelihood, x):
     per shape (eagerly, the first call took 5.6 s against 1.7 s on a CHD pattern)."""
     s = likelihood.model_sensitivity(x)
     return jnp.where(jnp.all(jnp.isfinite(s), axis=-1, keepdims=True), s, 0.0)
+
+
+def bank_chi2(likelihood: Likelihood, bank, blur, sensitivity=None, *, budget: float = 2.0**26) -> np.ndarray:
+    """chi2 (T, B) of every pattern against every structure of ``bank`` (B, n_atoms, 3) in A, the likelihood
+    tempered by ``blur`` A (:meth:`Likelihood.tempered`, with ``sensitivity`` (T, N) or None): in chunks of the bank
+    that keep each call's pair-term array near ``budget`` elements."""
+    t, n = likelihood.n_patterns, bank.shape[-2]
+    n_q = np.size(likelihood.spec.q) * (1 if likelihood.spec.dipole is None else 2)  # the model's own q grid
+    chunk = int(max(1, min(len(bank), budget // max(t * n_q * n * (n - 1) // 2, 1))))
+    tempered = likelihood.tempered(blur, sensitivity)
+    out = []
+    for lo in range(0, len(bank), chunk):
+        part = bank[lo : lo + chunk]
+        if len(part) < chunk:  # one compiled shape: pad the last chunk with its first structure
+            part = jnp.concatenate([part, jnp.broadcast_to(part[:1], (chunk - len(part), *part.shape[1:]))])
+        out.append(np.asarray(_chi2_of(tempered, jnp.broadcast_to(part, (t, *part.shape))))[:, : len(bank) - lo])
+    return np.concatenate(out, axis=1)
+
+
+@jax.jit
+def _chi2_of(likelihood: Likelihood, x):
+    return likelihood.chi2(x)
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
@@ -392,6 +418,11 @@ class Posterior:
         prior: the conformer prior (``energy_fn``, ``sample``, ``sigma_min``).
         n_prior: particles drawn from the prior, per pattern, by ``prior_steps`` predictor-corrector levels (seeds
             only: the annealed descent refines them, so fewer levels than an unconditional sample needs).
+        n_bank, bank_seeds: a bank of n_bank prior draws shared by all patterns (from the run's key alone: the same
+            for every batch and chunk), of which each pattern takes as seeds the bank_seeds whose chi2 (tempered
+            and inflated as at the first level) is lowest (0: none). The seeds of precise electron data: on the 64
+            opened shared CHD frames as sM, the optimum nearest the truth was missed on 67 % of frames without them
+            and 44 % with them (``benchmarks/diagnostics.py basins``).
         n_local: the input geometry and n_local - 1 random perturbations of it (``perturbation`` A).
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
@@ -423,6 +454,8 @@ class Posterior:
     prior: object
     n_prior: int = 96
     prior_steps: int = 100
+    n_bank: int = 2048
+    bank_seeds: int = 48
     n_local: int = 16
     perturbation: float = 0.1
     extra_starts: np.ndarray | None = None
@@ -452,14 +485,21 @@ class Posterior:
         """Seeds (T, S, n_atoms, 3) in A: prior draws, the input geometry and its perturbations, extra seeds.
         Pattern t's draws come from its own key (:func:`pattern_keys`): independent of the batch it is in."""
         t, n = problem.n_patterns, len(problem.molecule)
+        k_bank, key = jax.random.split(key)
         keys = jax.vmap(jax.random.split)(pattern_keys(problem, key))
         k_prior, k_local = keys[:, 0], keys[:, 1]
         parts = []
         if self.n_prior:
             # One call per pattern (one compiled shape, reused): a batched draw would tie each pattern's samples to
             # the batch size.
-            drawn = [self.prior.sample(k, problem.molecule, self.n_prior, steps=self.prior_steps) for k in k_prior]
+            # From the prior's per-pair tables where it has them (~12x cheaper than its network, the same density).
+            tables = {"tables": True} if hasattr(self.prior, "energy_table") else {}
+            drawn = [
+                self.prior.sample(k, problem.molecule, self.n_prior, steps=self.prior_steps, **tables) for k in k_prior
+            ]
             parts.append(np.asarray(drawn, np.float64).reshape(t, self.n_prior, n, 3))
+        if self.n_bank and self.bank_seeds:
+            parts.append(self._bank_seeds(problem, k_bank))
         start = np.asarray(problem.atoms.positions, np.float64)
         local = np.broadcast_to(start, (t, max(self.n_local, 1), n, 3)).copy()
         shape = local.shape[1:]
@@ -473,6 +513,25 @@ class Posterior:
         # per-coordinate steps behave the same for all.
         x0 = np.concatenate(parts, axis=1)
         return x0 - x0.mean(axis=-2, keepdims=True) + start.mean(axis=0)
+
+    def _bank_seeds(self, problem: Problem, key: jax.Array) -> np.ndarray:
+        """(T, bank_seeds, n_atoms, 3) in A: for each pattern, the prior draws of one shared bank of ``n_bank``
+        (drawn from ``key`` alone, so the same whatever the batch) that its likelihood ranks best, tempered and
+        inflated as at the annealing's first level."""
+        if hasattr(self.prior, "bank"):
+            bank = self.prior.bank(key, problem.molecule, self.n_bank, steps=self.prior_steps)
+        else:
+            bank = self.prior.sample(key, problem.molecule, self.n_bank, steps=self.prior_steps)
+        sigma_min = float(self.prior.sigma_min)
+        blur = self.tempering * np.sqrt(max(self.sigma_start**2 - sigma_min**2, 0.0))
+        like = problem.likelihood.astype(jnp.float32)
+        sensitivity = None
+        if self.inflation and blur > 0:
+            start = jnp.asarray(problem.atoms.positions, jnp.float32)
+            sensitivity = inflation_sensitivity(like, jnp.broadcast_to(start, (len(like.y), *start.shape)))
+        chi2 = bank_chi2(like, jnp.asarray(bank, jnp.float32), jnp.float32(blur), sensitivity)
+        best = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf), axis=1, kind="stable")[:, : self.bank_seeds]
+        return np.asarray(bank, np.float64)[best]
 
     def _sample_weights(self, problem: Problem, log_mass, optima, ok):
         """Normalised weights (T, S, draws) of the samples, each draw an equal share of its basin's Laplace mass

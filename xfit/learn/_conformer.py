@@ -467,18 +467,48 @@ class ConformerPrior:
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         snr: float = 0.1,
+        tables: bool = False,
     ) -> np.ndarray:
         """n unconditional samples (n, n_atoms, 3) in A (float32 precision): from the reference geometry plus
         sigma_max noise (default: the prior's), ``steps`` noise levels geometric down to ``sigma_min`` (default:
-        the prior's), each a reverse-diffusion step and a Langevin corrector step (see ``annealed_sampling``)."""
+        the prior's), each a reverse-diffusion step and a Langevin corrector step (see ``annealed_sampling``).
+
+        tables: read the energy from per-pair tables at those levels (:meth:`energy_table`, built once per molecule
+        and schedule, then cached) instead of the network: ~12x cheaper per step, for many samples (2048 CHD
+        samples at 100 levels: 1.5 s against 18 s on 2 CPU cores, the tables' first build 3 s more); the same
+        distribution to within the tables' ~1e-4 per pair."""
         graph = as_graph(atoms)
         top, bottom = sigma_max or self.config.sigma_max, sigma_min or self.config.sigma_min
         sigmas = np.geomspace(top, bottom, max(int(steps), 2))
-        head, pair_i, pair_j = self.head(graph)
         k0, k1 = jax.random.split(key)
         x0 = jnp.asarray(graph.positions, jnp.float32) + sigmas[0] * jax.random.normal(k0, (n, len(graph), 3))
-        out = _sample(head, pair_i, pair_j, x0, jnp.asarray(sigmas, jnp.float32), k1, config=self.config, snr=snr)
+        if tables:
+            out = _sample_table(self.energy_table(graph, sigmas), x0, k1, snr=snr)
+        else:
+            head, pair_i, pair_j = self.head(graph)
+            out = _sample(head, pair_i, pair_j, x0, jnp.asarray(sigmas, jnp.float32), k1, config=self.config, snr=snr)
         return np.asarray(out, np.float64)
+
+    def bank(self, key: jax.Array, atoms: Atoms | MoleculeGraph, n: int, *, steps: int = 100) -> np.ndarray:
+        """``sample(key, atoms, n, steps=steps, tables=True)``, cached per molecule, key, n and steps (the latest
+        few): a set of prior draws that many retrieval calls share (``xfit.Posterior``'s ``n_bank``), drawn once per
+        process. Returns (n, n_atoms, 3) in A; the caller must not write to it."""
+        graph = as_graph(atoms)
+        cache_key = (
+            graph.numbers.tobytes(),
+            graph.bonds.tobytes(),
+            np.asarray(jax.random.key_data(key)).tobytes(),
+            int(n),
+            int(steps),
+        )
+        cache = self.__dict__.setdefault("_banks", {})
+        if cache_key not in cache:
+            out = self.sample(key, graph, n, steps=steps, tables=True)
+            out.setflags(write=False)
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[cache_key] = out
+        return cache[cache_key]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "snr"))
@@ -492,26 +522,37 @@ def _sample(head, pair_i, pair_j, x0, sigmas, key, *, config, snr):
     return annealed_sampling(energy, x0, sigmas, key, snr=snr)
 
 
-def annealed_sampling(energy, x0, sigmas, key, *, snr: float = 0.1):
+@functools.partial(jax.jit, static_argnames="snr")
+def _sample_table(table, x0, key, *, snr):
+    """``annealed_sampling`` on a ``PairTable``, one level per table level (compiled once per molecule size)."""
+    levels = jnp.arange(len(table.sigmas))
+    return annealed_sampling(table, x0, table.sigmas, key, snr=snr, levels=levels)
+
+
+def annealed_sampling(energy, x0, sigmas, key, *, snr: float = 0.1, levels=None):
     """Predictor-corrector sampling (Song et al., ICLR 2021, variance-exploding SDE) from x0 (..., N, 3) at
     sigmas[0] down to sigmas[-1] (A). Predictor: the reverse-diffusion step x += (s_k^2 - s_{k+1}^2) score +
     sqrt(s_k^2 - s_{k+1}^2) z, which carries the mass between modes (CHD open vs closed) as the smoothed density
     sharpens, with no need to wait for Langevin to cross between them. Corrector: one Langevin step of size
-    snr * s^2 at the new level (stable: the stiffest pair term has curvature ~ 1/(2 s^2) at most)."""
-    grad = jax.grad(lambda x, s: jnp.sum(energy(x, s)))
+    snr * s^2 at the new level (stable: the stiffest pair term has curvature ~ 1/(2 s^2) at most).
 
-    def level(carry, pair):
+    ``energy(x, level)`` is called with ``levels`` (default: the sigmas themselves; a ``PairTable``'s indices)."""
+    grad = jax.grad(lambda x, s: jnp.sum(energy(x, s)))
+    sigmas = jnp.asarray(sigmas, x0.dtype)
+    levels = sigmas if levels is None else jnp.asarray(levels)
+
+    def level(carry, inputs):
         x, key = carry
-        s, s_next = pair[0], pair[1]
+        s, s_next, at, at_next = inputs
         key, k1, k2 = jax.random.split(key, 3)
         var = s**2 - s_next**2
-        x = x - var * grad(x, s) + jnp.sqrt(var) * jax.random.normal(k1, x.shape, x.dtype)
+        x = x - var * grad(x, at) + jnp.sqrt(var) * jax.random.normal(k1, x.shape, x.dtype)
         eta = snr * s_next**2
-        x = x - eta * grad(x, s_next) + jnp.sqrt(2.0 * eta) * jax.random.normal(k2, x.shape, x.dtype)
+        x = x - eta * grad(x, at_next) + jnp.sqrt(2.0 * eta) * jax.random.normal(k2, x.shape, x.dtype)
         return (x, key), None
 
-    pairs = jnp.stack([sigmas[:-1], sigmas[1:]], -1).astype(x0.dtype)
-    (x, _), _ = jax.lax.scan(level, (x0, key), pairs)
+    inputs = (sigmas[:-1], sigmas[1:], levels[:-1], levels[1:])
+    (x, _), _ = jax.lax.scan(level, (x0, key), inputs)
     return x
 
 
