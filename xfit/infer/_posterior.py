@@ -172,10 +172,12 @@ def inflation_sensitivity(likelihood: Likelihood, x):
 def bank_chi2(likelihood: Likelihood, bank, blur, sensitivity=None, *, budget: float = 2.0**26) -> np.ndarray:
     """chi2 (T, B) of every pattern against every structure of ``bank`` (B, n_atoms, 3) in A, the likelihood
     tempered by ``blur`` A (:meth:`Likelihood.tempered`, with ``sensitivity`` (T, N) or None): in chunks of the bank
-    that keep each call's pair-term array near ``budget`` elements."""
+    that keep each call's largest arrays (pair terms on the model's q grid, the model at the N data points or
+    pixels) near ``budget`` elements."""
     t, n = likelihood.n_patterns, bank.shape[-2]
     n_q = np.size(likelihood.spec.q) * (1 if likelihood.spec.dipole is None else 2)  # the model's own q grid
-    chunk = int(max(1, min(len(bank), budget // max(t * n_q * n * (n - 1) // 2, 1))))
+    per_structure = t * (n_q * n * (n - 1) // 2 + likelihood.y.shape[-1])
+    chunk = int(max(1, min(len(bank), budget // per_structure)))
     tempered = likelihood.tempered(blur, sensitivity)
     out = []
     for lo in range(0, len(bank), chunk):
@@ -420,9 +422,9 @@ class Posterior:
             only: the annealed descent refines them, so fewer levels than an unconditional sample needs).
         n_bank, bank_seeds: a bank of n_bank prior draws shared by all patterns (from the run's key alone: the same
             for every batch and chunk), of which each pattern takes as seeds the bank_seeds whose chi2 (tempered
-            and inflated as at the first level) is lowest (0: none). The seeds of precise electron data: on the 64
-            opened shared CHD frames as sM, the optimum nearest the truth was missed on 67 % of frames without them
-            and 44 % with them (``benchmarks/diagnostics.py basins``).
+            and inflated as at the first level) is lowest (0: none). They matter most for precise electron data:
+            on the 64 opened shared CHD frames as sM, the optimum nearest the truth was missed on 67 % of frames
+            without them and 44 % with them (``benchmarks/diagnostics.py basins``).
         n_local: the input geometry and n_local - 1 random perturbations of it (``perturbation`` A).
         extra_starts: further seeds (n_extra, n_atoms, 3) or (T, n_extra, n_atoms, 3) in A.
         steps: annealing steps; learning_rate: initial Adam step (A); sigma_start: prior noise level (A) at the
