@@ -483,9 +483,10 @@ class Posterior:
     progress: bool = False
     name: str = "posterior"
 
-    def particles(self, problem: Problem, key: jax.Array) -> np.ndarray:
-        """Seeds (T, S, n_atoms, 3) in A: prior draws, the input geometry and its perturbations, extra seeds.
-        Pattern t's draws come from its own key (:func:`pattern_keys`): independent of the batch it is in."""
+    def particles(self, problem: Problem, key: jax.Array, sensitivity: np.ndarray | None = None) -> np.ndarray:
+        """Seeds (T, S, n_atoms, 3) in A: prior draws, the bank's best, the input geometry and its perturbations,
+        extra seeds. Pattern t's draws come from its own key (:func:`pattern_keys`): independent of the batch it is
+        in. sensitivity: the likelihood's inflation (:meth:`inflation_of`), computed here when not given."""
         t, n = problem.n_patterns, len(problem.molecule)
         k_bank, key = jax.random.split(key)
         keys = jax.vmap(jax.random.split)(pattern_keys(problem, key))
@@ -501,7 +502,9 @@ class Posterior:
             ]
             parts.append(np.asarray(drawn, np.float64).reshape(t, self.n_prior, n, 3))
         if self.n_bank and self.bank_seeds:
-            parts.append(self._bank_seeds(problem, k_bank))
+            if sensitivity is None:
+                sensitivity = self.inflation_of(problem)
+            parts.append(self._bank_seeds(problem, k_bank, sensitivity))
         start = np.asarray(problem.atoms.positions, np.float64)
         local = np.broadcast_to(start, (t, max(self.n_local, 1), n, 3)).copy()
         shape = local.shape[1:]
@@ -516,22 +519,34 @@ class Posterior:
         x0 = np.concatenate(parts, axis=1)
         return x0 - x0.mean(axis=-2, keepdims=True) + start.mean(axis=0)
 
-    def _bank_seeds(self, problem: Problem, key: jax.Array) -> np.ndarray:
+    def blur(self, sigmas) -> np.ndarray:
+        """The likelihood's smearing (A) at prior noise levels ``sigmas`` (A): tempering x sqrt(sigma^2 -
+        sigma_min^2)."""
+        sigma_min = float(self.prior.sigma_min)
+        return self.tempering * np.sqrt(np.maximum(np.asarray(sigmas, np.float64) ** 2 - sigma_min**2, 0.0))
+
+    def inflation_of(self, problem: Problem) -> np.ndarray | None:
+        """The model sensitivity S (T, N) that inflates the tempered likelihood's noise (:func:`inflation_sensitivity`
+        at the input geometry, in ``dtype``), or None without inflation."""
+        if not (self.inflation and self.tempering):
+            return None
+        with jax.enable_x64(self.dtype == jnp.float64):
+            like = problem.likelihood.astype(self.dtype)
+            start = jnp.asarray(problem.atoms.positions, self.dtype)
+            return np.asarray(inflation_sensitivity(like, jnp.broadcast_to(start, (len(like.y), *start.shape))))
+
+    def _bank_seeds(self, problem: Problem, key: jax.Array, sensitivity: np.ndarray | None) -> np.ndarray:
         """(T, bank_seeds, n_atoms, 3) in A: for each pattern, the prior draws of one shared bank of ``n_bank``
         (drawn from ``key`` alone, so the same whatever the batch) that its likelihood ranks best, tempered and
-        inflated as at the annealing's first level."""
+        inflated (``sensitivity``) as at the annealing's first level."""
         if hasattr(self.prior, "bank"):
             bank = self.prior.bank(key, problem.molecule, self.n_bank, steps=self.prior_steps)
         else:
             bank = self.prior.sample(key, problem.molecule, self.n_bank, steps=self.prior_steps)
-        sigma_min = float(self.prior.sigma_min)
-        blur = self.tempering * np.sqrt(max(self.sigma_start**2 - sigma_min**2, 0.0))
         like = problem.likelihood.astype(jnp.float32)
-        sensitivity = None
-        if self.inflation and blur > 0:
-            start = jnp.asarray(problem.atoms.positions, jnp.float32)
-            sensitivity = inflation_sensitivity(like, jnp.broadcast_to(start, (len(like.y), *start.shape)))
-        chi2 = bank_chi2(like, jnp.asarray(bank, jnp.float32), jnp.float32(blur), sensitivity)
+        blur = jnp.float32(self.blur(max(self.sigma_start, self.prior.sigma_min)))
+        sensitivity = None if sensitivity is None else jnp.asarray(sensitivity, jnp.float32)
+        chi2 = bank_chi2(like, jnp.asarray(bank, jnp.float32), blur, sensitivity)
         best = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf), axis=1, kind="stable")[:, : self.bank_seeds]
         return np.asarray(bank, np.float64)[best]
 
@@ -548,7 +563,8 @@ class Posterior:
 
     def run(self, problem: Problem, key: jax.Array) -> Ensemble:
         k_seed, k_draw = jax.random.split(key)
-        x0 = self.particles(problem, k_seed)
+        inflation = self.inflation_of(problem)
+        x0 = self.particles(problem, k_seed, inflation)
         # One key per pattern and particle, split here rather than inside the compiled chain: with the split inside,
         # XLA's CPU runtime (jaxlib 0.10) hung for good on 38 CHD patterns x 80 particles (every thread idle).
         k_draw = jax.vmap(lambda k: jax.random.split(k, x0.shape[1]))(pattern_keys(problem, k_draw))
@@ -562,7 +578,7 @@ class Posterior:
         sigma_top = max(self.sigma_start, sigma_min)
         sigmas = np.concatenate([np.geomspace(sigma_top, sigma_min, n_fall), np.full(n_polish, sigma_min)])
         anneal_energy, levels = energy, sigmas
-        blur = self.tempering * np.sqrt(np.maximum(sigmas**2 - sigma_min**2, 0.0))
+        blur = self.blur(sigmas)
         if self.table_levels and hasattr(self.prior, "energy_table"):
             # The annealing reads the prior from per-pair tables at table_levels noise levels (a staircase
             # schedule), ~15x cheaper than the network; the local stage uses the network itself.
@@ -577,10 +593,7 @@ class Posterior:
             like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
             n_particles, levels, blur = x0.shape[1], jnp.asarray(levels), jnp.asarray(blur, self.dtype)
             kept = np.broadcast_to(np.arange(n_particles), x.shape[:2])
-            sensitivity = None
-            if self.inflation and self.tempering:
-                start = jnp.asarray(problem.atoms.positions, self.dtype)
-                sensitivity = inflation_sensitivity(like, jnp.broadcast_to(start, (len(like.y), *start.shape)))
+            sensitivity = None if inflation is None else shard([inflation], self.dtype)[0]
             run = functools.partial(
                 anneal,
                 like,

@@ -432,19 +432,17 @@ class ConformerPrior:
         (cubic Hermite on exact values and slopes), linear beyond the grid. Cached per molecule and levels."""
         graph = as_graph(atoms)
         key = (graph.numbers.tobytes(), graph.bonds.tobytes(), tuple(float(v) for v in sigmas), spacing, d_max)
-        cache = self.__dict__.setdefault("_tables", {})  # this prior's own tables (its weights never change)
-        if key not in cache:
+
+        def build():
             head, pair_i, pair_j = self.head(graph)
             d_min = 0.05
             grid = d_min + spacing * np.arange(int(np.ceil((d_max - d_min) / spacing)) + 1)
             values, slopes = _tabulate(
                 head, jnp.asarray(grid, jnp.float32), jnp.asarray(key[2], jnp.float32), config=self.config
             )
-            table = PairTable(values, slopes, pair_i, pair_j, jnp.asarray(key[2], jnp.float32), d_min, spacing)
-            if len(cache) >= 4:  # a few MB each: keep the latest few molecules and schedules
-                cache.pop(next(iter(cache)))
-            cache[key] = table
-        return cache[key]
+            return PairTable(values, slopes, pair_i, pair_j, jnp.asarray(key[2], jnp.float32), d_min, spacing)
+
+        return self._cached("_tables", key, build)  # a few MB each
 
     def energy(self, x, atoms: Atoms | MoleculeGraph, sigma: float | None = None) -> np.ndarray:
         """E(x, sigma) (...) for x (..., n_atoms, 3) in A (default sigma: ``sigma_min``)."""
@@ -501,14 +499,24 @@ class ConformerPrior:
             int(n),
             int(steps),
         )
-        cache = self.__dict__.setdefault("_banks", {})
-        if cache_key not in cache:
+
+        def build():
             out = self.sample(key, graph, n, steps=steps, tables=True)
             out.setflags(write=False)
+            return out
+
+        return self._cached("_banks", cache_key, build)
+
+    def _cached(self, name: str, key, build):
+        """``build()`` kept in this prior's own cache ``name`` under ``key`` (its weights never change), the latest
+        four per cache."""
+        cache = self.__dict__.setdefault(name, {})
+        if key not in cache:
+            value = build()
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
-            cache[cache_key] = out
-        return cache[cache_key]
+            cache[key] = value
+        return cache[key]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "snr"))
