@@ -375,3 +375,75 @@ def test_bank_seeds_are_the_prior_draws_that_fit_best(chd, key):
     assert order[0] == 100
     for k in (1, 2):
         np.testing.assert_allclose(centred(seeds[k]), centred(bank[order[k]]), atol=1e-5)
+
+
+def test_twist_moves_turn_terminal_groups_rigidly_to_their_other_orientation(chd, nmm):
+    """A closed CHD ring has no terminal groups; opened (C6 and its hydrogens pulled 1.2 A away from C1) it has two
+    CH2 groups at the chain's ends, and NMM has its N-methyl. A twist turns a group's hydrogens about the bond to
+    its heavy neighbour by half the group's symmetry period, 90 degrees for CH2 and 60 for CH3: every distance
+    within the group and to its neighbour is kept, and on a symmetric CH2 two twists swap its hydrogens."""
+    from xfit.infer._posterior import _terminal_groups, _twist_moves, _twisted
+
+    graph = xfit.MoleculeGraph.from_atoms(chd)
+    assert _terminal_groups(chd.positions, graph) == []
+    opened = chd.positions.copy()
+    moved = [5, *[j for i, j in graph.bonds if i == 5 and chd.numbers[j] == 1]]
+    opened[moved] += 0.8 * (opened[5] - opened[0])
+    groups = _terminal_groups(opened, graph)
+    assert [(a, b, sorted(h.tolist())) for a, b, h in groups] == [(0, 1, [6, 7]), (5, 4, [12, 13])]
+    methyl = _terminal_groups(nmm.positions, xfit.MoleculeGraph.from_atoms(nmm))
+    assert len(methyl) == 1 and len(methyl[0][2]) == 3 and nmm.numbers[methyl[0][0]] == 6
+
+    # The end CH2 made planar (sp2, as on an opened chain), so that its two hydrogens are symmetric about the bond.
+    a, b, hydrogens = groups[1]
+    axis = (opened[a] - opened[b]) / np.linalg.norm(opened[a] - opened[b])
+    side = np.cross(axis, [0.0, 0.0, 1.0])
+    side /= np.linalg.norm(side)
+    opened[hydrogens] = opened[a] + 1.09 * (0.5 * axis + np.sqrt(0.75) * np.outer([1, -1], side))
+    for x, (a, b, hydrogens), period in [(opened, groups[1], np.pi), (nmm.positions, methyl[0], 2 * np.pi / 3)]:
+        group = [a, b, *hydrogens]
+        once = _twisted(x, [(a, b, hydrogens)], [0])
+        for y in (x, once):
+            np.testing.assert_allclose(
+                np.linalg.norm(y[group][:, None] - y[group][None], axis=-1),
+                np.linalg.norm(x[group][:, None] - x[group][None], axis=-1),
+                atol=1e-9,
+            )
+        axis = (x[a] - x[b]) / np.linalg.norm(x[a] - x[b])
+        before, after = (v - np.outer(v @ axis, axis) for v in (x[hydrogens] - x[a], once[hydrogens] - x[a]))
+        cosine = np.sum(before * after, axis=1) / np.linalg.norm(before, axis=1) / np.linalg.norm(after, axis=1)
+        np.testing.assert_allclose(np.arccos(cosine), period / 2, atol=1e-9)
+        others = np.setdiff1d(np.arange(len(x)), hydrogens)
+        np.testing.assert_allclose(once[others], x[others], atol=1e-12)
+    twice = _twisted(_twisted(opened, groups, [1]), groups, [1])  # the symmetric CH2: its hydrogens swapped
+    hydrogens = groups[1][2]
+    nearest = np.linalg.norm(twice[hydrogens][:, None] - opened[hydrogens][None], axis=-1).min(axis=1)
+    np.testing.assert_allclose(nearest, 0.0, atol=1e-9)
+    assert np.linalg.norm(twice[hydrogens] - opened[hydrogens], axis=1).min() > 1.5
+
+    # Moves for particles best first: the closed ring gives none, the opened one every non-empty subset of its two
+    # groups, within the budget.
+    copies, sources = _twist_moves(np.stack([chd.positions, opened, opened]), graph, 4)
+    assert copies.shape == (4, len(chd), 3) and sources.tolist() == [1, 1, 1, 2]
+    assert len({np.round(c, 6).tobytes() for c in copies[:3]}) == 3
+
+
+def test_relaxation_starts_from_the_mode_mean_with_one_basins_hydrogens():
+    """Two basins of one mode (a C-H bond pointing either way) and a second mode: the relaxation starts from the
+    heaviest mode's weighted mean carbon and the hydrogen of that mode's heaviest basin alone, never from the
+    mean of the hydrogens (which sits on the carbon here)."""
+    from xfit.infer._result import _Modes, _relax_start
+
+    heavy = np.array([True, False])
+    basin = lambda c, h: np.array([[c, 0.0, 0.0], [c, h, 0.0]])  # noqa: E731
+    aligned = np.stack([basin(0.00, 1.1), basin(0.02, 1.1), basin(0.10, -1.1), basin(3.0, 1.1)])
+    particle = np.array([0, 0, 1, 2])  # each sample's basin
+    weights = np.array([0.2, 0.2, 0.5, 0.1])
+    mass = np.bincount(particle, weights=weights)  # basin 1 (0.5) outweighs basin 0 (0.4)
+    labels = np.array([0, 0, 1])  # basins 0 and 1 form mode 0, basin 2 mode 1
+    mean = np.einsum("s,sij->ij", weights[:3] / 0.9, aligned[:3])
+    modes = _Modes(weights, mass, labels, np.array([0.9, 0.1]), labels[particle], aligned, [mean, aligned[3]], [])
+    start = _relax_start(modes, particle, heavy)
+    np.testing.assert_allclose(start[0], mean[0])
+    np.testing.assert_allclose(start[1], basin(0.10, -1.1)[1])
+    assert abs(mean[1, 1]) < 0.2  # what the mean alone would have given the hydrogen

@@ -20,7 +20,9 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    patterns the likelihood is far sharper than the prior, and plain Langevin steps small enough for it would need
    ~1e4 steps per level). The prior is read from per-pair tables at ``table_levels`` levels (cubic Hermite in
    the distance, ~15x cheaper than the network), and after ``prune_at`` of the steps each pattern keeps only the
-   ``prune_fraction`` of its particles of lowest U, distinct structures first (successive halving). The
+   ``prune_fraction`` of its particles of lowest U, distinct structures first (successive halving), the last few
+   of them replaced by copies of the best with their terminal groups (a methyl, the CH2 at each end of an opened
+   ring) turned to their other orientation (``twist_moves``: a move no descent makes). The
    likelihood is tempered with the prior (``tempering``): at level sigma each point's weight carries the
    Debye-Waller factor exp(-q^2 b^2), b = sqrt(sigma^2 - sigma_min^2), that the pair term of a structure would
    show with every atom smeared by the prior's extra noise (the low-q data lead, the high-q data whose
@@ -41,10 +43,11 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    effective sample per basin in trials: the prior's curvature is not that of a Gaussian). Particles that
    converged to one optimum share its mass.
 4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection allowed; mode
-   masses; the heaviest mode's weighted mean, relaxed to the nearest optimum of U at sigma_min (:func:`relax`), as
-   the structure; posterior standard deviations from its samples. The relaxation matters for hot structures: the
-   basins of one mode differ in their hydrogens, and their mean fitted shared CHD frames at chi2_reduced 10-20
-   where every basin fitted at 1.
+   masses; the heaviest mode's weighted mean heavy atoms, with the hydrogens of its heaviest basin, relaxed to the
+   nearest optimum of U at sigma_min (:func:`relax`), as the structure; posterior standard deviations from its
+   samples. The relaxation matters for hot structures: the basins of one mode differ in their hydrogens, and
+   their mean fitted shared CHD frames at chi2_reduced 10-20 where every basin fitted at 1; relaxed from the mean
+   hydrogens as well, it often ended in a worse optimum than from one basin's.
 
 Noise: with sigma given, the likelihood is taken as it is. Without sigma (``relative_sigma`` assumed), the noise
 level is re-estimated from the best particle's chi2_reduced before step 3, so error bars follow the residual.
@@ -412,6 +415,59 @@ def _share_basins(log_w: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tole
     return out
 
 
+def _terminal_groups(x: np.ndarray, graph, stretch: float = 1.3) -> list[tuple[int, int, np.ndarray]]:
+    """Terminal groups of one structure x (n_atoms, 3) in A: (atom, its one heavy neighbour, its hydrogens (k,))
+    for every heavy atom with two or more hydrogens and exactly one intact heavy bond (a bond of ``graph`` no longer
+    than ``stretch`` x its reference length), e.g. a methyl, or a CH2 left at the end of a chain when a ring opens."""
+    bonds = graph.bonds
+    ref = np.linalg.norm(graph.positions[bonds[:, 0]] - graph.positions[bonds[:, 1]], axis=-1)
+    intact = np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=-1) <= stretch * ref
+    heavy = graph.numbers > 1
+    heavy_bond = heavy[bonds[:, 0]] & heavy[bonds[:, 1]] & intact
+    partners = np.bincount(bonds[heavy_bond].ravel(), minlength=len(heavy))
+    groups = []
+    for a in np.flatnonzero(heavy & (partners == 1)):
+        at = (bonds == a).any(axis=1)
+        other = np.where(bonds[:, 0] == a, bonds[:, 1], bonds[:, 0])
+        hydrogens = other[at & ~heavy[other]]
+        if len(hydrogens) >= 2:
+            groups.append((int(a), int(other[at & heavy_bond][0]), hydrogens))
+    return groups
+
+
+def _twisted(x: np.ndarray, groups, which) -> np.ndarray:
+    """x (n_atoms, 3) with the hydrogens of ``groups[g]`` for g in ``which`` turned about the bond to their heavy
+    neighbour by half their symmetry period (90 degrees for CH2, 60 for CH3): the other orientation class of the
+    group, which a descent does not reach (each hydrogen moves ~1.5 A across a barrier of the prior)."""
+    y = x.copy()
+    for g in which:
+        a, b, hydrogens = groups[g]
+        axis = (x[a] - x[b]) / np.linalg.norm(x[a] - x[b])
+        angle = np.pi / len(hydrogens)
+        v = x[hydrogens] - x[a]
+        c, s = np.cos(angle), np.sin(angle)
+        y[hydrogens] = x[a] + v * c + np.cross(axis, v) * s + np.outer(v @ axis, axis) * (1 - c)
+    return y
+
+
+def _twist_moves(x: np.ndarray, graph, n_moves: int) -> tuple[np.ndarray, np.ndarray]:
+    """Twist moves for one pattern's particles x (S, n_atoms, 3), best first: each particle with terminal groups
+    copied with every non-empty subset of them twisted (:func:`_twisted`), up to ``n_moves`` copies. Returns
+    (copies (m, n_atoms, 3), the index in x of each copy's source (m,))."""
+    copies, sources = [], []
+    for k in range(len(x)):
+        if len(copies) >= n_moves:
+            break
+        if not np.all(np.isfinite(x[k])):
+            continue
+        groups = _terminal_groups(x[k], graph)[:3]
+        for mask in range(1, 2 ** len(groups)):
+            if len(copies) < n_moves:
+                copies.append(_twisted(x[k], groups, [g for g in range(len(groups)) if mask >> g & 1]))
+                sources.append(k)
+    return np.asarray(copies, np.float64).reshape(-1, *x.shape[1:]), np.asarray(sources, np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Posterior:
     """Posterior sampling with a learned conformer prior (see the module notes).
@@ -441,6 +497,12 @@ class Posterior:
             prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
             particles, those of lowest -log posterior, one per distinct structure (``prune_tolerance`` A
             heavy-atom RMSD apart) first (0: no pruning).
+        twist_moves: at the prune step, up to this many of the survivors ranked last (at most a quarter of them) are
+            replaced by copies of the best ones with their terminal groups twisted by half a symmetry period about
+            the bond to the chain (:func:`_twisted`: 90 degrees for a CH2, 60 for a CH3; every subset of a
+            particle's groups), Adam's moments taken from the source: each hydrogen of such a turn moves ~1.5 A
+            across a barrier of the prior that no descent crosses. The end CH2 groups of an opened ring are where
+            retrieval went wrong on opened CHD frames as UED sM (0: no moves).
         n_basins: how many distinct optima, heaviest Laplace mass first, get a MALA chain and enter the summary
             (the rest are dropped: their mass is exponentially smaller).
         draws: posterior samples kept per basin, one every ``thin`` MALA steps of ``step_size`` (whitened units).
@@ -448,8 +510,9 @@ class Posterior:
             standard deviation of at most 1/sqrt(floor) A).
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
         mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
-        relax_steps: Adam steps (:func:`relax`, first step 3e-3 A) taking the chosen mode's mean to the nearest
-            optimum of the posterior, the reported structure (0: the mean itself).
+        relax_steps: Adam steps (:func:`relax`, first step 3e-3 A) taking the chosen mode's mean (heavy atoms; the
+            hydrogens of its heaviest basin) to the nearest optimum of the posterior, the reported structure (0: the
+            mode's mean itself).
         dtype: float32 (fast) or float64. progress: unused (one compiled call), kept for a uniform interface.
     """
 
@@ -479,6 +542,7 @@ class Posterior:
     duplicate_tolerance: float = 0.02
     mode_radius: float = 0.15
     relax_steps: int = 300
+    twist_moves: int = 12
     dtype: object = jnp.float32
     progress: bool = False
     name: str = "posterior"
@@ -611,9 +675,20 @@ class Posterior:
                 x, state, chi2, prior_energy = run(x, levels[:at], blur=blur[:at])
                 u = 0.5 * np.asarray(chi2, np.float64) + np.asarray(prior_energy, np.float64)
                 heavy = problem.molecule.heavy
-                kept = _select_basins(u, np.asarray(x, np.float64), heavy, self.prune_tolerance, n_keep)
+                x_np = np.asarray(x, np.float64)
+                kept = _select_basins(u, x_np, heavy, self.prune_tolerance, n_keep)
+                moved = np.zeros((*kept.shape, *x_np.shape[2:]))
+                is_moved = np.zeros(kept.shape, bool)
+                for row in range(len(kept)) if self.twist_moves else ():
+                    m = min(self.twist_moves, n_keep // 4)
+                    copies, sources = _twist_moves(x_np[row, kept[row]], problem.molecule, m)
+                    if len(copies):
+                        slots = slice(n_keep - len(copies), n_keep)
+                        kept[row, slots], moved[row, slots], is_moved[row, slots] = kept[row, sources], copies, True
                 rows, index = jnp.arange(len(kept))[:, None], jnp.asarray(kept)
                 x, state = jax.tree.map(lambda a: a[rows, index] if a.ndim == x.ndim else a, (x, state))
+                if is_moved.any():
+                    x = jnp.where(jnp.asarray(is_moved)[..., None, None], jnp.asarray(moved, x.dtype), x)
                 x_star, _, chi2, prior_energy = run(x, levels[at:], state, blur[at:])
             else:
                 x_star, _, chi2, prior_energy = run(x, levels, blur=blur)
