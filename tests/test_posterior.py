@@ -382,7 +382,7 @@ def test_twist_moves_turn_terminal_groups_rigidly_to_their_other_orientation(chd
     CH2 groups at the chain's ends, and NMM has its N-methyl. A twist turns a group's hydrogens about the bond to
     its heavy neighbour by half the group's symmetry period, 90 degrees for CH2 and 60 for CH3: every distance
     within the group and to its neighbour is kept, and on a symmetric CH2 two twists swap its hydrogens."""
-    from xfit.infer._posterior import _terminal_groups, _twist_moves, _twisted
+    from xfit.infer._posterior import _terminal_groups, _twist_moves, _twist_survivors, _twisted
 
     graph = xfit.MoleculeGraph.from_atoms(chd)
     assert _terminal_groups(chd.positions, graph) == []
@@ -426,6 +426,14 @@ def test_twist_moves_turn_terminal_groups_rigidly_to_their_other_orientation(chd
     copies, sources = _twist_moves(np.stack([chd.positions, opened, opened]), graph, 4)
     assert copies.shape == (4, len(chd), 3) and sources.tolist() == [1, 1, 1, 2]
     assert len({np.round(c, 6).tobytes() for c in copies[:3]}) == 3
+    # At the prune step: of 8 survivors the last 2 (a quarter) become copies of the best opened one, their slots
+    # holding its index (Adam's moments follow it).
+    particles = np.stack([chd.positions] * 5 + [opened] + [chd.positions] * 4)[None]
+    kept = np.array([[0, 5, 1, 2, 3, 4, 6, 7]])
+    survivors, moved, is_moved = _twist_survivors(particles, kept, graph, 12)
+    assert survivors.tolist() == [[0, 5, 1, 2, 3, 4, 5, 5]] and is_moved.tolist() == [[False] * 6 + [True] * 2]
+    np.testing.assert_allclose(moved[0, 6:], _twist_moves(opened[None], graph, 2)[0])
+    assert not _twist_survivors(particles, kept, graph, 0)[2].any()
 
 
 def test_relaxation_starts_from_the_mode_mean_with_one_basins_hydrogens():

@@ -452,8 +452,8 @@ def _twisted(x: np.ndarray, groups, which) -> np.ndarray:
 
 def _twist_moves(x: np.ndarray, graph, n_moves: int) -> tuple[np.ndarray, np.ndarray]:
     """Twist moves for one pattern's particles x (S, n_atoms, 3), best first: each particle with terminal groups
-    copied with every non-empty subset of them twisted (:func:`_twisted`), up to ``n_moves`` copies. Returns
-    (copies (m, n_atoms, 3), the index in x of each copy's source (m,))."""
+    copied with every non-empty subset of its first three groups twisted (:func:`_twisted`), up to ``n_moves``
+    copies. Returns (copies (m, n_atoms, 3), the index in x of each copy's source (m,))."""
     copies, sources = [], []
     for k in range(len(x)):
         if len(copies) >= n_moves:
@@ -466,6 +466,23 @@ def _twist_moves(x: np.ndarray, graph, n_moves: int) -> tuple[np.ndarray, np.nda
                 copies.append(_twisted(x[k], groups, [g for g in range(len(groups)) if mask >> g & 1]))
                 sources.append(k)
     return np.asarray(copies, np.float64).reshape(-1, *x.shape[1:]), np.asarray(sources, np.int64)
+
+
+def _twist_survivors(x: np.ndarray, kept: np.ndarray, graph, n_moves: int):
+    """The prune step's twist moves: for each pattern of particles x (T, S, n_atoms, 3), its survivors ``kept``
+    (T, K: indices into S, best first) with the last (at most n_moves, and at most K // 4) replaced by twisted
+    copies of the best (:func:`_twist_moves`). Returns (kept (T, K) with each copy's slot holding its source's index,
+    positions (T, K, n_atoms, 3) of the copies, which slots hold a copy (T, K))."""
+    kept = kept.copy()
+    moved = np.zeros((*kept.shape, *x.shape[2:]))
+    is_moved = np.zeros(kept.shape, bool)
+    n_keep = kept.shape[1]
+    for row in range(len(kept)):
+        copies, sources = _twist_moves(x[row, kept[row]], graph, min(n_moves, n_keep // 4))
+        if len(copies):
+            slots = slice(n_keep - len(copies), n_keep)
+            kept[row, slots], moved[row, slots], is_moved[row, slots] = kept[row, sources], copies, True
+    return kept, moved, is_moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -677,15 +694,9 @@ class Posterior:
                 heavy = problem.molecule.heavy
                 x_np = np.asarray(x, np.float64)
                 kept = _select_basins(u, x_np, heavy, self.prune_tolerance, n_keep)
-                moved = np.zeros((*kept.shape, *x_np.shape[2:]))
-                is_moved = np.zeros(kept.shape, bool)
-                for row in range(len(kept)) if self.twist_moves else ():
-                    m = min(self.twist_moves, n_keep // 4)
-                    copies, sources = _twist_moves(x_np[row, kept[row]], problem.molecule, m)
-                    if len(copies):
-                        slots = slice(n_keep - len(copies), n_keep)
-                        kept[row, slots], moved[row, slots], is_moved[row, slots] = kept[row, sources], copies, True
+                kept, moved, is_moved = _twist_survivors(x_np, kept, problem.molecule, self.twist_moves)
                 rows, index = jnp.arange(len(kept))[:, None], jnp.asarray(kept)
+                # Adam's state follows each slot's index: a twisted copy goes on with its source's moments.
                 x, state = jax.tree.map(lambda a: a[rows, index] if a.ndim == x.ndim else a, (x, state))
                 if is_moved.any():
                     x = jnp.where(jnp.asarray(is_moved)[..., None, None], jnp.asarray(moved, x.dtype), x)
