@@ -14,6 +14,8 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py radius --kind xray
     # ranking or search, near-closed frames: the reported structure against the posterior optimum nearest the truth
     python benchmarks/diagnostics.py basins --kind sm --stride 3
+    # error bars where the truth is the prior's own draw (simulation-based calibration), never the shared frames
+    python benchmarks/diagnostics.py calibration --n 64 --steps 100
     # near-closed frames: ring bond lengths as assigned vs as a set, bond-length alternation of truth, result, pools
     python benchmarks/diagnostics.py alternation --stride 3 --pools pools/chd_*.h5
     # other conformer priors (folders from xfit train-prior) in the default call, paired against the shipped one
@@ -273,6 +275,57 @@ def basins(args) -> None:
     )
 
 
+def calibration(args) -> None:
+    """Calibration where the truth is the prior's own: CHD structures drawn from the shipped conformer prior
+    (``--steps`` annealing levels from its tables, as the posterior's seeds are drawn), their X-ray patterns at
+    0.1 % noise, the default call from the ground state (examples/data/chd.xyz). Were the draws exact and the
+    posterior exact, every interval would cover at its nominal rate (simulation-based calibration); the draws whose
+    ring C-C bonds all lie in 1.25-1.70 A ("physical") are reported apart. Never the shared frames."""
+    import jax
+
+    import xfit
+
+    start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
+    graph = xfit.MoleculeGraph.from_atoms(start)
+    prior = xfit.load_conformer_prior()
+    draws = np.asarray(prior.sample(jax.random.key(100 + args.seed), graph, args.n, steps=args.steps, tables=True))
+    truths, patterns = [], []
+    for k, x in enumerate(draws):
+        truth = start.copy()
+        truth.positions = x
+        truths.append(truth)
+        pattern = xfit.Pattern(Q_XRAY, xfit.scattering(truth, Q_XRAY))
+        patterns.append(pattern.with_noise(jax.random.key(10_000 * (args.seed + 1) + k), relative=1e-3))
+    results = xfit.retrieve(patterns, start, seed=args.seed)
+    ring = [(i, j) for i, j in graph.heavy_bonds.tolist() if (i, j) != (0, 5)]
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    z = np.array(
+        [
+            [(r.atoms.get_distance(i, j) - t.get_distance(i, j)) / r.uncertainty.distance(i, j) for i, j in pairs]
+            for r, t in zip(results, truths, strict=True)
+        ]
+    )
+    z = np.abs(z)
+    error = np.array([carbon_rmsd(r.atoms, t) for r, t in zip(results, truths, strict=True)])
+    physical = np.array([all(1.25 <= t.get_distance(i, j) <= 1.70 for i, j in ring) for t in truths])
+    mass = np.array([r.modes[0] for r in results])
+    chi2 = np.array([r.chi2_reduced for r in results])
+    print(
+        f"{args.n} prior draws ({args.steps} levels, seed {args.seed}){args.set_text}: {physical.mean():.0%} physical"
+    )
+    for name, rows in (("all", np.ones(len(truths), bool)), ("physical", physical)):
+        if not rows.any():
+            continue
+        c16 = z[rows, pairs.index((0, 5))]
+        print(
+            f"  {name:8s} ({rows.sum()}): C-RMSD median {np.median(error[rows]):.3f} A, chi2_red median "
+            f"{np.median(chi2[rows]):.2f}, chosen mode's mass median {np.median(mass[rows]):.2f}; C1-C6 within 1/2/3 "
+            f"sigma {np.mean(c16 <= 1):.0%}/{np.mean(c16 <= 2):.0%}/{np.mean(c16 <= 3):.0%}, all 15 C-C distances "
+            f"{np.mean(z[rows] <= 1):.0%}/{np.mean(z[rows] <= 2):.0%}/{np.mean(z[rows] <= 3):.0%}",
+            flush=True,
+        )
+
+
 RING_SINGLE, RING_DOUBLE = [(0, 1), (2, 3), (4, 5)], [(1, 2), (3, 4)]  # CHD's ground-state single/double ring bonds
 
 
@@ -403,6 +456,10 @@ def main(argv=None) -> int:
     alt.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
     alt.add_argument("--prior", help="a conformer prior folder instead of the shipped one")
     alt.add_argument("--pools", nargs="*", help="CHD pools (xfit pool) whose alternation to show")
+    cal = sub.add_parser("calibration", help="coverage where the truths are the prior's own draws (not shared)")
+    cal.add_argument("--n", type=int, default=64, help="prior draws")
+    cal.add_argument("--steps", type=int, default=100, help="annealing levels of each draw")
+    cal.add_argument("--seed", type=int, default=0)
     pri = sub.add_parser("priors", help="the default call with other conformer priors, paired against the shipped")
     pri.add_argument("--priors", required=True, help="comma-separated prior folders (xfit train-prior outputs)")
     pri.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
@@ -410,7 +467,7 @@ def main(argv=None) -> int:
     pri.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command != "radius":
+    if not CHD.exists() and args.command not in ("radius", "calibration"):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
     with posterior_fields(parse_fields(args.set)):
@@ -421,6 +478,7 @@ def main(argv=None) -> int:
             "structure": structure,
             "radius": radius,
             "basins": basins,
+            "calibration": calibration,
             "alternation": alternation,
             "priors": priors,
         }
