@@ -299,13 +299,12 @@ def calibration(args) -> None:
     results = xfit.retrieve(patterns, start, seed=args.seed)
     ring = [(i, j) for i, j in graph.heavy_bonds.tolist() if (i, j) != (0, 5)]
     pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
-    z = np.array(
+    z = np.abs(
         [
             [(r.atoms.get_distance(i, j) - t.get_distance(i, j)) / r.uncertainty.distance(i, j) for i, j in pairs]
             for r, t in zip(results, truths, strict=True)
         ]
     )
-    z = np.abs(z)
     error = np.array([carbon_rmsd(r.atoms, t) for r, t in zip(results, truths, strict=True)])
     physical = np.array([all(1.25 <= t.get_distance(i, j) <= 1.70 for i, j in ring) for t in truths])
     mass = np.array([r.modes[0] for r in results])

@@ -470,16 +470,16 @@ def _relax_start(modes: _Modes, particle: np.ndarray, heavy: np.ndarray) -> np.n
     return start
 
 
-def _relaxed(relax, means: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+def _relaxed(relax, starts: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     """Each pattern's start (T, n, 3: :func:`_relax_start`, or the mode mean) relaxed to its nearest posterior
     optimum by ``Ensemble.relax``, then superposed back onto the start (the frame of its samples). A mean averages
     basins that differ in their hydrogens (a CH2 tilted either way), and such an average can fit badly
     (chi2_reduced 10-20 measured on hot shared CHD frames whose basins all fit at 1); the relaxed structure is a
     geometry that fits."""
-    out = relax(means, np.arange(len(means)))
-    for k, (x, mean) in enumerate(zip(out, means, strict=True)):
-        aligned, _ = batch_kabsch(x[None], mean, heavy)
-        out[k] = aligned[0] + mean[heavy].mean(axis=0)
+    out = relax(starts, np.arange(len(starts)))
+    for k, (x, start) in enumerate(zip(out, starts, strict=True)):
+        aligned, _ = batch_kabsch(x[None], start, heavy)
+        out[k] = aligned[0] + start[heavy].mean(axis=0)
     return out
 
 
