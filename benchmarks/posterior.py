@@ -59,7 +59,7 @@ def options(method: dict, smoke: bool, atoms) -> dict:
     if conformer is not None:
         import xfit
 
-        out["strategy"] = xfit.Posterior(conformer, n_prior=4, n_local=2, steps=40, draws=2)
+        out["strategy"] = xfit.Posterior(conformer, n_prior=4, n_local=2, steps=40, draws=2, n_bank=128, bank_seeds=4)
     return out
 
 
