@@ -335,7 +335,9 @@ def calibration(args) -> None:
         truths.append(truth)
         pattern = xfit.Pattern(Q_XRAY, xfit.scattering(truth, Q_XRAY))
         patterns.append(pattern.with_noise(jax.random.key(10_000 * (args.seed + 1) + k), relative=1e-3))
-    results = xfit.retrieve(patterns, start, seed=args.seed)
+    store = {}
+    with captured_summary(store):
+        results = xfit.retrieve(patterns, start, seed=args.seed)
     ring = [(i, j) for i, j in graph.heavy_bonds.tolist() if (i, j) != (0, 5)]
     pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
     z = np.abs(
@@ -373,6 +375,42 @@ def calibration(args) -> None:
             f"{np.median(c16_chains[rows]):.3f} A",
             flush=True,
         )
+    truth_basin_masses(store["problem"], prior, draws, results)
+
+
+def truth_basin_masses(problem, prior, truths: np.ndarray, results) -> None:
+    """Ranking or width: each truth (n, n_atoms, 3) relaxed to its optimum of U = chi2/2 + E, and that basin's
+    Laplace log mass against the reported structure's (``xfit.infer._posterior.laplace``, as the posterior weighs
+    its basins). With exact truths and an exact posterior, the truth's basin would be one the posterior gives
+    weight to, not one it ranks exponentially lower."""
+    import jax.numpy as jnp
+
+    import xfit
+    from xfit.infer._posterior import laplace, relax
+    from xfit.infer._result import batch_rmsd
+
+    energy, likelihood, sigma = prior.energy_fn(problem.molecule), problem.likelihood, prior.sigma_min
+    heavy = problem.molecule.heavy
+    optimum = np.asarray(
+        relax(likelihood, energy, jnp.asarray(truths, jnp.float32), sigma, steps=600, learning_rate=3e-3)
+    )
+    reported = np.stack([r.atoms.positions for r in results])
+    pair = jnp.asarray(np.stack([reported, optimum], axis=1), jnp.float32)
+    scale = jnp.ones(len(truths), jnp.float32)  # sigma given: the likelihood as it is
+    log_mass = np.asarray(
+        laplace(likelihood, energy, pair, jnp.float32(sigma), scale, floor=xfit.Posterior.curvature_floor)[0]
+    )
+    gap = log_mass[:, 1] - log_mass[:, 0]
+    to_truth = np.array([batch_rmsd(o[None], t, heavy)[0] for o, t in zip(optimum, truths, strict=True)])
+    to_reported = np.array([batch_rmsd(o[None], r, heavy)[0] for o, r in zip(optimum, reported, strict=True)])
+    other = to_reported > 0.05
+    print(
+        f"  the truth relaxed to its optimum: {np.median(to_truth):.3f} A from the truth, "
+        f"{np.median(to_reported):.3f} A from the reported structure (heavy-atom RMSD medians), another basin "
+        f"(> 0.05 A) on {np.mean(other):.0%}; its Laplace log mass minus the reported one's, 10/25/50/75/90 %: "
+        f"{np.percentile(gap, [10, 25, 50, 75, 90]).round(1).tolist()}, heavier on {np.mean(gap > 0):.0%}",
+        flush=True,
+    )
 
 
 def _chosen_mode_sd(result, i: int, j: int) -> float:
