@@ -112,6 +112,36 @@ def test_two_mode_prior_gives_each_mode_its_posterior_mass(key):
     assert sorted(np.round(lengths, 1)) == [1.5, 2.0]
 
 
+def test_error_bars_span_every_basin_with_tempered_weights(key):
+    # The two-mode posterior of the test above. With basin_tempering=1 the distance error is the standard deviation
+    # of the whole posterior (both modes, grid); with beta < 1 the modes weigh mass^beta, so the error is that of
+    # the grid's two halves mixed with those weights. The structure and mode masses do not depend on beta.
+    prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.5, 0.5))
+    pattern = simulated(1.75, 0.15, key)
+    d_grid, p = grid_posterior(prior, pattern)
+    halves = [d_grid < 1.75, d_grid >= 1.75]
+    mass = np.array([np.trapezoid(p * h, d_grid) for h in halves])
+    means = np.array([np.trapezoid(d_grid * p * h, d_grid) for h in halves]) / mass
+    variances = np.array([np.trapezoid((d_grid - m) ** 2 * p * h, d_grid) for h, m in zip(halves, means)]) / mass
+
+    def mixture_std(w):
+        w = w / w.sum()
+        return np.sqrt(np.sum(w * (variances + (means - np.sum(w * means)) ** 2)))
+
+    results = {}
+    for beta in (1.0, 0.35):
+        strategy = Posterior(
+            prior, n_prior=48, n_local=4, draws=16, mode_radius=0.1, basin_tempering=beta, dtype=jnp.float64
+        )
+        results[beta] = xfit.retrieve(pattern, ATOMS, strategy=strategy, dtype=jnp.float64)
+        assert results[beta].uncertainty.distance(0, 1) == pytest.approx(mixture_std(mass**beta), rel=0.1)
+    assert mixture_std(mass**0.35) > 1.1 * mixture_std(mass)  # the check can tell the two apart
+    np.testing.assert_allclose(results[0.35].modes, results[1.0].modes, rtol=1e-9)
+    np.testing.assert_allclose(results[0.35].atoms.positions, results[1.0].atoms.positions, rtol=1e-9)
+    with pytest.raises(ValueError, match="basin_tempering"):
+        Posterior(prior, basin_tempering=0.0)
+
+
 def test_structure_is_the_mode_mean_relaxed_to_a_posterior_optimum(key):
     # One mode spanning both prior bond lengths (mode_radius 1 A): its mean lies between them, where the posterior
     # density is low; the reported structure is that mean relaxed to the nearest local minimum of

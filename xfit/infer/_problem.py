@@ -89,6 +89,8 @@ class Ensemble:
             particle: (T, S) which particle each sample belongs to; modes are clusters of optima.
         optima_covariance: (T, P, 3 n_atoms, 3 n_atoms) Laplace covariance (A^2) of each particle's basin at its
             optimum (samples), or None.
+        error_weights: (T, P) normalised weight of each particle's basin in the distance error bars (samples), or
+            None for the particles' own posterior masses (``xfit.Posterior``'s ``basin_tempering``).
         info: what the strategy reports (method, settings, dropped particles, ...), shared by every pattern.
         relax: samples only, or None: relax(x, rows) maps one structure per pattern, x (k, n_atoms, 3) in A for the
             patterns ``rows`` (k,), to the nearest optimum of that pattern's -log posterior. The summary applies it
@@ -105,6 +107,7 @@ class Ensemble:
     optima: np.ndarray | None = None
     particle: np.ndarray | None = None
     optima_covariance: np.ndarray | None = None
+    error_weights: np.ndarray | None = None
     info: dict = dataclasses.field(default_factory=dict)
     relax: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 

@@ -7,7 +7,8 @@ strategy's :class:`~xfit.infer._problem.Ensemble` into them.
   its posterior mass; the structure is the heaviest mode's weighted mean heavy atoms, with the hydrogens of that
   mode's heaviest basin, relaxed to the nearest optimum of the posterior (``Ensemble.relax``; a mean of basins
   whose hydrogens differ need not fit), and the uncertainties are the posterior standard deviations over that
-  mode's samples.
+  mode's samples; the distances' from the mixture of every basin's Laplace Gaussian, weighted by the strategy's
+  ``error_weights`` (tempered masses: the truth's basin often lies in another mode, ``xfit.Posterior``).
 
 ``chi2_reduced`` = chi2_data / (n_q - number of nuisance parameters); structural parameters are not subtracted,
 since the restraints or the prior make their effective number ambiguous. Without sigma the uncertainties are scaled
@@ -503,9 +504,16 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
     if ensemble.optima_covariance is not None:
         # The MALA chains are short (draws x thin steps from each optimum) and, measured on shared CHD frames,
         # spread 2-6x less than the Laplace Gaussian of their own basin: the distance errors come from the mixture
-        # of the chosen mode's basin Gaussians (weights = their posterior masses), never narrower than the samples.
-        in_mode = np.flatnonzero(labels == 0)
-        w_basin = mass[in_mode] / max(np.sum(mass[in_mode]), 1e-300)
+        # of basin Gaussians, never narrower than the chosen mode's samples. Which basins and weights: the
+        # strategy's ``error_weights`` (every basin, tempered masses: ``xfit.Posterior``'s ``basin_tempering``,
+        # where the truth's basin often lies in another mode), else the chosen mode's basins by their masses.
+        if ensemble.error_weights is not None:
+            in_mode = np.flatnonzero(ensemble.error_weights[t] > 0)
+            w_basin = ensemble.error_weights[t][in_mode]
+        else:
+            in_mode = np.flatnonzero(labels == 0)
+            w_basin = mass[in_mode]
+        w_basin = w_basin / max(np.sum(w_basin), 1e-300)
         basins, covariances = optima[in_mode], ensemble.optima_covariance[t][in_mode]
         if len(perms) > 1:  # the basins' atoms under the labels of the mode's best one, as for the samples
             index = match_labels(batch_kabsch(basins, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
