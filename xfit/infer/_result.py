@@ -508,13 +508,13 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
         # strategy's ``error_weights`` (every basin, tempered masses: ``xfit.Posterior``'s ``basin_tempering``,
         # where the truth's basin often lies in another mode), else the chosen mode's basins by their masses.
         if ensemble.error_weights is not None:
-            in_mode = np.flatnonzero(ensemble.error_weights[t] > 0)
-            w_basin = ensemble.error_weights[t][in_mode]
+            members = np.flatnonzero(ensemble.error_weights[t] > 0)
+            w_basin = ensemble.error_weights[t][members]
         else:
-            in_mode = np.flatnonzero(labels == 0)
-            w_basin = mass[in_mode]
+            members = np.flatnonzero(labels == 0)
+            w_basin = mass[members]
         w_basin = w_basin / max(np.sum(w_basin), 1e-300)
-        basins, covariances = optima[in_mode], ensemble.optima_covariance[t][in_mode]
+        basins, covariances = optima[members], ensemble.optima_covariance[t][members]
         if len(perms) > 1:  # the basins' atoms under the labels of the mode's best one, as for the samples
             index = match_labels(batch_kabsch(basins, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
             basins = np.take_along_axis(basins, index[..., None], axis=1)
