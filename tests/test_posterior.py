@@ -122,7 +122,9 @@ def test_error_bars_span_every_basin_with_tempered_weights(key):
     halves = [d_grid < 1.75, d_grid >= 1.75]
     mass = np.array([np.trapezoid(p * h, d_grid) for h in halves])
     means = np.array([np.trapezoid(d_grid * p * h, d_grid) for h in halves]) / mass
-    variances = np.array([np.trapezoid((d_grid - m) ** 2 * p * h, d_grid) for h, m in zip(halves, means)]) / mass
+    variances = (
+        np.array([np.trapezoid((d_grid - m) ** 2 * p * h, d_grid) for h, m in zip(halves, means, strict=True)]) / mass
+    )
 
     def mixture_std(w):
         w = w / w.sum()
