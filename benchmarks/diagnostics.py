@@ -415,10 +415,11 @@ def truth_basin_masses(problem, prior, truths: np.ndarray, results) -> None:
 
 def _chosen_mode_sd(result, i: int, j: int) -> float:
     """Weighted standard deviation (A) of distance i-j over the chosen mode's MALA samples alone (no Laplace)."""
-    d = np.linalg.norm(result.samples[:, i] - result.samples[:, j], axis=-1)
+    from xfit.infer._result import _weighted_distance_std
+
     chosen = result.sample_modes == 0
     w = result.sample_weights[chosen] / result.sample_weights[chosen].sum()
-    return float(np.sqrt(np.sum(w * (d[chosen] - np.sum(w * d[chosen])) ** 2)))
+    return float(_weighted_distance_std(result.samples[chosen], w)[i, j])
 
 
 RING_SINGLE, RING_DOUBLE = [(0, 1), (2, 3), (4, 5)], [(1, 2), (3, 4)]  # CHD's ground-state single/double ring bonds

@@ -392,7 +392,7 @@ def _noise_scale(problem: Problem, chi2: np.ndarray, finite: np.ndarray) -> np.n
 def _select_basins(cost: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float, k: int) -> np.ndarray:
     """Indices (T, min(k, S)) of the particles whose basins get a chain, per pattern: the distinct optima
     (``tolerance`` A apart, heavy-atom RMSD) of lowest ``cost`` (T, S) first, then, if fewer than k are distinct,
-    the lowest-cost rest (their shared basins are counted once by ``_share_basins``)."""
+    the lowest-cost rest (their shared basins are counted once by ``_basin_weights``)."""
     k = min(k, cost.shape[1])
     picked = np.empty((len(cost), k), np.int64)
     for t in range(len(cost)):
@@ -404,15 +404,23 @@ def _select_basins(cost: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tole
     return picked
 
 
-def _share_basins(log_w: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
-    """Log weights (T, S, draws) with each basin's mass shared out: particles that converged to one optimum
-    (within ``tolerance`` A) each estimated that basin's whole mass, so each keeps 1/count of it."""
-    out = log_w.copy()
-    for k in range(len(log_w)):
+def _basin_counts(optima: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
+    """(T, S): how many particles converged to each particle's optimum (within ``tolerance`` A) for optima
+    (T, S, n, 3). Each of them estimated that basin's whole mass, so each keeps 1/count of it."""
+    out = np.empty(optima.shape[:2])
+    for k in range(len(optima)):
         groups = _same_optimum_groups(optima[k], heavy, tolerance)
-        counts = np.bincount(groups, minlength=len(groups))[groups]
-        out[k] -= np.log(counts)[:, None]
+        out[k] = np.bincount(groups, minlength=len(groups))[groups]
     return out
+
+
+def _basin_weights(log_mass: np.ndarray, counts: np.ndarray, ok: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """Normalised weights (T, S) of the particles' basins: each basin's mass (``log_mass`` (T, S), as each of its
+    particles estimated it) to the power ``beta``, shared among the ``counts`` (T, S) particles that found it;
+    particles not ``ok`` at zero."""
+    log_w = np.where(ok, beta * log_mass - np.log(counts), -np.inf)
+    weights = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def _terminal_groups(x: np.ndarray, graph, stretch: float = 1.3) -> list[tuple[int, int, np.ndarray]]:
@@ -645,24 +653,16 @@ class Posterior:
         best = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf), axis=1, kind="stable")[:, : self.bank_seeds]
         return np.asarray(bank, np.float64)[best]
 
-    def _error_weights(self, problem: Problem, log_mass, optima, ok) -> np.ndarray:
-        """Normalised weights (T, S) of the basins in the distance error bars: each basin's Laplace mass to the
-        power ``basin_tempering``, shared among the particles that found it (dropped particles at zero)."""
-        tempered = np.where(ok, self.basin_tempering * log_mass, -np.inf)
-        shared = _share_basins(tempered[..., None], optima, problem.molecule.heavy, self.duplicate_tolerance)[..., 0]
-        weights = np.exp(shared - shared.max(axis=1, keepdims=True))
-        return weights / weights.sum(axis=1, keepdims=True)
-
     def _sample_weights(self, problem: Problem, log_mass, optima, ok):
-        """Normalised weights (T, S, draws) of the samples, each draw an equal share of its basin's Laplace mass
-        (basins found by several particles counted once, ``_share_basins``; dropped particles at zero), and the
-        effective sample size per pattern (T,)."""
-        log_mass = np.where(ok, log_mass, -np.inf)
-        shared = _share_basins(log_mass[..., None], optima, problem.molecule.heavy, self.duplicate_tolerance)
-        log_w = np.broadcast_to(shared, (*log_mass.shape, self.draws))
-        weights = np.exp(log_w - log_w.max(axis=(1, 2), keepdims=True))
-        weights /= weights.sum(axis=(1, 2), keepdims=True)
-        return weights, 1.0 / np.sum(weights.reshape(len(weights), -1) ** 2, axis=1)
+        """Normalised weights of the samples (T, S, draws), each draw an equal share of its basin's Laplace mass
+        (basins found by several particles counted once; dropped particles at zero), the effective sample size per
+        pattern (T,), and the basins' weights in the distance error bars (T, S): their masses to the power
+        ``basin_tempering``, shared the same way."""
+        counts = _basin_counts(optima, problem.molecule.heavy, self.duplicate_tolerance)
+        basins = _basin_weights(log_mass, counts, ok)
+        weights = np.repeat(basins[..., None] / self.draws, self.draws, axis=-1)
+        ess = 1.0 / np.sum(weights.reshape(len(weights), -1) ** 2, axis=1)
+        return weights, ess, _basin_weights(log_mass, counts, ok, self.basin_tempering)
 
     def run(self, problem: Problem, key: jax.Array) -> Ensemble:
         k_seed, k_draw = jax.random.split(key)
@@ -764,7 +764,7 @@ class Posterior:
         draws, chi2_d, prior_d, acceptance = (np.asarray(a, np.float64) for a in (draws, chi2_d, prior_d, acceptance))
         covariance = (vectors * spread[..., None, :] ** 2) @ np.swapaxes(vectors, -1, -2)  # H^-1, internal directions
         ok = finite & np.isfinite(log_mass) & np.all(np.isfinite(draws), axis=(-3, -2, -1))
-        weights, ess = self._sample_weights(problem, log_mass, safe, ok)
+        weights, ess, error_weights = self._sample_weights(problem, log_mass, safe, ok)
         # A dropped particle keeps finite placeholders (its seed) at zero weight.
         draws = np.where(ok[..., None, None, None], draws, safe[:, :, None])
         chi2_d, prior_d = (np.where(ok[..., None], a, np.inf) for a in (chi2_d, prior_d))
@@ -778,7 +778,7 @@ class Posterior:
             weights=flat(weights),
             optima=safe,
             optima_covariance=np.where(ok[..., None, None], covariance, 0.0),
-            error_weights=self._error_weights(problem, log_mass, safe, ok),
+            error_weights=error_weights,
             particle=np.broadcast_to(np.repeat(np.arange(s), self.draws), (t, s * self.draws)),
             info={
                 "method": "posterior",

@@ -489,7 +489,7 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
     of pattern t from its modes (float64)."""
     heavy = problem.molecule.heavy
     x, optima, perms = ensemble.positions[t], ensemble.optima[t], problem.molecule.automorphisms()
-    weights, mass, labels, aligned, means = modes.weights, modes.mass, modes.labels, modes.aligned, modes.means
+    weights, mass, aligned, means = modes.weights, modes.mass, modes.aligned, modes.means
     sample_modes = modes.sample_modes
     chosen = sample_modes == 0
     w0 = weights[chosen] / np.sum(weights[chosen])
@@ -506,14 +506,10 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
         # spread 2-6x less than the Laplace Gaussian of their own basin: the distance errors come from the mixture
         # of basin Gaussians, never narrower than the chosen mode's samples. Which basins and weights: the
         # strategy's ``error_weights`` (every basin, tempered masses: ``xfit.Posterior``'s ``basin_tempering``,
-        # where the truth's basin often lies in another mode), else the chosen mode's basins by their masses.
-        if ensemble.error_weights is not None:
-            members = np.flatnonzero(ensemble.error_weights[t] > 0)
-            w_basin = ensemble.error_weights[t][members]
-        else:
-            members = np.flatnonzero(labels == 0)
-            w_basin = mass[members]
-        w_basin = w_basin / max(np.sum(w_basin), 1e-300)
+        # where the truth's basin often lies in another mode), else every basin at its mass.
+        w_basin = mass if ensemble.error_weights is None else ensemble.error_weights[t]
+        members = np.flatnonzero(w_basin > 0)
+        w_basin = w_basin[members] / max(np.sum(w_basin[members]), 1e-300)
         basins, covariances = optima[members], ensemble.optima_covariance[t][members]
         if len(perms) > 1:  # the basins' atoms under the labels of the mode's best one, as for the samples
             index = match_labels(batch_kabsch(basins, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
