@@ -23,6 +23,7 @@ chi2_reduced <= 1.5 at >= 90 % of delays.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -193,8 +194,16 @@ def run_nmm(args) -> dict:
     results = xfit.retrieve(chosen, atoms, fraction=0.057, **options({}, args.smoke, atoms))
     seconds = (time.perf_counter() - t0) / len(chosen)
     chi2 = np.array([r.chi2_reduced for r in results])
-    torsion = [dihedral(r.atoms.positions, 0, 1, 2, 3) for r in results]
-    torsion_sigma = [r.uncertainty.of(lambda x: dihedral(x, 0, 1, 2, 3)) for r in results]
+
+    # The ring-methyl torsion C6(methyl)-N3-C1-C0, unsigned (mirror images scatter alike), as in the NMM notebook.
+    # Before 2026-12-06 this was dihedral(0, 1, 2, 3), C0-C1-H2-N3: not a bonded chain (H2 and N3 both sit on C1).
+    def torsion_of(x):
+        return abs(dihedral(x, 6, 3, 1, 0))
+
+    torsion = [torsion_of(r.atoms.positions) for r in results]
+    torsion_sigma = [r.uncertainty.of(torsion_of) for r in results]
+    # The same from the chosen mode's samples alone (what ``of`` gave before its error bars spanned every basin).
+    chosen_mode = [dataclasses.replace(r.uncertainty, basins=None).of(torsion_of) for r in results]
     out = {
         "noise_factor": factor,
         "n_delays": len(chosen),
@@ -205,11 +214,13 @@ def run_nmm(args) -> dict:
         "delays": [p.delay for p in chosen],
         "torsion_deg": torsion,
         "torsion_sigma_deg": torsion_sigma,
+        "torsion_sigma_chosen_mode_deg": chosen_mode,
     }
     print(
         f"NMM series ({out['method']}): stated sigma x {factor:.2f}; {len(chosen)} delays, chi2_red median "
         f"{out['chi2_reduced_median']:.2f}, <= 1.5 at {100 * out['fraction_chi2_le_1.5']:.0f} % of delays; "
-        f"{seconds:.2f} s/delay",
+        f"{seconds:.2f} s/delay; C6-N3-C1-C0 torsion sigma median {np.median(torsion_sigma):.1f} deg (the chosen "
+        f"mode's samples alone {np.median(chosen_mode):.1f})",
         flush=True,
     )
     return out
@@ -227,6 +238,7 @@ def main(argv=None) -> int:
         "--methods", type=lambda v: v.split(","), help=f"comma-separated subset of: {', '.join(METHODS)}"
     )
     parser.add_argument("--no-nmm", action="store_true", help="skip the NMM series")
+    parser.add_argument("--no-chd", action="store_true", help="skip the CHD frames")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -235,7 +247,9 @@ def main(argv=None) -> int:
         args.methods = args.methods or ["default call", "refinement (prior=None)"]
     q = np.linspace(0.5, 8.0, 76)
     results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76]}
-    if CHD.exists():
+    if args.no_chd:
+        print("CHD frames skipped (--no-chd)")
+    elif CHD.exists():
         results["chd"] = run_chd(args, q)
         if args.json is not None:
             calibration_plot(results["chd"], args.json.with_name(args.json.stem + "_calibration.png"))

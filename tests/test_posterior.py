@@ -487,3 +487,92 @@ def test_relaxation_starts_from_the_mode_mean_with_one_basins_hydrogens():
     np.testing.assert_allclose(start[0], mean[0])
     np.testing.assert_allclose(start[1], basin(0.10, -1.1)[1])
     assert abs(mean[1, 1]) < 0.2  # what the mean alone would have given the hydrogen
+
+
+def test_every_error_bar_comes_from_the_same_basin_mixture(key):
+    # The two-mode posterior above, tempered: ``of`` of the bond length is ``distance`` (both linearise within each
+    # basin), and draws from ``Uncertainty.draw`` spread the bond length as the grid's two halves mixed at
+    # mass^0.35 do (an independent reference), in the frame of the structure.
+    prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.5, 0.5))
+    pattern = simulated(1.75, 0.15, key)
+    d_grid, p = grid_posterior(prior, pattern)
+    halves = [d_grid < 1.75, d_grid >= 1.75]
+    mass = np.array([np.trapezoid(p * h, d_grid) for h in halves])
+    means = np.array([np.trapezoid(d_grid * p * h, d_grid) for h in halves]) / mass
+    w = mass**0.35 / np.sum(mass**0.35)
+    strategy = Posterior(prior, n_prior=48, n_local=4, draws=16, mode_radius=0.1, dtype=jnp.float64)
+    result = xfit.retrieve(pattern, ATOMS, strategy=strategy, dtype=jnp.float64)
+    u = result.uncertainty
+    bond = lambda x: float(np.linalg.norm(x[1] - x[0]))  # noqa: E731
+    assert u.of(bond) == pytest.approx(u.distance(0, 1), rel=1e-6)
+    draws = u.draw(20_000, seed=1)
+    d = np.linalg.norm(draws[:, 1] - draws[:, 0], axis=-1)
+    assert np.std(d) == pytest.approx(u.distance(0, 1), rel=0.05)
+    assert np.mean(d) == pytest.approx(np.sum(w * means), abs=0.02)
+    np.testing.assert_array_equal(draws, u.draw(20_000, seed=1))  # the seed fixes the draws
+    axis = u.reference_positions[1] - u.reference_positions[0]
+    for x in u.basins[0]:  # every basin superposed on the structure
+        assert abs(np.dot(x[1] - x[0], axis)) == pytest.approx(np.linalg.norm(x[1] - x[0]) * np.linalg.norm(axis))
+    # positions: the mixture's covariance, so its diagonal is the square of ``positions``
+    np.testing.assert_allclose(u.positions.ravel() ** 2, np.diag(u.covariance), rtol=1e-12)
+
+
+def test_basins_are_superposed_with_their_covariances():
+    # A structure and a covariance turned by a random improper rotation and shifted come back exactly onto the
+    # original frame: positions onto the structure, each 3x3 block as R^T C R.
+    from xfit.infer._result import _superposed_basins
+
+    rng = np.random.default_rng(0)
+    best = rng.normal(size=(5, 3))
+    a = rng.normal(size=(15, 15))
+    covariance = a @ a.T
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])  # a reflection
+    turned = (best - best.mean(axis=0)) @ rotation.T + 3.0
+    big = np.kron(np.eye(5), rotation)  # x -> R x for each atom's coordinates
+    heavy = np.ones(5, bool)
+    optima, covariances = _superposed_basins(
+        turned[None], (big @ covariance @ big.T)[None], best, heavy, np.arange(5)[None]
+    )
+    np.testing.assert_allclose(optima[0], best, atol=1e-12)
+    np.testing.assert_allclose(covariances[0], covariance, atol=1e-10)
+
+
+def test_refinement_draws_follow_its_covariance(key):
+    result = xfit.retrieve(simulated(1.5, 1e-3, key), ATOMS, prior=None, seed=0)
+    u = result.uncertainty
+    assert u.basins is None and u.samples is None
+    draws = u.draw(40_000, seed=2)
+    np.testing.assert_allclose(draws.mean(axis=0), u.reference_positions, atol=5 * u.positions.max() / 200 + 1e-12)
+    flat = draws.reshape(len(draws), -1)
+    np.testing.assert_allclose(np.cov(flat.T), u.covariance, atol=0.05 * np.abs(u.covariance).max())
+    bond = lambda x: float(np.linalg.norm(x[1] - x[0]))  # noqa: E731
+    d = np.linalg.norm(draws[:, 1] - draws[:, 0], axis=-1)
+    assert np.std(d) == pytest.approx(u.of(bond), rel=0.05)
+    assert u.draw(0).shape == (0, 2, 3)
+
+
+def test_error_of_an_angle_wraps_with_its_period():
+    # Two basins of a four-atom chain whose torsions are +179 and -179 degrees: 2 degrees apart, not 358.
+    from xfit.infer._result import Uncertainty
+
+    def chain(angle):
+        a = np.radians(angle)
+        return np.array([[1.0, 0, 0], [0, 0, 0], [0, 0, 1.5], [np.cos(a), np.sin(a), 1.5]])
+
+    optima = np.stack([chain(179.0), chain(-179.0)])
+    covariances = np.zeros((2, 12, 12))
+    u = Uncertainty(
+        distances=np.zeros((4, 4)),
+        positions=np.zeros((4, 3)),
+        candidate_spread=np.zeros((4, 4)),
+        n_comparable=2,
+        covariance=np.zeros((12, 12)),
+        reference_positions=optima[0],
+        basins=(optima, covariances, np.array([0.5, 0.5])),
+    )
+    torsion = lambda x: xfit.dihedral(x, 0, 1, 2, 3)  # noqa: E731
+    assert torsion(optima[0]) == pytest.approx(179.0) and torsion(optima[1]) == pytest.approx(-179.0)
+    assert u.of(torsion) == pytest.approx(179.0)
+    assert u.of(torsion, period=360.0) == pytest.approx(1.0)
+    assert u.of(lambda x: abs(xfit.dihedral(x, 0, 1, 2, 3))) == pytest.approx(0.0, abs=1e-9)

@@ -70,28 +70,60 @@ def test_results_round_trip_and_append(fitted, tmp_path):
     assert len(xfit.load_results(path)) == 1
 
 
-def test_posterior_fields_round_trip(fitted, tmp_path):
-    """Samples, modes and sample weights (posterior results) survive, with the uncertainty's samples."""
+def _as_posterior(r):
+    """Refinement result ``r`` dressed as a posterior one: five samples, two basins (random covariances)."""
     import dataclasses
 
-    r = fitted[0][0]
     rng = np.random.default_rng(1)
     samples = r.atoms.positions + rng.normal(0, 0.01, (5, *r.atoms.positions.shape))
     weights = np.full(5, 0.2)
-    posterior = dataclasses.replace(
+    n = 3 * len(r.atoms)
+    factor = rng.normal(0, 0.01, (2, n, n))
+    basins = (samples[:2], factor @ np.swapaxes(factor, 1, 2), np.array([0.7, 0.3]))
+    return dataclasses.replace(
         r,
         samples=samples,
         sample_weights=weights,
         sample_modes=np.zeros(5, int),
         modes=np.ones(len(r.candidates)) / len(r.candidates),
-        uncertainty=dataclasses.replace(r.uncertainty, samples=(samples, weights)),
+        uncertainty=dataclasses.replace(r.uncertainty, samples=(samples, weights), basins=basins),
     )
+
+
+def test_posterior_fields_round_trip(fitted, tmp_path):
+    """Samples, modes and sample weights (posterior results) survive, with the uncertainty's samples and basins."""
+    posterior = _as_posterior(fitted[0][0])
+    samples, basins = posterior.samples, posterior.uncertainty.basins
     xfit.save_results([posterior], tmp_path / "p.h5")
     (back,) = xfit.load_results(tmp_path / "p.h5")
     _assert_same(posterior, back)
     for name in ("samples", "sample_weights", "sample_modes", "modes"):
         np.testing.assert_allclose(getattr(back, name), getattr(posterior, name), rtol=0, atol=0)
     np.testing.assert_array_equal(back.uncertainty.samples[0], samples)
+    for a, b in zip(back.uncertainty.basins, basins, strict=True):  # covariances stored as float32
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    assert back.uncertainty.of(lambda x: x[0, 0] - x[1, 1]) == pytest.approx(
+        posterior.uncertainty.of(lambda x: x[0, 0] - x[1, 1]), rel=1e-5
+    )
+
+
+def test_samples_file_holds_samples_modes_and_the_error_mixture(fitted, tmp_path):
+    """``xfit retrieve --samples``: one group per pattern, samples float32, the basins the error bars come from."""
+    from xfit.data._samples import save_samples
+
+    posterior, refinement = _as_posterior(fitted[0][0]), fitted[0][1]
+    save_samples([posterior, refinement], tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["n_patterns"] == 2 and sorted(f) == ["pattern_0000", "pattern_0001"]
+        g = f["pattern_0000"]
+        np.testing.assert_allclose(g["samples"][()], posterior.samples, rtol=1e-6)
+        np.testing.assert_array_equal(g["structure"][()], posterior.atoms.positions)
+        np.testing.assert_array_equal(g["modes"][()], posterior.modes)
+        names = ("basin_optima", "basin_covariances", "basin_weights")
+        for name, value in zip(names, posterior.uncertainty.basins, strict=True):
+            np.testing.assert_allclose(g[name][()], value, rtol=1e-6, atol=1e-12)
+        assert "samples" not in f["pattern_0001"] and "basin_optima" not in f["pattern_0001"]
+        assert f["pattern_0001"].attrs["delay_ps"] == pytest.approx(0.5)
 
 
 def test_torn_record_is_skipped_and_replaced(fitted, tmp_path):

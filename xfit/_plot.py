@@ -102,16 +102,14 @@ def _key_pairs(result, n_extra: int = 3) -> list[tuple[int, int]]:
 
 
 def _distance_panel(ax, result, pairs) -> None:
-    """Distances of ``pairs``: posterior violins (weighted resampling of the samples) with the structure's value,
-    or the structure's value with its Gauss-Newton standard error."""
+    """Distances of ``pairs``: posterior violins (2000 draws of ``Uncertainty.draw``: the mixture the error bars
+    come from) with the structure's value, or the structure's value with its Gauss-Newton standard error."""
     atoms = result.atoms
     symbols = atoms.get_chemical_symbols()
     labels = [f"{symbols[a]}{a}-{symbols[b]}{b}" for a, b in pairs]
     d = [atoms.get_distance(a, b) for a, b in pairs]
     if result.samples is not None:
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(result.samples), size=2000, p=result.sample_weights / result.sample_weights.sum())
-        x = result.samples[pick]
+        x = result.uncertainty.draw(2000)
         draws = [np.linalg.norm(x[:, a] - x[:, b], axis=-1) for a, b in pairs]
         parts = ax.violinplot(draws, positions=range(len(pairs)), widths=0.8, showextrema=False)
         for body in parts["bodies"]:

@@ -18,6 +18,8 @@ Layout (schema version 1)::
             uncertainty/                    distances (n, n) A, positions (n, 3) A, candidate_spread (n, n) A,
                                             covariance (3n, 3n) A^2, reference_positions (n, 3) A,
                                             samples (m, n, 3) A and sample_weights (m,) when present;
+                                            basin_optima (B, n, 3) A, basin_covariances (B, 3n, 3n) A^2
+                                            (float32, gzip) and basin_weights (B,) when present;
                                             attr n_comparable
             samples (S, n, 3) A, sample_weights (S,), sample_modes (S,), modes (n_c,)   posterior only
 
@@ -150,6 +152,10 @@ def _write_record(g, r) -> None:
     ug.attrs["n_comparable"] = int(u.n_comparable)
     if u.samples is not None:
         ug["samples"], ug["sample_weights"] = u.samples
+    if u.basins is not None:  # float32: ~85 kB a record for CHD's 12 basins instead of 170
+        optima, covariances, weights = u.basins
+        ug["basin_optima"], ug["basin_weights"] = optima, weights
+        ug.create_dataset("basin_covariances", data=np.asarray(covariances, np.float32), compression="gzip")
     for name in ("samples", "sample_weights", "sample_modes", "modes"):
         value = getattr(r, name)
         if value is not None:
@@ -262,10 +268,14 @@ def _record_from(g):
     candidates = [atoms] + [Atoms(numbers=numbers, positions=x) for x in g["candidates"][1:]]
     ug = g["uncertainty"]
     u_samples = (ug["samples"][()], ug["sample_weights"][()]) if "samples" in ug else None
+    u_basins = None
+    if "basin_optima" in ug:
+        u_basins = tuple(ug[n][()].astype(np.float64) for n in ("basin_optima", "basin_covariances", "basin_weights"))
     uncertainty = Uncertainty(
         **{n: ug[n][()] for n in ("distances", "positions", "candidate_spread", "covariance", "reference_positions")},
         n_comparable=int(ug.attrs["n_comparable"]),
         samples=u_samples,
+        basins=u_basins,
     )
     reference = None
     if "reference" in g:

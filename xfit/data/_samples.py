@@ -5,6 +5,8 @@ Layout: a group per pattern, ``pattern_0000``, ... with
     numbers (n_atoms,)                     structure (n_atoms, 3) A        candidates (n_modes, n_atoms, 3) A
     samples (n_samples, n_atoms, 3) A      sample_weights (n_samples,)     sample_modes (n_samples,) int
     modes (n_modes,) posterior mass of each candidate                      uncertainty_distances (n_atoms, n_atoms) A
+    basin_optima (B, n_atoms, 3) A, basin_covariances (B, 3 n_atoms, 3 n_atoms) A^2, basin_weights (B,): the
+        Gaussian mixture the error bars come from (``Uncertainty.basins``, superposed on the structure), when present
 
 and attributes method, chi2_reduced, delay_ps (when known), and the fitted nuisance parameters. Refinement
 results (no samples) store their candidates and uncertainty only.
@@ -39,6 +41,10 @@ def save_samples(results: Sequence, path: str | os.PathLike) -> None:
                 g["sample_weights"] = r.sample_weights
                 g["sample_modes"] = r.sample_modes
                 g["modes"] = r.modes
+            if r.uncertainty.basins is not None:
+                optima, covariances, weights = r.uncertainty.basins
+                g["basin_optima"], g["basin_weights"] = optima, weights
+                g.create_dataset("basin_covariances", data=covariances.astype(np.float32), compression="gzip")
             g.attrs["method"] = str(r.info.get("method", ""))
             g.attrs["chi2_reduced"] = r.chi2_reduced
             if r.pattern.delay is not None:

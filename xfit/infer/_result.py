@@ -6,9 +6,10 @@ strategy's :class:`~xfit.infer._problem.Ensemble` into them.
 - Samples (posterior): aligned, clustered into modes by heavy-atom RMSD (reflection allowed), each mode weighed by
   its posterior mass; the structure is the heaviest mode's weighted mean heavy atoms, with the hydrogens of that
   mode's heaviest basin, relaxed to the nearest optimum of the posterior (``Ensemble.relax``; a mean of basins
-  whose hydrogens differ need not fit), and the uncertainties are the posterior standard deviations over that
-  mode's samples; the distances' from the mixture of every basin's Laplace Gaussian, weighted by the strategy's
-  ``error_weights`` (tempered masses: the truth's basin often lies in another mode, ``xfit.Posterior``).
+  whose hydrogens differ need not fit), and the uncertainties (distances, positions, ``Uncertainty.of`` and
+  ``draw``) come from the mixture of every basin's Laplace Gaussian, weighted by the strategy's ``error_weights``
+  (tempered masses: the truth's basin often lies in another mode, ``xfit.Posterior``), never narrower than the
+  chosen mode's samples.
 
 ``chi2_reduced`` = chi2_data / (n_q - number of nuisance parameters); structural parameters are not subtracted,
 since the restraints or the prior make their effective number ambiguous. Without sigma the uncertainties are scaled
@@ -42,15 +43,23 @@ class Uncertainty:
 
     Attributes:
         distances: standard errors (A) of all interatomic distances, (n_atoms, n_atoms): Gauss-Newton at the
-            optimum (refinement) or the posterior standard deviation over the chosen mode's samples (posterior).
+            optimum (refinement) or the posterior standard deviation (posterior: over ``basins`` where the strategy
+            gives them, never narrower than the chosen mode's samples).
         positions: standard errors (A) of the Cartesian coordinates in the frame of ``Retrieval.atoms`` (centred),
-            (n_atoms, 3), rigid-body modes projected out.
+            (n_atoms, 3), rigid-body modes projected out: the square root of ``covariance``'s diagonal.
         candidate_spread: standard deviation (A) of each interatomic distance over the candidates whose chi^2 is
             comparable with the best (refinement), or over all posterior samples, every mode (posterior).
         n_comparable: how many candidates (refinement) or modes (posterior) that spread is taken over.
-        covariance: full covariance (3 n_atoms, 3 n_atoms) of the coordinates (A^2), in the same frame.
+        covariance: full covariance (3 n_atoms, 3 n_atoms) of the coordinates (A^2), in the same frame: Gauss-Newton
+            (refinement), the mixture of ``basins`` about its mean, or the chosen mode's samples (posterior without
+            basins).
         reference_positions: the coordinates (n_atoms, 3) the covariance belongs to (the structure, centred).
         samples: the chosen mode's aligned samples (n, n_atoms, 3) and their weights (n,), or None (refinement).
+        basins: the Gaussian mixture the posterior's error bars come from, or None: (optima (B, n_atoms, 3) in A and
+            covariances (B, 3 n_atoms, 3 n_atoms) in A^2, each superposed on the structure in its frame with
+            equivalent atoms relabelled to match it, and weights (B,) summing to 1): every kept basin of the
+            posterior, each a Laplace Gaussian, weighted by its tempered mass (``xfit.Posterior``'s
+            ``basin_tempering``).
     """
 
     distances: np.ndarray
@@ -60,34 +69,96 @@ class Uncertainty:
     covariance: np.ndarray
     reference_positions: np.ndarray
     samples: tuple[np.ndarray, np.ndarray] | None = None
+    basins: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def distance(self, i: int, j: int) -> float:
         """Standard error (A) of the distance between atoms i and j."""
         return float(self.distances[i, j])
 
-    def of(self, fn, *, step: float = 1e-4) -> float:
-        """Standard error of any scalar function of the positions.
+    def of(self, fn, *, step: float = 1e-4, period: float | None = None) -> float:
+        """Standard error of any scalar function of the positions, as ``distances`` are made.
 
-        With posterior samples: the weighted standard deviation of fn over the chosen mode's samples. Otherwise
-        linearised, sqrt(g^T C g) with g by central differences.
+        Posterior: the standard deviation of fn under the mixture of ``basins`` (fn linearised within each basin,
+        the spread of its values at the basins' optima between them), never less than its weighted standard
+        deviation over the chosen mode's samples; so ``of`` of a distance equals ``distance`` to first order.
+        Refinement: linearised at the structure, sqrt(g^T C g). Gradients g by central differences.
 
         Args:
             fn: maps positions (n_atoms, 3) in A to a float (a torsion in degrees, a puckering amplitude, ...).
-            step: finite-difference step in A (linearised case).
+                Superposition-invariant functions (distances, angles, torsions) are what error bars are for; a
+                coordinate is taken in the frame of ``Retrieval.atoms``. Basins and samples are superposed with
+                reflection allowed (an isotropic pattern cannot tell mirror images apart), so a torsion's sign is
+                a convention: ``abs(xfit.dihedral(...))`` is the torsion such a pattern measures.
+            step: finite-difference step in A.
+            period: for an angle that wraps (360 for a signed torsion in degrees): differences are taken modulo
+                the period, into [-period/2, period/2), so that -179 and +179 degrees are 2 apart, not 358.
         """
+        reference = fn(self.reference_positions)
+
+        def deviation(values):
+            d = np.asarray(values, np.float64) - reference
+            return d if period is None else (d + 0.5 * period) % period - 0.5 * period
+
+        spread = []
         if self.samples is not None:
             x, w = self.samples
-            values = np.array([fn(s) for s in x], np.float64)
+            values = deviation([fn(s) for s in x])
             mean = np.sum(w * values)
-            return float(np.sqrt(max(np.sum(w * (values - mean) ** 2), 0.0)))
-        x = self.reference_positions
-        grad = np.zeros(x.size)
-        for k in range(x.size):
-            plus, minus = x.copy().ravel(), x.copy().ravel()
-            plus[k] += step
-            minus[k] -= step
-            grad[k] = (fn(plus.reshape(x.shape)) - fn(minus.reshape(x.shape))) / (2 * step)
-        return float(np.sqrt(max(grad @ self.covariance @ grad, 0.0)))
+            spread.append(np.sqrt(max(np.sum(w * (values - mean) ** 2), 0.0)))
+        if self.basins is not None:
+            optima, covariances, w = self.basins
+            values = deviation([fn(x) for x in optima])
+            within = np.array(
+                [_linearised_variance(fn, x, c, step, period) for x, c in zip(optima, covariances, strict=True)]
+            )
+            mean = np.sum(w * values)
+            spread.append(np.sqrt(max(np.sum(w * (within + (values - mean) ** 2)), 0.0)))
+        if spread:
+            return float(max(spread))
+        return float(np.sqrt(_linearised_variance(fn, self.reference_positions, self.covariance, step, period)))
+
+    def draw(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """n structures (n, n_atoms, 3) in A, in the frame of ``reference_positions``, drawn from the distribution
+        the error bars describe: the mixture of ``basins`` (posterior), else the chosen mode's samples resampled by
+        weight, else the Gaussian N(reference_positions, covariance) (refinement). For nonlinear functions of the
+        structure (a histogram of a torsion, the plot's violins).
+
+        Args:
+            n: how many. seed: of numpy's generator (the same seed, the same draws).
+        """
+        if n < 1:
+            return np.zeros((0, *self.reference_positions.shape))
+        rng = np.random.default_rng(seed)
+        if self.basins is None and self.samples is not None:
+            x, w = self.samples
+            return x[rng.choice(len(x), size=n, p=w / np.sum(w))]
+        if self.basins is None:
+            centres, covariances, w = self.reference_positions[None], self.covariance[None], np.ones(1)
+        else:
+            centres, covariances, w = self.basins
+        counts = rng.multinomial(n, w / np.sum(w))
+        out = []
+        for centre, covariance, k in zip(centres, covariances, counts, strict=True):
+            if k:
+                value, vectors = np.linalg.eigh(covariance)
+                z = rng.standard_normal((k, len(value))) * np.sqrt(np.clip(value, 0.0, None))
+                out.append(centre + (z @ vectors.T).reshape(k, *centre.shape))
+        return np.concatenate(out)[rng.permutation(n)]
+
+
+def _linearised_variance(fn, x: np.ndarray, covariance: np.ndarray, step: float, period: float | None) -> float:
+    """g^T C g (units of fn squared): fn's variance linearised at x (n, 3) in A under covariance C (3n, 3n) in
+    A^2, the gradient g by central differences of ``step`` A (each difference modulo ``period`` unless None)."""
+    grad = np.zeros(x.size)
+    for k in range(x.size):
+        plus, minus = x.copy().ravel(), x.copy().ravel()
+        plus[k] += step
+        minus[k] -= step
+        diff = fn(plus.reshape(x.shape)) - fn(minus.reshape(x.shape))
+        if period is not None:
+            diff = (diff + 0.5 * period) % period - 0.5 * period
+        grad[k] = diff / (2 * step)
+    return max(float(grad @ covariance @ grad), 0.0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -335,15 +406,23 @@ def _summarise_candidates(problem: Problem, ensemble: Ensemble, t: int, tol: flo
 # Samples (posterior)
 
 
-def batch_kabsch(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Structures x (S, n, 3) superposed onto target (n, 3) by their heavy atoms, reflection allowed (Kabsch, Acta
-    Cryst. A32, 922 (1976), batched): (aligned (S, n, 3) in the target's frame centred on its heavy atoms, heavy-atom
-    RMSD (S,) in A)."""
+def kabsch_rotations(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The superposition of structures x (S, n, 3) onto target (n, 3) by their heavy atoms, reflection allowed
+    (Kabsch, Acta Cryst. A32, 922 (1976), batched): (rotations R (S, 3, 3), possibly improper, x centred on its
+    heavy atoms (S, n, 3), target centred on its heavy atoms (n, 3)); the superposed structures are
+    ``centred @ R`` (row vectors), in A."""
     t = target - target[heavy].mean(axis=0)
     c = x - x[:, heavy].mean(axis=1, keepdims=True)
     h = np.einsum("sni,nj->sij", c[:, heavy], t[heavy])
     u, _, vt = np.linalg.svd(h)
-    rotation = u @ vt  # improper rotations allowed: an isotropic pattern cannot tell mirror images apart
+    return u @ vt, c, t  # improper rotations allowed: an isotropic pattern cannot tell mirror images apart
+
+
+def batch_kabsch(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Structures x (S, n, 3) superposed onto target (n, 3) by their heavy atoms, reflection allowed
+    (:func:`kabsch_rotations`): (aligned (S, n, 3) in the target's frame centred on its heavy atoms, heavy-atom
+    RMSD (S,) in A)."""
+    rotation, c, t = kabsch_rotations(x, target, heavy)
     aligned = np.einsum("sni,sij->snj", c, rotation)
     rmsd = np.sqrt(np.mean(np.sum((aligned[:, heavy] - t[heavy]) ** 2, axis=-1), axis=-1))
     return aligned, rmsd
@@ -484,6 +563,23 @@ def _relaxed(relax, starts: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     return out
 
 
+def _superposed_basins(optima: np.ndarray, covariances: np.ndarray, best: np.ndarray, heavy: np.ndarray, perms):
+    """Basin optima (B, n, 3) and their covariances (B, 3n, 3n) in the frame of ``best`` (n, 3): equivalent atoms
+    relabelled by the graph automorphism (perms (P, n)) that brings each closest to best, then superposed on best's
+    heavy atoms (:func:`kabsch_rotations`), each 3x3 block of a covariance turned with its basin, R^T C_ij R."""
+    if len(perms) > 1:  # the basins' atoms under the labels of the structure, as for the samples
+        index = match_labels(batch_kabsch(optima, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
+        optima = np.take_along_axis(optima, index[..., None], axis=1)
+        flat = (3 * index[:, :, None] + np.arange(3)).reshape(len(index), -1)  # (B, 3n) coordinate order
+        covariances = np.stack([c[np.ix_(f, f)] for c, f in zip(covariances, flat, strict=True)])
+    rotation, centred, _ = kabsch_rotations(optima, best, heavy)
+    aligned = np.einsum("bni,bij->bnj", centred, rotation) + best[heavy].mean(axis=0)
+    n = optima.shape[1]
+    blocks = covariances.reshape(len(optima), n, 3, n, 3)
+    turned = np.einsum("bai,bnamc,bcj->bnimj", rotation, blocks, rotation).reshape(covariances.shape)
+    return aligned, turned
+
+
 def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict, modes: _Modes, best) -> Retrieval:
     """Structure ``best`` (n, 3: the chosen mode's mean, relaxed or not), its fit and the posterior uncertainties
     of pattern t from its modes (float64)."""
@@ -501,23 +597,24 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
     centre = best.mean(axis=0)
     shift = float(np.sqrt(np.mean(np.sum((best - means[0]) ** 2, axis=-1))))  # all atoms, A
     distances = _weighted_distance_std(xs, w0)
+    basins = None
     if ensemble.optima_covariance is not None:
         # The MALA chains are short (draws x thin steps from each optimum) and, measured on shared CHD frames,
-        # spread 2-6x less than the Laplace Gaussian of their own basin: the distance errors come from the mixture
-        # of basin Gaussians, never narrower than the chosen mode's samples. Which basins and weights: the
-        # strategy's ``error_weights`` (every basin, tempered masses: ``xfit.Posterior``'s ``basin_tempering``,
-        # where the truth's basin often lies in another mode), else every basin at its mass.
+        # spread 2-6x less than the Laplace Gaussian of their own basin: the error bars come from the mixture of
+        # basin Gaussians, the distances' never narrower than the chosen mode's samples. Which basins and weights:
+        # the strategy's ``error_weights`` (every basin, tempered masses: ``xfit.Posterior``'s
+        # ``basin_tempering``, where the truth's basin often lies in another mode), else every basin at its mass.
         w_basin = mass if ensemble.error_weights is None else ensemble.error_weights[t]
         members = np.flatnonzero(w_basin > 0)
         w_basin = w_basin[members] / max(np.sum(w_basin[members]), 1e-300)
-        basins, covariances = optima[members], ensemble.optima_covariance[t][members]
-        if len(perms) > 1:  # the basins' atoms under the labels of the mode's best one, as for the samples
-            index = match_labels(batch_kabsch(basins, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
-            basins = np.take_along_axis(basins, index[..., None], axis=1)
-            flat = (3 * index[:, :, None] + np.arange(3)).reshape(len(index), -1)  # (B, 3n) coordinate order
-            covariances = np.stack([c[np.ix_(f, f)] for c, f in zip(covariances, flat, strict=True)])
-        laplace = _laplace_distance_std(basins, covariances, w_basin)
-        distances = np.maximum(distances, laplace)
+        optima_b, covariances = _superposed_basins(
+            optima[members], ensemble.optima_covariance[t][members], best, heavy, perms
+        )
+        distances = np.maximum(distances, _laplace_distance_std(optima_b, covariances, w_basin))
+        optima_b = optima_b - centre
+        offset = (optima_b - np.einsum("b,bij->ij", w_basin, optima_b)).reshape(len(optima_b), -1)
+        covariance = np.einsum("b,bxy->xy", w_basin, covariances) + np.einsum("b,bx,by->xy", w_basin, offset, offset)
+        basins = (optima_b, covariances, w_basin)
     return Retrieval(
         atoms=atoms,
         candidates=[atoms] + [_to_atoms(problem.atoms, m) for m in means[1:]],
@@ -533,6 +630,7 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
             covariance=covariance,
             reference_positions=best - centre,
             samples=(xs - centre, w0),
+            basins=basins,
         ),
         pattern=problem.patterns[t],
         reference=problem.reference if problem.difference else None,
