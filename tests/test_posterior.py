@@ -289,6 +289,8 @@ def test_particles_with_non_finite_energy_are_dropped_and_counted(key):
         result = xfit.retrieve(pattern, ATOMS, strategy=strategy)
     assert result.info["dropped"] >= 1
     assert np.all(np.isfinite(result.samples)) and np.isfinite(result.atoms.positions).all()
+    # every candidate is a structure, a mode of no mass (the dropped particle's) too: not a mean of zero weights
+    assert all(c.get_distance(0, 1) > 0.5 for c in result.candidates), [c.positions for c in result.candidates]
 
 
 def test_laplace_mixture_distance_std_matches_monte_carlo():

@@ -530,7 +530,10 @@ def _sample_modes(problem: Problem, ensemble: Ensemble, t: int, info: dict) -> _
         if len(perms) > 1:
             a = np.take_along_axis(a, match_labels(a, target, perms)[..., None], axis=1)
         aligned[members] = a
-        w = weights[members] / max(np.sum(weights[members]), 1e-300)
+        total_weight = np.sum(weights[members])
+        # A mode of no mass (its basins exp(-745) lighter than the best, or its particles dropped: their finite
+        # placeholders) is still a structure: the plain mean of its samples, never a weighted mean of zeros.
+        w = weights[members] / total_weight if total_weight > 0 else np.full(members.sum(), 1.0 / members.sum())
         means.append(np.einsum("s,sij->ij", w, aligned[members]))
         chi2.append(float(np.min(total[members])))
     return _Modes(weights, mass, labels, mode_mass, sample_modes, aligned, means, chi2)
