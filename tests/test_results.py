@@ -229,6 +229,27 @@ def test_poor_fit_warns_with_likely_causes(fitted):
     assert "sigma too small" in chi2_warning(dataclasses.replace(wrong, chi2_reduced=1.01 * CHI2_WARNING_THRESHOLD))
 
 
+def test_fitted_fraction_at_its_bound_warns(fitted):
+    """A fitted excitation fraction at 1 (or 0) says the structure is not determined; a fixed one, or one inside
+    the interval, says nothing; a poor fit and a fraction at its bound give both warnings."""
+    import dataclasses
+
+    from xfit.infer._retrieve import _annotate
+
+    r = fitted[0][0]
+
+    def annotated(fraction, fitted_fraction, chi2_reduced=1.0):
+        info = {**r.info, "fraction_fitted": fitted_fraction}
+        changed = dataclasses.replace(r, parameters={"fraction": fraction}, info=info, chi2_reduced=chi2_reduced)
+        return _annotate(changed, r.pattern).info.get("warning", "")
+
+    assert "fraction times the structural change" in annotated(1.0, True)
+    assert "bound (1e-06)" in annotated(1e-6, True)
+    assert annotated(1.0, False) == "" and annotated(0.3, True) == ""
+    both = annotated(1.0, True, chi2_reduced=40.0)
+    assert 0 == both.index("poor fit") < both.index("fitted excitation fraction")
+
+
 def test_retrieve_cli_writes_a_results_file_for_h5_output(fitted, tmp_path, capsys):
     """``xfit retrieve ... -o results.h5`` writes the results file; ``-o x.xyz`` still writes xyz frames."""
     import argparse
