@@ -91,8 +91,6 @@ def torsion_z(result, truth) -> tuple[list, list, list]:
     """CHD's six ring torsions, unsigned (mirror images scatter alike), in degrees: |error| / sigma from
     ``uncertainty.of`` (every basin, as the distance error bars) and from the chosen mode's samples alone, and the
     sigmas. A check of ``of`` on nonlinear functions of the structure, beside the C1-C6 distance."""
-    import dataclasses
-
     from xfit.chem._metrics import dihedral
 
     z, z_chosen, sigmas = [], [], []
