@@ -113,9 +113,10 @@ def test_two_mode_prior_gives_each_mode_its_posterior_mass(key):
 
 
 def test_error_bars_span_every_basin_with_tempered_weights(key):
-    # The two-mode posterior of the test above. With basin_tempering=1 the distance error is the standard deviation
-    # of the whole posterior (both modes, grid); with beta < 1 the modes weigh mass^beta, so the error is that of
-    # the grid's two halves mixed with those weights. The structure and mode masses do not depend on beta.
+    # The two-mode posterior of the test above, and every error bar of the result from one mixture. With
+    # basin_tempering=1 the distance error is the standard deviation of the whole posterior (both modes, grid); with
+    # beta < 1 the modes weigh mass^beta, so the error is that of the grid's two halves mixed with those weights. The
+    # structure and mode masses do not depend on beta.
     prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.5, 0.5))
     pattern = simulated(1.75, 0.15, key)
     d_grid, p = grid_posterior(prior, pattern)
@@ -142,6 +143,24 @@ def test_error_bars_span_every_basin_with_tempered_weights(key):
     np.testing.assert_allclose(results[0.35].atoms.positions, results[1.0].atoms.positions, rtol=1e-9)
     with pytest.raises(ValueError, match="basin_tempering"):
         Posterior(prior, basin_tempering=0.0)
+
+    # Every other error bar comes from the same mixture: ``of`` of the bond length is ``distance`` (both linearise
+    # within each basin), and draws from ``Uncertainty.draw`` spread the bond length as the grid's two halves mixed
+    # at mass^0.35 do, in the frame of the structure.
+    u = results[0.35].uncertainty
+    bond = lambda x: float(np.linalg.norm(x[1] - x[0]))  # noqa: E731
+    assert u.of(bond) == pytest.approx(u.distance(0, 1), rel=1e-6)
+    draws = u.draw(20_000, seed=1)
+    d = np.linalg.norm(draws[:, 1] - draws[:, 0], axis=-1)
+    assert np.std(d) == pytest.approx(u.distance(0, 1), rel=0.05)
+    w = mass**0.35 / np.sum(mass**0.35)
+    assert np.mean(d) == pytest.approx(np.sum(w * means), abs=0.02)
+    np.testing.assert_array_equal(draws, u.draw(20_000, seed=1))  # the seed fixes the draws
+    axis = u.reference_positions[1] - u.reference_positions[0]
+    for x in u.basins[0]:  # every basin superposed on the structure
+        assert abs(np.dot(x[1] - x[0], axis)) == pytest.approx(np.linalg.norm(x[1] - x[0]) * np.linalg.norm(axis))
+    # positions: the mixture's covariance, so its diagonal is the square of ``positions``
+    np.testing.assert_allclose(u.positions.ravel() ** 2, np.diag(u.covariance), rtol=1e-12)
 
 
 def test_structure_is_the_mode_mean_relaxed_to_a_posterior_optimum(key):
@@ -489,34 +508,6 @@ def test_relaxation_starts_from_the_mode_mean_with_one_basins_hydrogens():
     np.testing.assert_allclose(start[0], mean[0])
     np.testing.assert_allclose(start[1], basin(0.10, -1.1)[1])
     assert abs(mean[1, 1]) < 0.2  # what the mean alone would have given the hydrogen
-
-
-def test_every_error_bar_comes_from_the_same_basin_mixture(key):
-    # The two-mode posterior above, tempered: ``of`` of the bond length is ``distance`` (both linearise within each
-    # basin), and draws from ``Uncertainty.draw`` spread the bond length as the grid's two halves mixed at
-    # mass^0.35 do (an independent reference), in the frame of the structure.
-    prior = BondPrior((1.45, 2.05), (0.03, 0.03), (0.5, 0.5))
-    pattern = simulated(1.75, 0.15, key)
-    d_grid, p = grid_posterior(prior, pattern)
-    halves = [d_grid < 1.75, d_grid >= 1.75]
-    mass = np.array([np.trapezoid(p * h, d_grid) for h in halves])
-    means = np.array([np.trapezoid(d_grid * p * h, d_grid) for h in halves]) / mass
-    w = mass**0.35 / np.sum(mass**0.35)
-    strategy = Posterior(prior, n_prior=48, n_local=4, draws=16, mode_radius=0.1, dtype=jnp.float64)
-    result = xfit.retrieve(pattern, ATOMS, strategy=strategy, dtype=jnp.float64)
-    u = result.uncertainty
-    bond = lambda x: float(np.linalg.norm(x[1] - x[0]))  # noqa: E731
-    assert u.of(bond) == pytest.approx(u.distance(0, 1), rel=1e-6)
-    draws = u.draw(20_000, seed=1)
-    d = np.linalg.norm(draws[:, 1] - draws[:, 0], axis=-1)
-    assert np.std(d) == pytest.approx(u.distance(0, 1), rel=0.05)
-    assert np.mean(d) == pytest.approx(np.sum(w * means), abs=0.02)
-    np.testing.assert_array_equal(draws, u.draw(20_000, seed=1))  # the seed fixes the draws
-    axis = u.reference_positions[1] - u.reference_positions[0]
-    for x in u.basins[0]:  # every basin superposed on the structure
-        assert abs(np.dot(x[1] - x[0], axis)) == pytest.approx(np.linalg.norm(x[1] - x[0]) * np.linalg.norm(axis))
-    # positions: the mixture's covariance, so its diagonal is the square of ``positions``
-    np.testing.assert_allclose(u.positions.ravel() ** 2, np.diag(u.covariance), rtol=1e-12)
 
 
 def test_basins_are_superposed_with_their_covariances():
