@@ -569,3 +569,7 @@ def test_error_of_an_angle_wraps_with_its_period():
     assert u.of(torsion) == pytest.approx(179.0)
     assert u.of(torsion, period=360.0) == pytest.approx(1.0)
     assert u.of(lambda x: abs(xfit.dihedral(x, 0, 1, 2, 3))) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="period must be positive"):
+        u.of(torsion, period=0.0)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        u.draw(-1)

@@ -93,6 +93,8 @@ class Uncertainty:
             period: for an angle that wraps (360 for a signed torsion in degrees): differences are taken modulo
                 the period, into [-period/2, period/2), so that -179 and +179 degrees are 2 apart, not 358.
         """
+        if period is not None and not period > 0:
+            raise ValueError(f"period must be positive (360 for degrees), got {period}")
         reference = fn(self.reference_positions)
 
         def deviation(values):
@@ -126,7 +128,9 @@ class Uncertainty:
         Args:
             n: how many. seed: of numpy's generator (the same seed, the same draws).
         """
-        if n < 1:
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n == 0:
             return np.zeros((0, *self.reference_positions.shape))
         rng = np.random.default_rng(seed)
         if self.basins is None and self.samples is not None:
