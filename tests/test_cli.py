@@ -106,6 +106,28 @@ def test_retrieve_errors(capsys):
     assert "no pattern has a delay" in capsys.readouterr().err
 
 
+def test_retrieve_delta_sm_with_a_prior_on_the_fraction(tmp_path, capsys):
+    """--fraction F+-SD: an electron Delta sM file fitted with a Gaussian prior on the fraction (refinement, small:
+    the option's path from the command line to the result file is under test; the prior's algebra in
+    test_retrieve)."""
+    from ase.io import read
+
+    ground, frame = read(DATA / "chd.xyz"), read(DATA / "chd_traj001_t12_true.xyz")
+    q = np.linspace(1.0, 10.0, 91)
+    sm = [xfit.modified_scattering(a.numbers, a.positions, q, energy_kev=90.0) for a in (frame, ground)]
+    delta = 0.15 * np.asarray(sm[0] - sm[1])
+    pattern = xfit.Pattern(q, delta, np.full(len(q), 2e-3), kind="delta_sm", probe="electron", energy_kev=90.0)
+    path, out = pattern.save(tmp_path / "delta.txt"), tmp_path / "out.h5"
+    argv = ["retrieve", str(path), "--atoms", str(DATA / "chd.xyz"), "--no-prior", "--starts", "2", "--steps", "20"]
+    assert main([*argv, "--fraction", "0.2+-0.05", "-o", str(out)]) == 0
+    (result,) = xfit.load_results(out)
+    assert result.info["fraction_fitted"] and 0 < result.parameters["fraction"] < 1
+    assert result.parameters["fraction"] != 0.2  # fitted, not fixed
+    with pytest.raises(SystemExit):
+        main([*argv, "--fraction", "0.2+-x"])
+    assert "--fraction must look like 0.15 or 0.15+-0.05" in capsys.readouterr().err
+
+
 def test_pool_prepare_train_and_retrieve_with_priors(tmp_path, capsys):
     """The prior workflow a user runs: prepare a pool, finish it, train, retrieve with/without/with a named prior."""
     pool = tmp_path / "ethanol.h5"

@@ -117,6 +117,53 @@ def test_percent_difference_fits_the_excitation_fraction(chd):
     assert fixed.reference is chd
 
 
+def test_fraction_prior_is_solved_in_closed_form_and_joins_chi2(chd):
+    # fraction=(mean, sd): the solved fraction minimises chi2_data(f) + ((f - mean)/sd)^2 over [0, 1] (a fine grid
+    # is the reference), Likelihood.chi2 is that minimum, and a flat fraction is the data's own optimum.
+    import jax.numpy as jnp
+
+    from xfit.infer._likelihood import build_likelihood
+
+    excited = perturbed(chd, 0.05, seed=3)
+    i_ref, i_exc = xfit.scattering(chd, Q), xfit.scattering(excited, Q)
+    signal = np.asarray(xfit.percent_difference(i_exc, i_ref, 0.12))
+    sigma = np.full(len(Q), 0.3 * np.std(signal))  # weak data: the prior matters
+    pattern = xfit.Pattern(
+        Q, signal + sigma * np.random.default_rng(0).normal(size=len(Q)), sigma, kind="percent_difference"
+    )
+    x = jnp.asarray(excited.positions[None], jnp.float64)
+    flat = build_likelihood(
+        [pattern], chd.numbers, chd.positions, fraction=None, model_kind="total", background=False, relative_sigma=1e-3
+    )
+    model_at_1 = np.asarray(flat.model_and_parameters(x)[0])[0] / float(flat.model_and_parameters(x)[1]["fraction"][0])
+    grid = np.linspace(1e-6, 1.0, 200_001)
+    chi2_data = np.sum((pattern.values - grid[:, None] * model_at_1) ** 2 / sigma**2, axis=1)
+    for prior in ((0.3, 0.05), (0.05, 0.02), (0.9, 0.01)):
+        like = build_likelihood(
+            [pattern],
+            chd.numbers,
+            chd.positions,
+            fraction=prior,
+            model_kind="total",
+            background=False,
+            relative_sigma=1e-3,
+        )
+        total = chi2_data + ((grid - prior[0]) / prior[1]) ** 2
+        f = float(like.model_and_parameters(x)[1]["fraction"][0])
+        assert f == pytest.approx(grid[np.argmin(total)], abs=1e-4), prior
+        assert float(like.chi2(x)[0]) == pytest.approx(total.min(), rel=1e-6), prior
+        assert like.dof == flat.dof  # still one solved parameter
+    flat_f = float(flat.model_and_parameters(x)[1]["fraction"][0])
+    assert flat_f == pytest.approx(grid[np.argmin(chi2_data)], abs=1e-4)
+    # bad priors: clear errors
+    for bad in ((0.0, 0.1), (0.2, 0.0), (0.2, 0.1, 0.3)):
+        with pytest.raises(ValueError, match="fraction as a prior"):
+            xfit.retrieve(pattern, chd, fraction=bad, **FAST)
+    difference = xfit.Pattern(Q, i_exc - i_ref, kind="difference")
+    with pytest.raises(ValueError, match=r"a prior \(mean, sd\) on the fraction is for"):
+        xfit.retrieve(difference, chd, fraction=(0.1, 0.05), **FAST)
+
+
 def test_background_is_solved_in_closed_form(chd):
     pattern = xfit.Pattern(Q, 2.0 * xfit.scattering(chd, Q) + 15.0)
     result = xfit.retrieve(pattern, chd, background=True, prior=None, n_starts=1, steps=5, learning_rate=1e-5)

@@ -54,6 +54,24 @@ def dipole_spec(text: str) -> tuple:
     return (kind, *indices)
 
 
+FRACTION_HELP = (
+    "excitation fraction of difference patterns: F fixes it, F+-SD fits it under a Gaussian prior (percent_difference, "
+    "delta_sm; for a fraction known roughly: a small structural change fixes only fraction x displacement); "
+    "default: fit it in [0, 1]"
+)
+
+
+def fraction(text: str) -> float | tuple[float, float]:
+    """'F' -> F (fixed); 'F+-SD' -> (F, SD), a Gaussian prior on the fitted fraction."""
+    try:
+        if "+-" in text:
+            mean, sd = (float(v) for v in text.split("+-"))
+            return mean, sd
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fraction must look like 0.15 or 0.15+-0.05; got {text!r}") from None
+
+
 def value_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(":"))

@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from xfit.cli._common import add_cache_option, pair
+from xfit.cli._common import FRACTION_HELP, add_cache_option, fraction, pair
 from xfit.data._pattern import PATTERN_KINDS
 
 _IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".swp", ".lock")
@@ -239,7 +239,7 @@ def add_parser(sub) -> None:
     r.add_argument("--once", action="store_true", help="process the files there now, then exit")
     r.add_argument("--serve", type=int, metavar="PORT", help="serve a dashboard at http://127.0.0.1:PORT/")
     r.add_argument("--settle", type=float, default=0.5, help="seconds a file's size must stay unchanged (0.5)")
-    r.add_argument("--fraction", type=float, help="excitation fraction of difference patterns (default: fit it)")
+    r.add_argument("--fraction", type=fraction, help=FRACTION_HELP)
     r.add_argument("--free-pair", type=pair, action="append", default=[], metavar="I,J", help="bond that may break")
     r.add_argument("--no-restraints", action="store_true", help="fit without covalent-geometry restraints")
     r.add_argument("--starts", type=int, default=32, help="starts per pattern (default 32)")

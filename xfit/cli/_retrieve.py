@@ -8,10 +8,12 @@ import textwrap
 from pathlib import Path
 
 from xfit.cli._common import (
+    FRACTION_HELP,
     SCHEDULER_HELP,
     add_cache_option,
     dask_client,
     dipole_spec,
+    fraction,
     pair,
     value_range,
     write_xyz,
@@ -181,7 +183,7 @@ def add_parser(sub) -> None:
     r.add_argument("--atoms", type=Path, required=True, help="starting structure (and default reference), e.g. .xyz")
     r.add_argument("--reference", type=Path, help="reference (ground-state) structure for difference patterns")
     r.add_argument("--kind", choices=PATTERN_KINDS, help="override the pattern kind the file declares")
-    r.add_argument("--fraction", type=float, help="excitation fraction of difference patterns (default: fit it)")
+    r.add_argument("--fraction", type=fraction, help=FRACTION_HELP)
     r.add_argument("--probe", choices=("xray", "electron"), help="override the probe the file declares (xray)")
     r.add_argument(
         "--energy-kev",

@@ -115,6 +115,9 @@ class LikelihoodSpec:
         kind: the patterns' kind (one of Pattern's kinds).
         model_kind: the intensity the model computes ("total", "elastic", ...).
         fraction: fixed excitation fraction (difference kinds), or None to solve it.
+        fraction_prior: (mean, sd) of a Gaussian prior on a solved excitation fraction (``FRACTION_KINDS``), or
+            None (flat on [0, 1]). The fraction is then solved with the prior's term, and that term,
+            ((f - mean)/sd)^2, joins chi2 (:func:`prior_residuals`).
         background: fit a flat background (intensity kinds).
         probe: "xray" or "electron".
         energy_kev: electron kinetic energy (keV), or None: the model then uses gamma = 1 (see module notes).
@@ -137,6 +140,7 @@ class LikelihoodSpec:
     electron_model: str = "mott-bethe"
     dipole: tuple | None = None
     image: bool = False
+    fraction_prior: tuple[float, float] | None = None
 
     @property
     def n_nuisance(self) -> int:
@@ -240,17 +244,39 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None):
         shape = spec.modified(intensity - i_ref, i_atomic)
     else:
         shape = intensity - i_ref
-    if spec.fraction is None:
-        f = jnp.sum(w * y * shape, axis=-1) / (jnp.sum(w * shape * shape, axis=-1) + 1e-30)
-        if spec.kind in FRACTION_KINDS:
-            # A fraction of molecules lies in [0, 1]. Unbounded, it trades off against the size of the structural
-            # change (a smaller change with f > 1 fits as well): measured on CHD, f = 2.6 and 0.14 A carbon RMSD
-            # unbounded, against 0.05 A with f known.
-            f = jnp.clip(f, 1e-6, 1.0)
-    else:
-        f = jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
+    f = _solved_fraction(spec, shape, y, w)
     name = "fraction" if spec.kind in FRACTION_KINDS else "fraction_x_scale"
     return f[..., None] * shape, {name: f}
+
+
+def _solved_fraction(spec: LikelihoodSpec, shape, y, w):
+    """The coefficient f (...,) of a difference model f x shape (..., n_q) against y, w: fixed, or the least-squares
+    solution, with the Gaussian prior's term where ``spec.fraction_prior`` is set (still closed form:
+    (sum w y s + m/sd^2) / (sum w s^2 + 1/sd^2)), held in [0, 1] for ``FRACTION_KINDS``."""
+    if spec.fraction is not None:
+        return jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
+    numerator, denominator = jnp.sum(w * y * shape, axis=-1), jnp.sum(w * shape * shape, axis=-1)
+    if spec.fraction_prior is not None:
+        mean, sd = spec.fraction_prior
+        numerator, denominator = numerator + mean / sd**2, denominator + 1.0 / sd**2
+    f = numerator / (denominator + 1e-30)
+    if spec.kind in FRACTION_KINDS:
+        # A fraction of molecules lies in [0, 1]. Unbounded, it trades off against the size of the structural
+        # change (a smaller change with f > 1 fits as well): measured on CHD, f = 2.6 and 0.14 A carbon RMSD
+        # unbounded, against 0.05 A with f known. Within [0, 1] it still does for small changes (f runs to 1):
+        # ``fraction_prior`` is for what the experiment knows of f.
+        f = jnp.clip(f, 1e-6, 1.0)
+    return f
+
+
+def prior_residuals(spec: LikelihoodSpec, parameters: dict):
+    """Residuals (..., k) of the priors on solved nuisance parameters, in chi2 units (their squares add to chi2):
+    (f - mean)/sd for a fraction with ``spec.fraction_prior`` (k = 1), else none (k = 0)."""
+    if spec.fraction_prior is None or "fraction" not in parameters:
+        f = next(iter(parameters.values()))
+        return jnp.zeros((*jnp.shape(f), 0), jnp.result_type(f))
+    mean, sd = spec.fraction_prior
+    return ((parameters["fraction"] - mean) / sd)[..., None]
 
 
 def _image_model_and_parameters(spec: LikelihoodSpec, x, y, w, pixels):
@@ -316,12 +342,7 @@ def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
         n_q = i0.shape[-1]
         i0_ref = i_ref[..., :n_q]
         shape = 100.0 * shape / jnp.concatenate([i0_ref, i0_ref], axis=-1)
-    if spec.fraction is None:
-        f = jnp.sum(w * y * shape, axis=-1) / (jnp.sum(w * shape * shape, axis=-1) + 1e-30)
-        if spec.kind in FRACTION_KINDS:
-            f = jnp.clip(f, 1e-6, 1.0)  # as for isotropic patterns (see model_and_parameters)
-    else:
-        f = jnp.full(shape.shape[:-1], spec.fraction, shape.dtype)
+    f = _solved_fraction(spec, shape, y, w)  # one fraction for both components
     name = "fraction" if spec.kind in FRACTION_KINDS else "fraction_x_scale"
     return f[..., None] * shape, {name: f}
 
@@ -374,8 +395,9 @@ class Likelihood:
 
     def chi2(self, x):
         """chi2 (T, ...) of structures x (T, ..., n_atoms, 3) against their patterns."""
-        model, _ = self.model_and_parameters(x)
-        return jnp.sum(self._broadcast(x, self.w) * (self._broadcast(x, self.y) - model) ** 2, axis=-1)
+        model, parameters = self.model_and_parameters(x)
+        chi2 = jnp.sum(self._broadcast(x, self.w) * (self._broadcast(x, self.y) - model) ** 2, axis=-1)
+        return chi2 + jnp.sum(prior_residuals(self.spec, parameters) ** 2, axis=-1)
 
     def point_q(self):
         """q = 4 pi sin(theta)/lambda (1/A) of every data point, (T, N): the grid (twice over for an I0 + P2 pair),
@@ -481,7 +503,7 @@ def build_likelihood(
     numbers: np.ndarray,
     reference_positions: np.ndarray,
     *,
-    fraction: float | None,
+    fraction: float | tuple[float, float] | None,
     model_kind: str,
     background: bool,
     relative_sigma: float,
@@ -496,7 +518,8 @@ def build_likelihood(
         patterns: ``Pattern``s sharing q (q = 4 pi sin(theta)/lambda in 1/A), kind, probe and energy_kev.
         numbers: atomic numbers (n_atoms,). reference_positions: (n_atoms, 3) in A, the reference structure of
             difference patterns (and of the scale guess behind sM weights without sigma).
-        fraction: fixed excitation fraction for difference kinds, None to solve it.
+        fraction: fixed excitation fraction for difference kinds, None to solve it, or (mean, sd) to solve it
+            under a Gaussian prior (``LikelihoodSpec.fraction_prior``).
         model_kind: the intensity kind difference patterns were taken in (intensity patterns model their own; sM
             kinds the molecular intensity; see ``model_kind_for``).
         background: fit a flat background (intensity kinds).
@@ -517,7 +540,8 @@ def build_likelihood(
         q=tuple(float(v) for v in first.q),
         kind=kind,
         model_kind=model_kind_for(kind, model_kind, first.probe),
-        fraction=fraction,
+        fraction=None if isinstance(fraction, tuple) else fraction,
+        fraction_prior=tuple(float(v) for v in fraction) if isinstance(fraction, tuple) else None,
         background=background and kind in INTENSITY_KINDS,
         probe=first.probe,
         energy_kev=first.energy_kev if first.probe == "electron" else None,

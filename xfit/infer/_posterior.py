@@ -226,12 +226,13 @@ def _relaxer(likelihood: Likelihood, energy, sigma_min: float, noise_scale: np.n
 
 
 def _residuals(likelihood: Likelihood, t, x):
-    """Weighted residuals sqrt(w) (y - model) (n_q,) of structure x (n, 3) against pattern t."""
-    from xfit.infer._likelihood import model_and_parameters
+    """Weighted residuals sqrt(w) (y - model) (n_q,) of structure x (n, 3) against pattern t, then those of the
+    priors on nuisance parameters (:func:`~xfit.infer._likelihood.prior_residuals`)."""
+    from xfit.infer._likelihood import model_and_parameters, prior_residuals
 
     y, w, i_ref, pixels = likelihood.row(t)
-    model, _ = model_and_parameters(likelihood.spec, x, y, w, i_ref, pixels)
-    return jnp.sqrt(w) * (y - model)
+    model, parameters = model_and_parameters(likelihood.spec, x, y, w, i_ref, pixels)
+    return jnp.concatenate([jnp.sqrt(w) * (y - model), prior_residuals(likelihood.spec, parameters)], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("floor",))

@@ -30,7 +30,7 @@ from ase import Atoms
 from xfit.chem import _metrics
 from xfit.chem._structures import rigid_body_modes
 from xfit.data._pattern import Pattern
-from xfit.infer._likelihood import Likelihood, model_and_parameters
+from xfit.infer._likelihood import Likelihood, model_and_parameters, prior_residuals
 from xfit.infer._problem import Ensemble, Problem
 from xfit.infer._restraints import Restraints
 
@@ -351,8 +351,8 @@ def _gauss_newton(likelihood: Likelihood, t: int, restraints: Restraints, x, sca
 
     def residuals(flat):
         xs = flat.reshape(x.shape)
-        model, _ = model_and_parameters(likelihood.spec, xs, y, w, i_ref, pixels)
-        r = sqrt_w * (y - model)
+        model, parameters = model_and_parameters(likelihood.spec, xs, y, w, i_ref, pixels)
+        r = jnp.concatenate([sqrt_w * (y - model), prior_residuals(likelihood.spec, parameters)])
         if len(restraints.targets):
             i, j = restraints.pairs[:, 0], restraints.pairs[:, 1]
             d = jnp.sqrt(jnp.sum((xs[i] - xs[j]) ** 2, axis=-1))

@@ -33,6 +33,7 @@ from xfit.infer._likelihood import (
     ANISOTROPIC_KINDS,
     DIFFERENCE_KINDS,
     ELECTRON_KINDS,
+    FRACTION_KINDS,
     build_image_likelihood,
     build_likelihood,
 )
@@ -256,7 +257,15 @@ def _check_options(
         raise ValueError(f"background is for intensity patterns; this pattern's kind is {kind!r}")
     if fraction is not None and kind not in DIFFERENCE_KINDS:
         raise ValueError(f"fraction is for difference patterns; this pattern's kind is {kind!r}")
-    if fraction is not None and not 0 < fraction <= 1:
+    if isinstance(fraction, tuple):
+        if kind not in FRACTION_KINDS:
+            raise ValueError(
+                f"a prior (mean, sd) on the fraction is for {FRACTION_KINDS} patterns, whose solved coefficient is "
+                f"the fraction itself; this pattern's kind is {kind!r} (fraction x scale)"
+            )
+        if len(fraction) != 2 or not (0 < fraction[0] <= 1 and fraction[1] > 0):
+            raise ValueError(f"fraction as a prior is (mean in (0, 1], sd > 0), got {fraction}")
+    elif fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if not 0 <= final_restraint_weight <= 1:
         raise ValueError(f"final_restraint_weight must be in [0, 1], got {final_restraint_weight}")
@@ -326,7 +335,7 @@ def retrieve(
     atoms: Atoms,
     *,
     reference: Atoms | None = None,
-    fraction: float | None = None,
+    fraction: float | tuple[float, float] | None = None,
     model_kind: str = "total",
     background: bool = False,
     restraints: str | _restraints.Restraints | None = "covalent",
@@ -364,7 +373,10 @@ def retrieve(
         atoms: the molecule, ``ase.Atoms``; its geometry is the starting point of the search and the default
             reference (ground state) for difference patterns and restraints.
         reference: reference structure for difference patterns and restraint targets (default: ``atoms``).
-        fraction: excitation fraction for percent-difference/difference patterns; None fits it.
+        fraction: excitation fraction for percent-difference/difference patterns; None fits it in [0, 1]; a pair
+            (mean, sd) fits it under that Gaussian prior ("percent_difference", "delta_sm"), for a fraction the
+            experiment knows roughly (pump fluence, ground-state bleach): for a small structural change the
+            pattern fixes only the fraction times the displacement (see ``fraction_warning``).
         model_kind: which intensity the model computes for difference patterns ("total" or "elastic", ...).
             Intensity patterns are modelled with their own kind.
         background: also fit a flat background (intensity patterns).
@@ -447,6 +459,8 @@ def retrieve(
     patterns = [pattern] if single else list(pattern)
     if not patterns:
         raise ValueError("no patterns given")
+    if isinstance(fraction, list | tuple | np.ndarray):  # (mean, sd): a prior on a fitted fraction
+        fraction = tuple(float(v) for v in fraction)
     images, p2_patterns = None, None
     if any(isinstance(p, DetectorImage) for p in patterns):
         images, patterns = _split_images(patterns, dipole)
@@ -499,7 +513,7 @@ def retrieve(
     )
     info = {"seed": seed}
     if kind in DIFFERENCE_KINDS:
-        info["fraction_fitted"] = fraction is None
+        info["fraction_fitted"] = fraction is None or isinstance(fraction, tuple)
     if strategy is None:
         refinement = {
             "restraints": restraints,
@@ -580,15 +594,15 @@ def fraction_warning(result: Retrieval) -> str | None:
     For a small structural change a difference pattern is linear in it, f (dI/dx) dx, and fixes only the product of
     the fraction and the displacement: f = 1 with a displacement f_true times smaller fits as well. The prior then
     prefers the smaller change, and the fit runs to f = 1. Measured: the UED notebook's Delta sM (CHD, f = 0.15, C1-C6
-    1.53 -> 2.33 A) gave f = 1.000, C1-C6 1.68 A, chi2_red 0.90 (the truth's 0.98), against C1-C6 2.25 A with f
-    known. The error bars do not include that trade-off."""
+    1.53 -> 2.33 A) gave f = 1.000, C1-C6 1.68 +- 0.02 A, chi2_red 0.90 (the truth's 0.98), against f = 0.148,
+    C1-C6 2.25 +- 0.15 A with ``fraction=(0.15, 0.05)``. At the bound the error bars do not include that trade-off."""
     f = result.parameters.get("fraction")
     if not result.info.get("fraction_fitted") or f is None or 1e-4 < f < 0.999:
         return None
     return (
         f"the fitted excitation fraction sits at its bound ({f:.3g}): the pattern fixes only the fraction times the "
-        "structural change, so the structure is not determined (its error bars leave this out); give fraction= "
-        "when it is known (pump fluence, ground-state bleach)"
+        "structural change, so the structure is not determined (its error bars leave this out); give fraction=f, "
+        "or fraction=(mean, sd) for a fraction known roughly (pump fluence, ground-state bleach)"
     )
 
 

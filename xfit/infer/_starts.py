@@ -69,6 +69,8 @@ def proposal_starts(model, patterns: list[Pattern], reference: Atoms, fraction, 
     """A proposal network's candidates as starts (n_patterns, n_proposals, n_atoms, 3); for a percent difference
     with the fraction unknown, proposals at each of PROPOSAL_FRACTIONS join."""
     q, y, kind = patterns[0].q, np.stack([p.values for p in patterns]), patterns[0].kind
+    if isinstance(fraction, tuple):  # a prior (mean, sd): the network reads the signal at its mean
+        fraction = fraction[0]
     fractions = [None] if kind != "percent_difference" else ([fraction] if fraction else list(PROPOSAL_FRACTIONS))
     proposals = [model.propose(q, y, kind, reference, fraction=f, model_kind=model_kind)[0] for f in fractions]
     return np.concatenate(proposals, axis=1)
