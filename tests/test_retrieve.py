@@ -132,22 +132,13 @@ def test_fraction_prior_is_solved_in_closed_form_and_joins_chi2(chd):
         Q, signal + sigma * np.random.default_rng(0).normal(size=len(Q)), sigma, kind="percent_difference"
     )
     x = jnp.asarray(excited.positions[None], jnp.float64)
-    flat = build_likelihood(
-        [pattern], chd.numbers, chd.positions, fraction=None, model_kind="total", background=False, relative_sigma=1e-3
-    )
+    options = {"model_kind": "total", "background": False, "relative_sigma": 1e-3}
+    flat = build_likelihood([pattern], chd.numbers, chd.positions, fraction=None, **options)
     model_at_1 = np.asarray(flat.model_and_parameters(x)[0])[0] / float(flat.model_and_parameters(x)[1]["fraction"][0])
     grid = np.linspace(1e-6, 1.0, 200_001)
     chi2_data = np.sum((pattern.values - grid[:, None] * model_at_1) ** 2 / sigma**2, axis=1)
     for prior in ((0.3, 0.05), (0.05, 0.02), (0.9, 0.01)):
-        like = build_likelihood(
-            [pattern],
-            chd.numbers,
-            chd.positions,
-            fraction=prior,
-            model_kind="total",
-            background=False,
-            relative_sigma=1e-3,
-        )
+        like = build_likelihood([pattern], chd.numbers, chd.positions, fraction=prior, **options)
         total = chi2_data + ((grid - prior[0]) / prior[1]) ** 2
         f = float(like.model_and_parameters(x)[1]["fraction"][0])
         assert f == pytest.approx(grid[np.argmin(total)], abs=1e-4), prior
