@@ -15,6 +15,10 @@ median carbon RMSD <= 0.075 A, all frames <= 0.10 A.
     python benchmarks/ued.py --stride 10 --max-frames 3 --json /tmp/ued.json   # a handful of frames
     python benchmarks/ued.py --smoke --json /tmp/ued.json                       # seconds: what the test suite runs
 
+``--kinds delta_sm``: pump-probe differences Delta sM = f q (I_mol(frame) - I_mol(start))/I_at(start) with f = 0.15
+and sigma = sqrt(2) x 0.002 q (on and off), retrieved against the start as reference three ways: the fraction
+fitted flat on [0, 1], fitted under the prior ``fraction=(0.15, 0.05)``, and fixed at 0.15.
+
 ``--p2``: what the P2 component of a photoselected pattern adds, for each kind: the same frames and the same
 isotropic patterns (noise included) retrieved again jointly with their P2 component (dipole normal to the plane of
 C1, C2, C3: ``("normal", 0, 1, 2)``; sM: q I2/I_at; independent noise of sqrt(5) x the isotropic sigma, the ideal
@@ -59,6 +63,27 @@ def ued_patterns(frames, q, kind: str, energy_kev: float, noise: float, seed: in
     return patterns
 
 
+F_DELTA = 0.15
+"""Excitation fraction of the ``delta_sm`` patterns."""
+
+
+def delta_patterns(frames, start, q, energy_kev: float, noise: float, seed: int):
+    """Noisy Delta sM patterns of the frames against ``start`` at excitation fraction F_DELTA (module notes)."""
+    import jax
+
+    import xfit
+
+    keys = jax.random.split(jax.random.key(seed + 2000), len(frames))
+    sm_start = xfit.modified_scattering(start.numbers, start.positions, q, energy_kev=energy_kev)
+    sigma = np.sqrt(2) * noise * q
+    patterns = []
+    for (_, atoms), key in zip(frames, keys, strict=True):
+        sm = xfit.modified_scattering(atoms.numbers, atoms.positions, q, energy_kev=energy_kev)
+        values = F_DELTA * np.asarray(sm - sm_start) + sigma * np.asarray(jax.random.normal(key, q.shape), np.float64)
+        patterns.append(xfit.Pattern(q, values, sigma, kind="delta_sm", probe="electron", energy_kev=energy_kev))
+    return patterns
+
+
 def p2_patterns(frames, q, kind: str, energy_kev: float, noise: float, seed: int):
     """Noisy P2 components (legendre=2) of the frames photoselected along DIPOLE, sigma sqrt(5) x the isotropic one."""
     import jax
@@ -88,7 +113,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stride", type=int, default=1, help="every STRIDE-th frame of each trajectory")
     parser.add_argument("--max-frames", type=int, help="at most this many frames per trajectory")
-    parser.add_argument("--kinds", type=lambda v: v.split(","), default=list(KINDS), help="sm,elastic (default)")
+    parser.add_argument(
+        "--kinds", type=lambda v: v.split(","), default=list(KINDS), help="sm,elastic (default), delta_sm"
+    )
     parser.add_argument("--energy-kev", type=float, default=3000.0, help="electron energy (default 3000 keV)")
     parser.add_argument("--noise", type=float, default=NOISE, help="Gaussian noise relative to I_at (default 0.2 %%)")
     parser.add_argument("--seed", type=int, default=0)
@@ -108,6 +135,12 @@ def main(argv=None) -> int:
     results = {**run_header(), "noise_of_i_at": args.noise, "q": [1.0, 10.0, 181], "energy_kev": args.energy_kev}
     print(f"{len(frames)} CHD frames, electrons at {args.energy_kev:g} keV, noise {100 * args.noise:g} % of I_at")
     for kind in args.kinds:
+        if kind == "delta_sm":
+            patterns = delta_patterns(frames, start, q, args.energy_kev, args.noise, args.seed)
+            for name, fraction in (("f flat", None), ("f 0.15+-0.05", (F_DELTA, 0.05)), ("f fixed", F_DELTA)):
+                call = lambda p=patterns, f=fraction: xfit.retrieve(p, start, reference=start, fraction=f, **kwargs)  # noqa: E731
+                _run(f"delta_sm, {name}", call, frames, results, timed=not args.smoke)
+            continue
         patterns = ued_patterns(frames, q, kind, args.energy_kev, args.noise, args.seed)
         calls = {kind: lambda p=patterns: xfit.retrieve(p, start, **kwargs)}
         if args.p2:
@@ -131,11 +164,22 @@ def _run(name, call, frames, results, timed: bool = True) -> None:
         seconds = (time.perf_counter() - t0) / len(frames)
     rows = score(found, frames)
     s = results[name] = {**summarise(rows), "seconds_per_retrieval": seconds, "first_call_seconds": first, "rows": rows}
+    fraction = ""
+    if "fraction" in found[0].parameters:  # difference patterns: the fitted (or fixed) excitation fraction
+        f = np.array([r.parameters["fraction"] for r in found])
+        fitted = bool(found[0].info.get("fraction_fitted"))
+        lo, mid, hi = s["fraction_5_50_95"] = np.percentile(f, [5, 50, 95]).tolist()
+        s["fraction_at_bound"] = float(np.mean((f >= 0.999) | (f <= 1e-4))) if fitted else 0.0
+        fraction = (
+            f"fraction 5/50/95 % {lo:.3f}/{mid:.3f}/{hi:.3f} (at a bound: {100 * s['fraction_at_bound']:.0f} %); "
+        )
     print(
         f"{name:<10} {s['method']}: C-RMSD median {s['carbon_median']:.3f} A, <= 0.10 A: "
         f"{100 * s['carbon_le_0.10']:.0f} %, near-closed {_f(s['closed_median'])} ({s['n_closed']} frames), "
         f"opened {_f(s['opened_median'])}; C1-C6 error {s['c1c6_error_median']:.3f} A, sigma "
-        f"{s['c1c6_sigma_median']:.3f} A; {seconds:.2f} s/retrieval ({first:.2f} s in the first, compiling call)",
+        f"{s['c1c6_sigma_median']:.3f} A, within 1/2/3 sigma "
+        f"{', '.join(f'{100 * v:.0f} %' for v in s['coverage_1_2_3_sigma'])}; {fraction}{seconds:.2f} s/retrieval "
+        f"({first:.2f} s in the first, compiling call)",
         flush=True,
     )
 
