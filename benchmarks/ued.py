@@ -166,10 +166,11 @@ def _run(name, call, frames, results, timed: bool = True) -> None:
     s = results[name] = {**summarise(rows), "seconds_per_retrieval": seconds, "first_call_seconds": first, "rows": rows}
     fraction = ""
     if "fraction" in found[0].parameters:  # difference patterns: the fitted (or fixed) excitation fraction
+        from xfit.infer._retrieve import fraction_warning
+
         f = np.array([r.parameters["fraction"] for r in found])
-        fitted = bool(found[0].info.get("fraction_fitted"))
         lo, mid, hi = s["fraction_5_50_95"] = np.percentile(f, [5, 50, 95]).tolist()
-        s["fraction_at_bound"] = float(np.mean((f >= 0.999) | (f <= 1e-4))) if fitted else 0.0
+        s["fraction_at_bound"] = float(np.mean([fraction_warning(r) is not None for r in found]))
         fraction = (
             f"fraction 5/50/95 % {lo:.3f}/{mid:.3f}/{hi:.3f} (at a bound: {100 * s['fraction_at_bound']:.0f} %); "
         )

@@ -126,6 +126,14 @@ def _write_pattern(g, pattern) -> None:
         g.attrs["legendre"] = int(pattern.legendre)
 
 
+def write_basins(g, basins) -> None:
+    """``Uncertainty.basins`` into HDF5 group g: basin_optima, basin_covariances (float32, gzip: ~85 kB for CHD's 12
+    basins instead of 170) and basin_weights."""
+    optima, covariances, weights = basins
+    g["basin_optima"], g["basin_weights"] = optima, weights
+    g.create_dataset("basin_covariances", data=np.asarray(covariances, np.float32), compression="gzip")
+
+
 def _write_record(g, r) -> None:
     g["numbers"] = r.atoms.numbers
     g["positions"] = r.atoms.positions
@@ -152,10 +160,8 @@ def _write_record(g, r) -> None:
     ug.attrs["n_comparable"] = int(u.n_comparable)
     if u.samples is not None:
         ug["samples"], ug["sample_weights"] = u.samples
-    if u.basins is not None:  # float32: ~85 kB a record for CHD's 12 basins instead of 170
-        optima, covariances, weights = u.basins
-        ug["basin_optima"], ug["basin_weights"] = optima, weights
-        ug.create_dataset("basin_covariances", data=np.asarray(covariances, np.float32), compression="gzip")
+    if u.basins is not None:
+        write_basins(ug, u.basins)
     for name in ("samples", "sample_weights", "sample_modes", "modes"):
         value = getattr(r, name)
         if value is not None:

@@ -27,6 +27,7 @@ def save_samples(results: Sequence, path: str | os.PathLike) -> None:
     import h5py
 
     from xfit._io import atomic_path
+    from xfit.data._results import write_basins
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["n_patterns"] = len(results)
@@ -42,9 +43,7 @@ def save_samples(results: Sequence, path: str | os.PathLike) -> None:
                 g["sample_modes"] = r.sample_modes
                 g["modes"] = r.modes
             if r.uncertainty.basins is not None:
-                optima, covariances, weights = r.uncertainty.basins
-                g["basin_optima"], g["basin_weights"] = optima, weights
-                g.create_dataset("basin_covariances", data=covariances.astype(np.float32), compression="gzip")
+                write_basins(g, r.uncertainty.basins)
             g.attrs["method"] = str(r.info.get("method", ""))
             g.attrs["chi2_reduced"] = r.chi2_reduced
             if r.pattern.delay is not None:

@@ -534,15 +534,15 @@ class Posterior:
         draws: posterior samples kept per basin, one every ``thin`` MALA steps of ``step_size`` (whitened units).
         curvature_floor: smallest curvature (1/A^2) of the Laplace approximation along any internal direction (a
             standard deviation of at most 1/sqrt(floor) A).
-        basin_tempering: beta in (0, 1]: the distance error bars are those of the mixture of every kept basin's
-            Laplace Gaussian, all modes, each weighted by its Laplace mass to the power beta (1: the masses as
+        basin_tempering: beta in (0, 1]: the error bars (``Uncertainty.basins``) are those of the mixture of every kept
+            basin's Laplace Gaussian, all modes, each weighted by its Laplace mass to the power beta (1: the masses as
             they are). The structure and the ranking of modes keep the untempered masses. Why: the prior's energy
-            separates basins more sharply than its own draws populate them. On CHD structures drawn from the
-            shipped prior itself (exact MALA draws, X-ray at 0.1 % noise: ``benchmarks/diagnostics.py
-            calibration``), the truth's basin had a log mass 3.5 below the reported one's (median), and the error
-            bars of the chosen mode alone covered the true C1-C6 within 1/2/3 sigma on 36/56/70 %; with every basin
-            at beta 0.35, 64/83/92 % (two sets of 64 draws: 64/83-86/92-95 %), beta 0.25 69/84-86/92-95 %. Chosen
-            on those draws, never on the shared frames.
+            separates basins more sharply than its own draws populate them. On CHD structures drawn from the shipped
+            prior itself (exact MALA draws, X-ray at 0.1 % noise: ``benchmarks/diagnostics.py calibration``), the
+            truth's basin had a log mass 3.5 below the reported one's (median), and the error bars of the chosen mode
+            alone covered the true C1-C6 within 1/2/3 sigma on 36/56/70 %; with every basin at beta 0.35, 64/83/92 %
+            (two sets of 64 draws: 64/83-86/92-95 %), beta 0.25 69/84-86/92-95 %. Chosen on those draws, never on the
+            shared frames.
         duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
         mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
         relax_steps: Adam steps (:func:`relax`, first step 3e-3 A) taking the chosen mode's mean (heavy atoms; the
@@ -657,7 +657,7 @@ class Posterior:
     def _sample_weights(self, problem: Problem, log_mass, optima, ok):
         """Normalised weights of the samples (T, S, draws), each draw an equal share of its basin's Laplace mass
         (basins found by several particles counted once; dropped particles at zero), the effective sample size per
-        pattern (T,), and the basins' weights in the distance error bars (T, S): their masses to the power
+        pattern (T,), and the basins' weights in the error bars (T, S): their masses to the power
         ``basin_tempering``, shared the same way."""
         counts = _basin_counts(optima, problem.molecule.heavy, self.duplicate_tolerance)
         basins = _basin_weights(log_mass, counts, ok)

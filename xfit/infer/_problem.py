@@ -89,7 +89,7 @@ class Ensemble:
             particle: (T, S) which particle each sample belongs to; modes are clusters of optima.
         optima_covariance: (T, P, 3 n_atoms, 3 n_atoms) Laplace covariance (A^2) of each particle's basin at its
             optimum (samples), or None.
-        error_weights: (T, P) normalised weight of each particle's basin in the distance error bars (samples), or
+        error_weights: (T, P) normalised weight of each particle's basin in the error bars (samples), or
             None for every basin at its posterior mass (``xfit.Posterior``'s ``basin_tempering``).
         info: what the strategy reports (method, settings, dropped particles, ...), shared by every pattern.
         relax: samples only, or None: relax(x, rows) maps one structure per pattern, x (k, n_atoms, 3) in A for the

@@ -597,15 +597,15 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
     chosen = sample_modes == 0
     w0 = weights[chosen] / np.sum(weights[chosen])
     xs = aligned[chosen]
-    centred = (xs - means[0]).reshape(len(xs), -1)  # the posterior covariance: about the mean
-    covariance = np.einsum("s,sa,sb->ab", w0, centred, centred)
     model, params, chi2_best = _fit(problem, t, best)
     atoms = _to_atoms(problem.atoms, best)
     centre = best.mean(axis=0)
     shift = float(np.sqrt(np.mean(np.sum((best - means[0]) ** 2, axis=-1))))  # all atoms, A
     distances = _weighted_distance_std(xs, w0)
-    basins = None
-    if ensemble.optima_covariance is not None:
+    if ensemble.optima_covariance is None:  # the chosen mode's samples alone, about their mean
+        centred = (xs - means[0]).reshape(len(xs), -1)
+        covariance, basins = np.einsum("s,sa,sb->ab", w0, centred, centred), None
+    else:
         # The MALA chains are short (draws x thin steps from each optimum) and, measured on shared CHD frames,
         # spread 2-6x less than the Laplace Gaussian of their own basin: the error bars come from the mixture of
         # basin Gaussians, the distances' never narrower than the chosen mode's samples. Which basins and weights:
