@@ -122,6 +122,9 @@ def test_retrieve_delta_sm_with_a_prior_on_the_fraction(tmp_path, capsys):
     assert main([*argv, "--fraction", "0.2+-0.05", "-o", str(out)]) == 0
     (result,) = xfit.load_results(out)
     assert result.info["fraction_fitted"] and 0 < result.parameters["fraction"] < 1
+    # the fraction's standard deviation: in the table printed and in the results file, below the prior's own sd
+    sigma = result.info["fraction_sigma"]
+    assert 0 < sigma < 0.05 and f"{result.parameters['fraction']:.4g} +- {sigma:.2g}" in capsys.readouterr().out
     assert result.parameters["fraction"] != 0.2  # fitted, not fixed
     with pytest.raises(SystemExit):
         main([*argv, "--fraction", "0.2+-x"])

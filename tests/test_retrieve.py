@@ -320,3 +320,38 @@ def test_starts_with_the_wrong_atom_count_are_a_clear_error(chd):
     pattern = xfit.Pattern(q, np.asarray(xfit.scattering(chd, q)), np.ones(40))
     with pytest.raises(ValueError, match=r"starts must have shape \(n, 14, 3\), got \(1, 3, 3\)"):
         xfit.retrieve(pattern, chd, starts=np.zeros((1, 3, 3)), prior=None)
+
+
+def test_fitted_fraction_sigma_is_the_joint_gauss_newton_marginal():
+    # info["fraction_sigma"] of a refinement: its two parts (f at a fixed structure, and f*(x) over the structure's
+    # covariance) add up to the fraction's marginal variance [H^-1]_ff of the Gauss-Newton Hessian over structure
+    # and fraction jointly (Schur complement), computed here independently from xfit.intensity.
+    import jax.numpy as jnp
+
+    from xfit.chem._structures import rigid_body_modes
+
+    ref = Atoms("SCO", positions=[[0.0, 0.0, 0.0], [1.56, 0.0, 0.0], [2.2, 0.9, 0.0]])
+    truth = ref.copy()
+    truth.positions[2] += [0.15, 0.1, 0.05]
+    i_ref = np.asarray(xfit.scattering(ref, Q))
+    signal = np.asarray(xfit.percent_difference(xfit.scattering(truth, Q), i_ref, 0.3))
+    sigma = np.full(len(Q), 0.02)
+    pattern = xfit.Pattern(Q, signal, sigma, kind="percent_difference")
+    options = {"reference": ref, "prior": None, "restraints": None, "n_starts": 1, "steps": 20, "learning_rate": 1e-6}
+    result = xfit.retrieve(pattern, truth, **options)
+    x, f = result.atoms.positions, result.parameters["fraction"]
+    assert f == pytest.approx(0.3, rel=1e-3)
+
+    def residuals(v):
+        shape = 100.0 * (xfit.intensity(ref.numbers, v[:-1].reshape(3, 3), Q) - i_ref) / i_ref
+        return (signal - v[-1] * shape) / sigma
+
+    jac = np.asarray(jax.jacfwd(residuals)(jnp.asarray(np.append(x.ravel(), f))))
+    projector = np.eye(10)
+    rigid = rigid_body_modes(x).T  # (9, 6), orthonormal columns
+    projector[:9, :9] -= rigid @ rigid.T
+    marginal = np.linalg.pinv(projector @ jac.T @ jac @ projector, rcond=1e-10, hermitian=True)[-1, -1]
+    assert result.info["fraction_sigma"] == pytest.approx(np.sqrt(marginal), rel=1e-3)
+    # conditional on the structure alone it would be smaller: the structure's freedom widens the fraction
+    assert result.info["fraction_sigma"] > 1.05 / np.sqrt(np.sum(jac[:, -1] ** 2))
+    assert "fraction_sigma" not in xfit.retrieve(pattern, truth, fraction=0.3, **options).info

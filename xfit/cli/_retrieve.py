@@ -106,11 +106,15 @@ def _report(results) -> None:
     print(f"method: {method}; prior: {used or 'none (no trained prior fits this molecule and pattern, or --no-prior)'}")
     param = next(iter(results[0].parameters))
     mass = "mode mass" if method == "posterior" else "candidates"
-    print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>10} {mass:>10}")
+    width = 18 if "fraction_sigma" in results[0].info else 10  # a fitted fraction with its standard deviation
+    print(f"{'#':>4} {'delay/ps':>9} {'chi2_red':>9} {param:>{width}} {mass:>10}")
     for k, r in enumerate(results):
         delay = f"{r.pattern.delay:>9.3g}" if r.pattern.delay is not None else f"{'-':>9}"
         last = f"{r.modes[0]:>10.2f}" if r.modes is not None else f"{len(r.candidates):>10}"
-        print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {r.parameters[param]:>10.4g} {last}")
+        value = f"{r.parameters[param]:.4g}"
+        if param == "fraction" and "fraction_sigma" in r.info:
+            value += f" +- {r.info['fraction_sigma']:.2g}"
+        print(f"{k:>4} {delay} {r.chi2_reduced:>9.3f} {value:>{width}} {last}")
     for k, r in enumerate(results):
         if "warning" in r.info:
             print(f"warning: pattern {k}: {r.info['warning']}")

@@ -213,7 +213,10 @@ class Retrieval:
     image: Any = None
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v:.4g}" for k, v in self.parameters.items())
+        sigma = {"fraction": self.info["fraction_sigma"]} if "fraction_sigma" in self.info else {}
+        params = ", ".join(
+            f"{k}={v:.4g}" + (f" +- {sigma[k]:.2g}" if k in sigma else "") for k, v in self.parameters.items()
+        )
         mass = "" if self.modes is None else f", mode mass {self.modes[0]:.2f}"
         return (
             f"Retrieval({self.atoms.get_chemical_formula()}, {self.info.get('method', '?')}, "
@@ -324,7 +327,8 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
     info = {**info, **ensemble.info, "bonds": problem.molecule.bonds.tolist()}  # [[i, j], ...]: JSON round trip
     if ensemble.kind == "candidates":
         return [
-            _summarise_candidates(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)
+            _with_fraction_sigma(problem, t, _summarise_candidates(problem, ensemble, t, duplicate_tolerance, info))
+            for t in range(problem.n_patterns)
         ]
     modes = [_sample_modes(problem, ensemble, t, info) for t in range(problem.n_patterns)]
     means = np.stack([m.means[0] for m in modes])
@@ -334,10 +338,42 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
         heavy = problem.molecule.heavy
         starts = np.stack([_relax_start(m, ensemble.particle[t], heavy) for t, m in enumerate(modes)])
         structures = _relaxed(ensemble.relax, starts, heavy)
-    return [
+    results = [
         _summarise_samples(problem, ensemble, t, info, m, x)
         for t, (m, x) in enumerate(zip(modes, structures, strict=True))
     ]
+    return [_with_fraction_sigma(problem, t, r) for t, r in enumerate(results)]
+
+
+@jax.jit
+def _profiled_fraction(likelihood: Likelihood, x):
+    """The excitation fraction solved for structure x (n_atoms, 3) against a one-pattern likelihood."""
+    return likelihood.model_and_parameters(x[None])[1]["fraction"][0]
+
+
+def _with_fraction_sigma(problem: Problem, t: int, result: Retrieval) -> Retrieval:
+    """``result`` with ``info["fraction_sigma"]``, the posterior standard deviation of a fitted excitation fraction,
+    where one was fitted (a fixed fraction has none).
+
+    The fraction is solved in closed form for each structure, f*(x), so its spread has two parts, added in
+    quadrature: at a fixed structure, 1/sqrt(sum w s^2 [+ 1/sd^2 under a prior]) with s = model/f the pattern's
+    shape (the model is linear in f); and the spread of f*(x) over the structure's own uncertainty, as
+    ``Uncertainty.of`` gives it (linearised in each basin, between the basins, over the chosen mode's samples).
+    For a small structural change the second dominates: the pattern fixes only f times the change."""
+    spec = problem.likelihood.spec
+    f = result.parameters.get("fraction")
+    if spec.fraction is not None or f is None:
+        return result
+    with jax.enable_x64(True):
+        row = problem.likelihood.select(np.array([t])).astype(jnp.float64)
+        sigma_x = result.uncertainty.of(lambda x: float(_profiled_fraction(row, jnp.asarray(x, jnp.float64))))
+        model, _ = row.model_and_parameters(jnp.asarray(result.atoms.positions, jnp.float64)[None])
+    shape = np.asarray(model, np.float64)[0] / max(f, 1e-6)
+    precision = float(np.sum(np.asarray(row.w, np.float64)[0] * shape**2))
+    if spec.fraction_prior is not None:
+        precision += 1.0 / spec.fraction_prior[1] ** 2
+    sigma = float(np.sqrt(sigma_x**2 + 1.0 / max(precision, 1e-300)))
+    return dataclasses.replace(result, info={**result.info, "fraction_sigma": sigma})
 
 
 # ----------------------------------------------------------------------------------------------------------------
