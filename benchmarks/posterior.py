@@ -14,8 +14,9 @@ the JSON), median sigma(C1-C6), and the time per retrieval (one batched call ove
 the same shape that compiles; its time is reported too).
 ``--kind percent_difference``: the same frames as 100 f (I(frame) - I(start))/I(start) at f = ``--excited``
 (default 0.1), noise 0.1 % on each of I_on and I_off (sigma = 100 sqrt(2) x ``--noise``, in percent), retrieved
-with the fraction fitted flat (``--fraction flat``, the default call), known (``known``) or under a Gaussian prior
-of that sd about the true f (e.g. ``0.03``).
+with the fraction fitted flat (``--fraction flat``, the default call), known (``known``), under a Gaussian prior
+of that sd about the true f (e.g. ``0.03``), or under the series' shared fraction from the flat fits (``shared``,
+``xfit.shared_fraction``: two passes).
 Targets (issue): median carbon RMSD <= 0.10 A with >= 50 % of frames <= 0.10 A, near-closed <= 0.075 A, true
 C1-C6 within 2 sigma on >= 80 % of frames with median sigma <= 0.15 A, <= 2 s per retrieval on a 2-core CPU; NMM
 chi2_reduced <= 1.5 at >= 90 % of delays.
@@ -100,10 +101,18 @@ def chd_patterns(frames, q, noise: float, seed: int, kind: str = "total", start=
     return patterns
 
 
-def fraction_option(args) -> dict:
-    """retrieve's ``fraction`` for ``--fraction`` (percent-difference patterns only)."""
+def fraction_option(args, patterns=None, start=None, kwargs=None) -> dict:
+    """retrieve's ``fraction`` for ``--fraction`` (percent-difference patterns only); ``shared``: the frames retrieved
+    with the fraction fitted flat, then ``xfit.shared_fraction`` of those fits as the prior (needs the patterns,
+    the start and retrieve's other keyword arguments)."""
     if args.kind == "total" or args.fraction == "flat":
         return {}
+    if args.fraction == "shared":
+        import xfit
+
+        mean, sd = xfit.shared_fraction(xfit.retrieve(patterns, start, **kwargs))
+        print(f"shared fraction of the flat fits: {mean:.4f} +- {sd:.4f} (true {args.excited})", flush=True)
+        return {"fraction": (mean, sd)}
     if args.fraction == "known":
         return {"fraction": args.excited}
     return {"fraction": (args.excited, float(args.fraction))}
@@ -202,7 +211,8 @@ def run_chd(args, q) -> dict:
     for name, method in METHODS.items():
         if args.methods and name not in args.methods:
             continue
-        kwargs = {**options(method, args.smoke, start), **fraction_option(args)}
+        kwargs = options(method, args.smoke, start)
+        kwargs.update(fraction_option(args, patterns, start, kwargs))
         t0 = time.perf_counter()
         xfit.retrieve(patterns, start, **kwargs)  # the first call of a process compiles for this batch shape
         first = (time.perf_counter() - t0) / len(patterns)
@@ -303,7 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=["total", "percent_difference"], default="total", help="CHD pattern kind")
     parser.add_argument("--excited", type=float, default=0.1, help="excitation fraction of percent-difference data")
     parser.add_argument(
-        "--fraction", default="flat", help="percent difference: flat (fitted, the default call), known, or a prior sd"
+        "--fraction",
+        default="flat",
+        help="percent difference: flat (fitted, the default call), known, a prior sd, or shared (xfit.shared_fraction)",
     )
     parser.add_argument("--nmm-stride", type=int, default=1, help="every N-th delay of the NMM series")
     parser.add_argument("--seed", type=int, default=0)
@@ -319,12 +331,12 @@ def main(argv=None) -> int:
         # The two strategies' code paths: the default call's posterior and the refinement fallback.
         args.methods = args.methods or ["default call", "refinement (prior=None)"]
     q = np.linspace(0.5, 8.0, 76)
-    if args.fraction not in ("flat", "known"):
+    if args.fraction not in ("flat", "known", "shared"):
         try:
             if not float(args.fraction) > 0:
                 raise ValueError
         except ValueError:
-            parser.error(f"--fraction must be flat, known or a positive prior sd, got {args.fraction!r}")
+            parser.error(f"--fraction must be flat, known, shared or a positive prior sd, got {args.fraction!r}")
     results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76], "kind": args.kind}
     if args.kind != "total":
         results.update(excited=args.excited, fraction=args.fraction)

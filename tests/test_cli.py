@@ -128,7 +128,36 @@ def test_retrieve_delta_sm_with_a_prior_on_the_fraction(tmp_path, capsys):
     assert result.parameters["fraction"] != 0.2  # fitted, not fixed
     with pytest.raises(SystemExit):
         main([*argv, "--fraction", "0.2+-x"])
-    assert "--fraction must look like 0.15 or 0.15+-0.05" in capsys.readouterr().err
+    assert "--fraction must look like 0.15, 0.15+-0.05 or shared" in capsys.readouterr().err
+
+
+def test_retrieve_a_series_under_its_shared_fraction(tmp_path, capsys):
+    """--fraction shared: a two-delay Delta sM series (one pump, f = 0.15) fitted pattern by pattern, then again
+    under the series' one fraction from xfit.shared_fraction, printed; live mode refuses it (refinement, small)."""
+    from ase.io import read
+
+    ground, frame = read(DATA / "chd.xyz"), read(DATA / "chd_traj001_t12_true.xyz")
+    q = np.linspace(1.0, 10.0, 91)
+    sm = [xfit.modified_scattering(a.numbers, a.positions, q, energy_kev=90.0) for a in (frame, ground)]
+    options = {"kind": "delta_sm", "probe": "electron", "energy_kev": 90.0}
+    series = [
+        xfit.Pattern(q, f * np.asarray(sm[0] - sm[1]), np.full(len(q), 2e-3), delay=t, **options)
+        for t, f in ((0.5, 0.15), (1.0, 0.15))
+    ]
+    path, out = xfit.save_patterns(tmp_path / "series.h5", series), tmp_path / "out.h5"
+    argv = ["retrieve", str(path), "--atoms", str(DATA / "chd.xyz"), "--no-prior", "--starts", "2", "--steps", "20"]
+    assert main([*argv, "--fraction", "shared", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("shared excitation fraction:"))
+    mean, sd = (float(v) for v in line.split(":")[1].split("(")[0].split("+-"))
+    results = xfit.load_results(out)
+    assert len(results) == 2 and all(r.info["fraction_fitted"] and "fraction_sigma" in r.info for r in results)
+    assert 0 < mean < 1 and sd > 0
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    live = ["live", str(watch), "--atoms", str(DATA / "chd.xyz"), "-o", str(tmp_path / "live.h5")]
+    assert main([*live, "--fraction", "shared", "--once"]) == 2
+    assert "--fraction shared needs the whole series" in capsys.readouterr().err
 
 
 def test_pool_prepare_train_and_retrieve_with_priors(tmp_path, capsys):

@@ -355,3 +355,28 @@ def test_fitted_fraction_sigma_is_the_joint_gauss_newton_marginal():
     # conditional on the structure alone it would be smaller: the structure's freedom widens the fraction
     assert result.info["fraction_sigma"] > 1.05 / np.sqrt(np.sum(jac[:, -1] ** 2))
     assert "fraction_sigma" not in xfit.retrieve(pattern, truth, fraction=0.3, **options).info
+
+
+def test_shared_fraction_is_the_inverse_variance_mean_with_the_birge_ratio():
+    from types import SimpleNamespace
+
+    def fit(f, sigma, fitted=True):
+        info = {"fraction_fitted": fitted, "fraction_sigma": sigma}
+        return SimpleNamespace(parameters={"fraction": f}, info=info, pattern=SimpleNamespace(kind="delta_sm"))
+
+    # consistent fractions: the weighted mean and its standard error; a fraction at a bound is left out
+    mean, sd = xfit.shared_fraction([fit(0.10, 0.01), fit(0.12, 0.02), fit(1.0, 0.001)])
+    w = np.array([1e4, 2.5e3])
+    assert mean == pytest.approx((0.10 * w[0] + 0.12 * w[1]) / w.sum())
+    assert sd == pytest.approx(1 / np.sqrt(w.sum()))
+    # a fit in a wrong basin (0.8 +- 0.05, 14 sigma off) barely moves the mean, and widens the error by the Birge ratio
+    fits = [fit(0.10, 0.005), fit(0.101, 0.005), fit(0.8, 0.05)]
+    mean, sd = xfit.shared_fraction(fits)
+    f, w = np.array([0.10, 0.101, 0.8]), 1 / np.array([0.005, 0.005, 0.05]) ** 2
+    expected = np.sum(w * f) / w.sum()
+    assert mean == pytest.approx(expected) and mean < 0.11
+    assert sd == pytest.approx(np.sqrt(np.sum(w * (f - expected) ** 2) / 2) / np.sqrt(w.sum()))
+    with pytest.raises(ValueError, match="no fitted excitation fraction"):
+        xfit.shared_fraction([fit(0.1, 0.01), fit(0.1, 0.01, fitted=False)])
+    with pytest.raises(ValueError, match="at a bound"):
+        xfit.shared_fraction([fit(1.0, 0.01), fit(1e-6, 0.01)])

@@ -36,6 +36,7 @@ from xfit.infer._result import Retrieval as Retrieval
 from xfit.infer._result import Uncertainty as Uncertainty
 from xfit.infer._retrieve import PriorFallbackWarning as PriorFallbackWarning
 from xfit.infer._retrieve import retrieve as retrieve
+from xfit.infer._retrieve import shared_fraction as shared_fraction
 from xfit.learn._conformer import ConformerConfig as ConformerConfig
 from xfit.learn._conformer import ConformerPrior as ConformerPrior
 from xfit.learn._conformer import load_conformer_prior as load_conformer_prior
@@ -128,6 +129,7 @@ __all__ = [
     "save_patterns",
     "save_results",
     "scattering",
+    "shared_fraction",
     "simulate_image",
     "train",
     "train_conformer_prior",

@@ -57,19 +57,24 @@ def dipole_spec(text: str) -> tuple:
 FRACTION_HELP = (
     "excitation fraction of difference patterns: F fixes it, F+-SD fits it under a Gaussian prior (percent_difference, "
     "delta_sm; for a fraction known roughly: a small structural change fixes only fraction x displacement); "
-    "default: fit it in [0, 1]"
+    "'shared' (xfit retrieve, a series): fit it per pattern, then retrieve again under the series' one fraction "
+    "(xfit.shared_fraction); default: fit it in [0, 1]"
 )
 
 
-def fraction(text: str) -> float | tuple[float, float]:
-    """'F' -> F (fixed); 'F+-SD' -> (F, SD), a Gaussian prior on the fitted fraction."""
+def fraction(text: str) -> float | tuple[float, float] | str:
+    """'F' -> F (fixed); 'F+-SD' -> (F, SD), a Gaussian prior on the fitted fraction; 'shared' as it is."""
+    if text == "shared":
+        return text
     try:
         if "+-" in text:
             mean, sd = (float(v) for v in text.split("+-"))
             return mean, sd
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--fraction must look like 0.15 or 0.15+-0.05; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--fraction must look like 0.15, 0.15+-0.05 or shared; got {text!r}"
+        ) from None
 
 
 def value_range(text: str) -> tuple[float, float]:

@@ -172,6 +172,8 @@ def run(args) -> int:
         raise FileNotFoundError(f"watch folder not found: {folder}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.fraction == "shared":
+        raise ValueError("--fraction shared needs the whole series at once (xfit retrieve); live mode takes F or F+-SD")
     atoms = xfit.read_structures(args.atoms)[0]
     watcher = _Watcher(args, atoms)
     print(

@@ -42,7 +42,12 @@ def run(args) -> int:
     if stream:
         xfit.save_results([], args.output)  # an empty results file, replacing any earlier one
     with dask_client(args.scheduler) as client:
-        results = _retrieve(args, patterns + p2, atoms, reference, client, args.output if stream else None)
+        fraction = args.fraction
+        if fraction == "shared":  # pass 1: the fraction fitted per pattern; pass 2: the series' one fraction
+            first = _retrieve(args, patterns + p2, atoms, reference, client, None, fraction=None)
+            fraction = xfit.shared_fraction(first)
+            print(f"shared excitation fraction: {fraction[0]:.4g} +- {fraction[1]:.2g} (from {len(first)} patterns)")
+        results = _retrieve(args, patterns + p2, atoms, reference, client, args.output if stream else None, fraction)
     _report(results)
     _write_outputs(args, results, atoms)
     return 0
@@ -52,14 +57,14 @@ def _is_results_file(path) -> bool:
     return path is not None and path.suffix.lower() in (".h5", ".hdf5")
 
 
-def _retrieve(args, patterns, atoms, reference, client, results_file):
+def _retrieve(args, patterns, atoms, reference, client, results_file, fraction):
     import xfit
 
     return xfit.retrieve(
         patterns,
         atoms,
         reference=reference,
-        fraction=args.fraction,
+        fraction=fraction,
         restraints=None if args.no_restraints else "covalent",
         free_pairs=args.free_pair,
         n_starts=args.starts,
