@@ -101,21 +101,23 @@ def chd_patterns(frames, q, noise: float, seed: int, kind: str = "total", start=
     return patterns
 
 
-def fraction_option(args, patterns=None, start=None, kwargs=None) -> dict:
-    """retrieve's ``fraction`` for ``--fraction`` (percent-difference patterns only); ``shared``: the frames retrieved
-    with the fraction fitted flat, then ``xfit.shared_fraction`` of those fits as the prior (needs the patterns,
-    the start and retrieve's other keyword arguments)."""
+def fraction_option(args) -> dict:
+    """retrieve's ``fraction`` for ``--fraction`` flat, known or a prior sd (percent-difference patterns only)."""
     if args.kind == "total" or args.fraction == "flat":
         return {}
-    if args.fraction == "shared":
-        import xfit
-
-        mean, sd = xfit.shared_fraction(xfit.retrieve(patterns, start, **kwargs))
-        print(f"shared fraction of the flat fits: {mean:.4f} +- {sd:.4f} (true {args.excited})", flush=True)
-        return {"fraction": (mean, sd)}
     if args.fraction == "known":
         return {"fraction": args.excited}
     return {"fraction": (args.excited, float(args.fraction))}
+
+
+def shared_prior(args, patterns, start, kwargs) -> dict:
+    """``--fraction shared``: the frames retrieved with the fraction fitted flat, then ``xfit.shared_fraction`` of
+    those fits as retrieve's ``fraction`` prior."""
+    import xfit
+
+    mean, sd = xfit.shared_fraction(xfit.retrieve(patterns, start, **kwargs))
+    print(f"shared fraction of the flat fits: {mean:.4f} +- {sd:.4f} (true {args.excited})", flush=True)
+    return {"fraction": (mean, sd)}
 
 
 RING_TORSIONS = [(5, 0, 1, 2), (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1)]
@@ -212,7 +214,8 @@ def run_chd(args, q) -> dict:
         if args.methods and name not in args.methods:
             continue
         kwargs = options(method, args.smoke, start)
-        kwargs.update(fraction_option(args, patterns, start, kwargs))
+        shared = args.kind != "total" and args.fraction == "shared"
+        kwargs.update(shared_prior(args, patterns, start, kwargs) if shared else fraction_option(args))
         t0 = time.perf_counter()
         xfit.retrieve(patterns, start, **kwargs)  # the first call of a process compiles for this batch shape
         first = (time.perf_counter() - t0) / len(patterns)

@@ -326,10 +326,17 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
     # The input molecule's bonds: what a bond broken in the result is measured against (the plot's key distances).
     info = {**info, **ensemble.info, "bonds": problem.molecule.bonds.tolist()}  # [[i, j], ...]: JSON round trip
     if ensemble.kind == "candidates":
-        return [
-            _with_fraction_sigma(problem, t, _summarise_candidates(problem, ensemble, t, duplicate_tolerance, info))
-            for t in range(problem.n_patterns)
+        results = [
+            _summarise_candidates(problem, ensemble, t, duplicate_tolerance, info) for t in range(problem.n_patterns)
         ]
+    else:
+        results = _summarise_sample_ensemble(problem, ensemble, info)
+    return [_with_fraction_sigma(problem, t, r) for t, r in enumerate(results)]
+
+
+def _summarise_sample_ensemble(problem: Problem, ensemble: Ensemble, info: dict) -> list[Retrieval]:
+    """One :class:`Retrieval` per pattern from a sampling strategy's ensemble: its modes, the chosen mode's mean
+    relaxed to the nearest optimum (where the ensemble can relax), the uncertainties."""
     modes = [_sample_modes(problem, ensemble, t, info) for t in range(problem.n_patterns)]
     means = np.stack([m.means[0] for m in modes])
     if ensemble.relax is None:
@@ -338,11 +345,10 @@ def summarise(problem: Problem, ensemble: Ensemble, *, duplicate_tolerance: floa
         heavy = problem.molecule.heavy
         starts = np.stack([_relax_start(m, ensemble.particle[t], heavy) for t, m in enumerate(modes)])
         structures = _relaxed(ensemble.relax, starts, heavy)
-    results = [
+    return [
         _summarise_samples(problem, ensemble, t, info, m, x)
         for t, (m, x) in enumerate(zip(modes, structures, strict=True))
     ]
-    return [_with_fraction_sigma(problem, t, r) for t, r in enumerate(results)]
 
 
 @jax.jit

@@ -623,8 +623,8 @@ def shared_fraction(results: Sequence[Retrieval]) -> tuple[float, float]:
     it; ``xfit retrieve --fraction shared`` does both passes.
 
     Args:
-        results: retrievals with a fitted fraction (``percent_difference`` or ``delta_sm`` patterns retrieved without
-            ``fraction=f``).
+        results: retrievals with the fraction fitted flat (``percent_difference`` or ``delta_sm`` patterns retrieved
+            without ``fraction=``; fits under a prior ``fraction=(mean, sd)`` would count that prior once per delay).
     """
     results = list(results)
     f, sigma = [], []
