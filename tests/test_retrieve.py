@@ -380,3 +380,5 @@ def test_shared_fraction_is_the_inverse_variance_mean_with_the_birge_ratio():
         xfit.shared_fraction([fit(0.1, 0.01), fit(0.1, 0.01, fitted=False)])
     with pytest.raises(ValueError, match="at a bound"):
         xfit.shared_fraction([fit(1.0, 0.01), fit(1e-6, 0.01)])
+    with pytest.raises(ValueError, match="at least one retrieval"):
+        xfit.shared_fraction([])

@@ -627,6 +627,8 @@ def shared_fraction(results: Sequence[Retrieval]) -> tuple[float, float]:
             without ``fraction=``; fits under a prior ``fraction=(mean, sd)`` would count that prior once per delay).
     """
     results = list(results)
+    if not results:
+        raise ValueError("shared_fraction needs at least one retrieval, got none")
     f, sigma = [], []
     for k, r in enumerate(results):
         if not r.info.get("fraction_fitted") or "fraction_sigma" not in r.info:
