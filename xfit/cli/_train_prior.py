@@ -12,7 +12,9 @@ def run(args) -> int:
     from xfit.learn._conformer import ConformerConfig
     from xfit.learn._conformer_train import ConformerTrainConfig, train_conformer_prior
 
-    config = ConformerConfig(width=args.width, branches=args.branches, max_atoms=args.max_atoms)
+    config = ConformerConfig(
+        width=args.width, branches=args.branches, components=args.components, max_atoms=args.max_atoms
+    )
     train = ConformerTrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -63,6 +65,13 @@ def add_parser(sub) -> None:
     t.add_argument("--width", type=int, default=d.width, help=f"pair MLP width: cost per structure (default {d.width})")
     t.add_argument(
         "--branches", type=int, default=d.branches, help=f"modes per interatomic distance (default {d.branches})"
+    )
+    t.add_argument(
+        "--components",
+        type=int,
+        default=d.components,
+        help="whole-molecule mixture components, each its own set of pair densities, so that distances move together "
+        f"(a ring open in one, closed in another; default {d.components})",
     )
     t.add_argument("--max-atoms", type=int, default=d.max_atoms, help=f"largest molecule (default {d.max_atoms})")
     t.add_argument(

@@ -85,7 +85,8 @@ class ConformerConfig:
     rounds: message-passing rounds over the bond graph. n_rbf, rbf_min, rbf_max: Gaussian radial basis of the
     distance. max_atoms: the largest molecule it takes. sigma_min, sigma_max: the noise levels it is trained on
     (sigma_min is the level the posterior uses). branches: Gaussians per distance. reference: also condition on the
-    reference geometry's distances.
+    reference geometry's distances. components: whole-molecule mixture components (1: one pairwise density; see
+    the module notes).
     """
 
     width: int = 32
@@ -99,14 +100,15 @@ class ConformerConfig:
     sigma_max: float = 2.5
     branches: int = 6
     reference: bool = False
+    components: int = 1
 
     def __post_init__(self):
         if self.width < 2 or self.embed < 2 or self.n_rbf < 2 or self.max_atoms < 2 or self.rounds < 0:
             raise ValueError("width, embed, n_rbf, max_atoms >= 2 and rounds >= 0 are needed")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if not 0 < self.rbf_min < self.rbf_max or self.branches < 1:
-            raise ValueError("need 0 < rbf_min < rbf_max and branches >= 1")
+        if not 0 < self.rbf_min < self.rbf_max or self.branches < 1 or self.components < 1:
+            raise ValueError("need 0 < rbf_min < rbf_max, branches >= 1 and components >= 1")
 
 
 def as_graph(atoms: Atoms | MoleculeGraph) -> MoleculeGraph:
@@ -193,24 +195,36 @@ class PairContext(nn.Module):
             parts.append(_rbf(d0_pair, c.n_rbf, c.rbf_min, c.rbf_max))
         z = nn.gelu(nn.Dense(c.embed)(jnp.concatenate(parts, -1)))
         z = nn.gelu(nn.Dense(c.embed)(z))
-        w, k = c.width, c.branches
+        w, k, m = c.width, c.branches, c.components
         scaled = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
         dense = nn.initializers.lecun_normal()
+
+        def per_component(n_out: int, **kwargs):  # (P, n_out) per component -> (M, P, n_out)
+            out = nn.Dense(m * n_out, **kwargs)(z)
+            return jnp.moveaxis(out.reshape(out.shape[0], m, n_out), 1, 0)
+
         # Branch centres spread over bonded to far distances, widths from a bond's to a floppy pair's, at first.
         spread = np.linspace(1.0, 5.5, k) if k > 1 else np.array([1.5])
         if c.reference:
-            centres = d0_pair[:, None] + nn.Dense(k, bias_init=_constant(spread - spread[0]))(z)
+            centres = d0_pair[:, None] + per_component(k, bias_init=_constant(np.tile(spread - spread[0], m)))
         else:
-            centres = c.rbf_min + nn.softplus(nn.Dense(k, bias_init=_constant(np.log(np.expm1(spread - c.rbf_min))))(z))
-        log_widths = np.full(k, np.log(0.25))
+            bias = np.tile(np.log(np.expm1(spread - c.rbf_min)), m)
+            centres = c.rbf_min + nn.softplus(per_component(k, bias_init=_constant(bias)))
+        log_widths = np.full(m * k, np.log(0.25))
+        if m > 1:  # the molecule's weights of its components, from the whole graph
+            readout = jnp.sum(h, 0) / jnp.maximum(jnp.sum(atom_mask), 1.0)
+            log_components = jax.nn.log_softmax(nn.Dense(m, kernel_init=nn.initializers.zeros)(readout))
+        else:
+            log_components = jnp.zeros(1, dtype)
         return {
             "centres": centres,
-            "log_widths": jnp.clip(nn.Dense(k, bias_init=_constant(log_widths))(z), LOG_WIDTH_MIN, LOG_WIDTH_MAX),
-            "log_weights": jax.nn.log_softmax(nn.Dense(k, kernel_init=nn.initializers.zeros)(z), axis=-1),
+            "log_widths": jnp.clip(per_component(k, bias_init=_constant(log_widths)), LOG_WIDTH_MIN, LOG_WIDTH_MAX),
+            "log_weights": jax.nn.log_softmax(per_component(k, kernel_init=nn.initializers.zeros), axis=-1),
             "b1": nn.Dense(w)(z),
             "w_lin": nn.Dense(w, bias_init=nn.initializers.normal(2.0))(z),
             "g": 1.0 + nn.Dense(w, kernel_init=scaled)(z),
-            "v": nn.Dense(w, kernel_init=scaled)(z) / float(np.sqrt(w)),
+            "v": per_component(w, kernel_init=scaled) / float(np.sqrt(w)),
+            "log_components": log_components,
             "w_rbf": self.param("w_rbf", dense, (c.n_rbf, w)),
             "w_sigma1": self.param("w_sigma1", dense, (SIGMA_FEATURES, w)),
             "w2": self.param("w2", dense, (w, w)),
@@ -232,8 +246,9 @@ def _constant(values):
 
 
 def pair_terms(head: dict, d, sigma, config: ConformerConfig):
-    """Each pair's term f_ij(d_ij, sigma) (..., P) of the energy, for distances d (..., P) in A and noise levels
-    sigma (a scalar or (...)) in A, in the dtype of d: the energy is their sum (see the module notes)."""
+    """Each pair's term f_mij(d_ij, sigma) (..., M, P) of each mixture component m, for distances d (..., P) in A and
+    noise levels sigma (a scalar or (...)) in A, in the dtype of d: component m's energy is the sum over pairs
+    (``combine`` makes the molecule's; see the module notes)."""
     dtype = d.dtype
     head = {k: jnp.asarray(v, dtype) for k, v in head.items()}
     sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype), d.shape[:-1])
@@ -245,10 +260,16 @@ def pair_terms(head: dict, d, sigma, config: ConformerConfig):
         + (s @ head["w_sigma1"])[..., None, :] * head["g"]
     )
     a2 = jax.nn.silu(a1) @ head["w2"] + head["b2"] + (s @ head["w_sigma2"])[..., None, :]
-    residual = jnp.sum(jax.nn.silu(a2) * head["v"], axis=-1)
-    var = jnp.exp(2.0 * head["log_widths"]) + 2.0 * sigma[..., None, None] ** 2
-    branch = 0.5 * (d[..., None] - head["centres"]) ** 2 / var + 0.5 * jnp.log(var) - head["log_weights"]
+    residual = jnp.einsum("...pw,mpw->...mp", jax.nn.silu(a2), head["v"])
+    var = jnp.exp(2.0 * head["log_widths"]) + 2.0 * sigma[..., None, None, None] ** 2
+    branch = 0.5 * (d[..., None, :, None] - head["centres"]) ** 2 / var + 0.5 * jnp.log(var) - head["log_weights"]
     return residual - jax.nn.logsumexp(-branch, axis=-1)
+
+
+def combine(log_components, energies):
+    """The molecule's energy (...) from its components' energies (..., M) and their log-weights (M,):
+    -log sum_m exp(log pi_m - E_m), exactly E_1 for one component."""
+    return -jax.nn.logsumexp(jnp.asarray(log_components, energies.dtype) - energies, axis=-1)
 
 
 def _pair_distances(x, pair_i, pair_j, pair_mask=None):
@@ -267,7 +288,7 @@ def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, p
     f = pair_terms(head, _pair_distances(x, pair_i, pair_j, pair_mask), sigma, config)
     if pair_mask is not None:
         f = jnp.where(pair_mask, f, 0.0)
-    return jnp.sum(f, axis=-1)
+    return combine(head["log_components"], jnp.sum(f, axis=-1))
 
 
 @flax.struct.dataclass(eq=False)  # hashed by identity: jax.jit(energy) works as for a function
@@ -286,9 +307,10 @@ class PairEnergy:
 
     def hessian(self, x, sigma):
         """The Hessian (3N, 3N) in 1/A^2 of E at one structure x (N, 3) in A, assembled from each pair's first and
-        second derivatives along its distance (forward mode, a few network passes, instead of 3N of them): pair
-        (i, j) adds B = f'' u u^T + (f'/d)(1 - u u^T) to blocks ii and jj and -B to ij and ji, u the unit vector
-        along the pair."""
+        second derivatives along its distance (forward mode, a few network passes, instead of 3N of them): in
+        component m, pair (i, j) adds B = f'' u u^T + (f'/d)(1 - u u^T) to blocks ii and jj and -B to ij and ji, u
+        the unit vector along the pair. With several components, H = sum_m w_m H_m - (sum_m w_m g_m g_m^T - g g^T),
+        w_m the components' posterior weights at x, g_m their gradients and g = sum_m w_m g_m."""
         x = jnp.asarray(x)
         n = x.shape[0]
         diff = x[self.pair_i] - x[self.pair_j]
@@ -296,16 +318,29 @@ class PairEnergy:
         u = diff / d[:, None]
         ones = jnp.ones_like(d)
 
-        def slope(v):
-            return jax.jvp(lambda w: pair_terms(self.head, w, sigma, self.config), (v,), (ones,))[1]
+        def terms(v):
+            return pair_terms(self.head, v, sigma, self.config)
 
+        def slope(v):
+            return jax.jvp(terms, (v,), (ones,))[1]
+
+        f = terms(d)  # (M, P)
         f1, f2 = jax.jvp(slope, (d,), (ones,))
+        w = jax.nn.softmax(jnp.asarray(self.head["log_components"], x.dtype) - jnp.sum(f, axis=-1))  # (M,)
         uu = u[:, :, None] * u[:, None, :]
-        block = f2[:, None, None] * uu + (f1 / d)[:, None, None] * (jnp.eye(3, dtype=x.dtype) - uu)
+        b2, b1 = jnp.einsum("m,mp->p", w, f2), jnp.einsum("m,mp->p", w, f1)
+        block = b2[:, None, None] * uu + (b1 / d)[:, None, None] * (jnp.eye(3, dtype=x.dtype) - uu)
         h = jnp.zeros((n, n, 3, 3), x.dtype)
         h = h.at[self.pair_i, self.pair_i].add(block).at[self.pair_j, self.pair_j].add(block)
         h = h.at[self.pair_i, self.pair_j].add(-block).at[self.pair_j, self.pair_i].add(-block)
-        return h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+        h = h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+        if f.shape[0] == 1:
+            return h
+        along = f1[:, :, None] * u  # (M, P, 3)
+        g = jnp.zeros((f.shape[0], n, 3), x.dtype).at[:, self.pair_i].add(along).at[:, self.pair_j].add(-along)
+        g = g.reshape(f.shape[0], 3 * n)
+        mean = w @ g
+        return h - (jnp.einsum("m,ma,mb->ab", w, g, g) - jnp.outer(mean, mean))
 
 
 @flax.struct.dataclass(eq=False)
@@ -317,8 +352,9 @@ class PairTable:
     cheaper than the network's (CHD, 576 structures: 1.6 against 25 ms on 2 CPU cores), which is what the
     annealing of the posterior spends its time on."""
 
-    values: jax.Array  # (L, P, n_nodes)
-    slopes: jax.Array  # (L, P, n_nodes): d f / d d at the nodes, 1/A
+    values: jax.Array  # (L, M, P, n_nodes)
+    slopes: jax.Array  # (L, M, P, n_nodes): d f / d d at the nodes, 1/A
+    log_components: jax.Array  # (M,)
     pair_i: jax.Array
     pair_j: jax.Array
     sigmas: jax.Array  # (L,) A
@@ -335,22 +371,24 @@ class PairTable:
         t = u - k
         pairs = jnp.arange(d.shape[-1])
         values, slopes = self.values[level].astype(x.dtype), self.slopes[level].astype(x.dtype) * self.spacing
-        f0, f1, m0, m1 = values[pairs, k], values[pairs, k + 1], slopes[pairs, k], slopes[pairs, k + 1]
+        # (M, ..., P): every component's term of every pair at its distance
+        f0, f1, m0, m1 = values[:, pairs, k], values[:, pairs, k + 1], slopes[:, pairs, k], slopes[:, pairs, k + 1]
         t2, t3 = t * t, t * t * t
         value = (2 * t3 - 3 * t2 + 1) * f0 + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * f1 + (t3 - t2) * m1
         slope = ((6 * t2 - 6 * t) * (f0 - f1) + (3 * t2 - 4 * t + 1) * m0 + (3 * t2 - 2 * t) * m1) / self.spacing
-        return jnp.sum(value + jax.lax.stop_gradient(slope) * (d - clipped), axis=-1)
+        energies = jnp.sum(value + jax.lax.stop_gradient(slope) * (d - clipped), axis=-1)  # (M, ...)
+        return combine(self.log_components, jnp.moveaxis(energies, 0, -1))
 
 
 @functools.partial(jax.jit, static_argnames="config")
 def _tabulate(head, grid, sigmas, *, config):
-    """Pair terms and their slopes (L, P, n) on ``grid`` (n,) A at noise levels ``sigmas`` (L,) A."""
+    """Pair terms and their slopes (L, M, P, n) on ``grid`` (n,) A at noise levels ``sigmas`` (L,) A."""
     n_pairs = head["b1"].shape[0]
     d = jnp.broadcast_to(grid[:, None], (len(grid), n_pairs))
 
-    def level(sigma):  # each term depends on its own distance only: one vjp gives every slope
-        f, vjp = jax.vjp(lambda v: pair_terms(head, v, sigma, config), d)
-        return f.T, vjp(jnp.ones_like(f))[0].T
+    def level(sigma):  # each term depends on its own distance only: one forward-mode pass gives every slope
+        f, slope = jax.jvp(lambda v: pair_terms(head, v, sigma, config), (d,), (jnp.ones_like(d),))
+        return jnp.moveaxis(f, 0, -1), jnp.moveaxis(slope, 0, -1)
 
     values, slopes = jax.lax.map(level, sigmas)
     return values, slopes
@@ -414,7 +452,7 @@ class ConformerPrior:
         images = np.stack([index[perm[i], perm[j]] for perm in graph.automorphisms()])  # (n_perm, P)
         representative = images.min(axis=0)
         for key in PAIR_KEYS:
-            head[key] = head[key][representative]
+            head[key] = np.take(head[key], representative, axis=-2)
         return head, i, j
 
     def energy_fn(self, atoms: Atoms | MoleculeGraph) -> PairEnergy:
@@ -440,7 +478,8 @@ class ConformerPrior:
             values, slopes = _tabulate(
                 head, jnp.asarray(grid, jnp.float32), jnp.asarray(key[2], jnp.float32), config=self.config
             )
-            return PairTable(values, slopes, pair_i, pair_j, jnp.asarray(key[2], jnp.float32), d_min, spacing)
+            sigmas = jnp.asarray(key[2], jnp.float32)
+            return PairTable(values, slopes, head["log_components"], pair_i, pair_j, sigmas, d_min, spacing)
 
         return self._cached("_tables", key, build)  # a few MB each
 
