@@ -22,6 +22,8 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py alternation --stride 3 --pools pools/chd_*.h5
     # other conformer priors (folders from xfit train-prior) in the default call, paired against the shipped one
     python benchmarks/diagnostics.py priors --priors my_prior,other_prior --kinds xray,sm --stride 3
+    # the same on a held-out pool of xfit's own, with the priors' own draws (never the shared frames)
+    python benchmarks/diagnostics.py heldout --pool chd_sweep_seed11.h5 --priors my_prior
 
 Shared frames: ../shared/reference (validation only, as in ``benchmarks/posterior.py``).
 """
@@ -522,6 +524,82 @@ def priors(args) -> None:
         args.json.write_text(json.dumps({"frames": [n for n, _ in frames], "results": out}, indent=1))
 
 
+def heldout(args) -> None:
+    """Conformer priors on CHD structures of one of xfit's own pools that no prior trained on (e.g. a sweep with
+    another seed: ``xfit pool CHD --method sweep -n 96 --range 1.45:6.0 --temperature 800 --seed 11``), never the
+    shared frames. Per prior: its own draws (``--draws``, 300 levels: the fraction with C1-C6 > 2.5 A, with another
+    ring bond > 2.5 A, and the opened draws' C1-C6 and C2-C3 medians against the pool's), its branch weights beyond
+    2.5 A on the ring bonds that never break, then the default call with ``prior=FOLDER`` on X-ray total (0.1 %)
+    and percent-difference patterns (f = 0.1 known, 0.1 % on each of I_on and I_off) of the pool's structures."""
+    import h5py
+    import jax
+    from posterior import other_bond_broken
+
+    import xfit
+
+    start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
+    graph = xfit.MoleculeGraph.from_atoms(start)
+    with h5py.File(args.pool, "r") as f:
+        positions = f["positions"][:: args.stride]
+    truths = []
+    for x in positions:
+        truth = start.copy()
+        truth.positions = x
+        truths.append((f"{Path(args.pool).stem}/{len(truths)}", truth))
+    ring = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+
+    def distances(x):
+        d = {b: np.linalg.norm(x[:, b[0]] - x[:, b[1]], axis=-1) for b in [*ring, (0, 5)]}
+        opened = d[(0, 5)] > 2.5
+        wrong = np.mean([np.mean(d[b] > 2.5) for b in ring])
+        c16, c23 = (float(np.median(d[b][opened])) if opened.any() else float("nan") for b in ((0, 5), (1, 2)))
+        return (
+            f"C1-C6 > 2.5 A {opened.mean():.3f}, per other ring bond {wrong:.4f}; opened: C1-C6 {c16:.2f}, C2-C3 "
+            f"{c23:.3f} A"
+        )
+
+    c16 = np.array([t.get_distance(0, 5) for _, t in truths])
+    closed = c16 <= 2.3
+    print(f"{args.pool}: {len(truths)} structures, {closed.sum()} near-closed; pool: {distances(positions)}")
+    kinds = {
+        "xray": patterns_of(truths, "xray"),
+        "pd known": chd_patterns(truths, Q_XRAY, 1e-3, 0, "percent_difference", start, 0.1),
+    }
+    shipped = {}
+    for name in ["conformer", *args.priors.split(",")]:
+        prior = xfit.load_conformer_prior(name)
+        draws = prior.sample(jax.random.key(0), graph, args.draws, steps=300)
+        energy = prior.energy_fn(graph)
+        i, j = np.asarray(energy.pair_i), np.asarray(energy.pair_j)
+        bonds = [int(np.flatnonzero((i == a) & (j == b))[0]) for a, b in ring]
+        weights = np.exp(np.asarray(energy.head["log_weights"]))[:, bonds]  # (M, 5, K)
+        far = np.sum(weights * (np.asarray(energy.head["centres"])[:, bonds] > 2.5), -1)
+        print(
+            f"{name}: {prior.config.components} component(s); draws: {distances(draws)}; ring-bond branch weight "
+            f"beyond 2.5 A, median {np.median(far):.3f}",
+            flush=True,
+        )
+        for kind, patterns in kinds.items():
+            results = xfit.retrieve(patterns, start, prior=name, **({"fraction": 0.1} if kind != "xray" else {}))
+            rmsd = np.array([carbon_rmsd(r.atoms, t) for r, (_, t) in zip(results, truths, strict=True)])
+            z = np.array(
+                [
+                    abs(r.atoms.get_distance(0, 5) - d) / r.uncertainty.distance(0, 5)
+                    for r, d in zip(results, c16, strict=True)
+                ]
+            )
+            wrong = sum(other_bond_broken(r.atoms) for r in results)
+            base = shipped.setdefault(kind, rmsd)
+            print(
+                f"  {kind:>8}: C-RMSD median {np.median(rmsd):.3f} A, mean {np.mean(rmsd):.3f}, near-closed "
+                f"{np.median(rmsd[closed]):.3f}, opened {np.median(rmsd[~closed]):.3f}, > 0.5 A {np.sum(rmsd > 0.5)}, "
+                f"another ring bond broken {wrong}; C1-C6 within 2 sigma {np.mean(z <= 2):.0%}; against the shipped "
+                f"prior: closer on {np.mean(rmsd < base):.0%} of structures, mean difference "
+                f"{np.mean(rmsd - base):+.3f} A",
+                flush=True,
+            )
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest = []
@@ -562,9 +640,14 @@ def main(argv=None) -> int:
     pri.add_argument("--kinds", default="xray,sm", help="comma-separated: xray, sm, elastic")
     pri.add_argument("--stride", type=int, default=3)
     pri.add_argument("--json", type=Path)
+    held = sub.add_parser("heldout", help="conformer priors on a held-out pool of xfit's own (never the shared frames)")
+    held.add_argument("--pool", required=True, help="a CHD pool no prior trained on")
+    held.add_argument("--priors", required=True, help="comma-separated prior folders, against the shipped one")
+    held.add_argument("--stride", type=int, default=2)
+    held.add_argument("--draws", type=int, default=2000, help="prior draws for the distance statistics")
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command not in ("radius", "calibration"):
+    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout"):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
     with posterior_fields(parse_fields(args.set)):
@@ -578,6 +661,7 @@ def main(argv=None) -> int:
             "calibration": calibration,
             "alternation": alternation,
             "priors": priors,
+            "heldout": heldout,
         }
         commands[args.command](args)
     return 0

@@ -21,6 +21,7 @@ def run(args) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        branch_loss_weight=args.branch_loss_weight,
     )
     resuming = (Path(args.output) / "checkpoint.msgpack").is_file()
     print(f"train-prior: {len(args.pools)} pool(s) -> {args.output}{' (resuming)' if resuming else ''}; {config}")
@@ -72,6 +73,13 @@ def add_parser(sub) -> None:
         default=d.components,
         help="whole-molecule mixture components, each its own set of pair densities, so that distances move together "
         f"(a ring open in one, closed in another; default {d.components})",
+    )
+    t.add_argument(
+        "--branch-loss-weight",
+        type=float,
+        default=d.branch_loss_weight,
+        help="weight of the maximum-likelihood fit of each distance's Gaussian branches beside score matching, which "
+        f"alone leaves mass at distances no pool holds (default {d.branch_loss_weight})",
     )
     t.add_argument("--max-atoms", type=int, default=d.max_atoms, help=f"largest molecule (default {d.max_atoms})")
     t.add_argument(

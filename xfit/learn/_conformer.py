@@ -6,7 +6,14 @@ diffusion model; the score is -grad_x E). It is a sum over pairs i < j of a func
 
     E(x, sigma) = sum_{i<j} [ -log sum_k pi_ijk N(d_ij ; mu_ijk, w_ijk^2 + 2 sigma^2) + R(d_ij ; c_ij, sigma) ]
 
-a mixture of K ("branches", 6) Gaussians per distance plus a small MLP residual R. Everything pair-specific
+a mixture of K ("branches", 6) Gaussians per distance plus a small MLP residual R. With M > 1 ``components`` the
+energy is a whole-molecule mixture of such pairwise energies,
+
+    E(x, sigma) = -log sum_m pi_m exp(-E_m(x, sigma)),    E_m = sum_{i<j} f_mij(d_ij, sigma),
+
+each component with its own branches and residual output weights (the residual's hidden layers are shared, so a
+component costs K Gaussians and one dot product per pair), and weights pi_m from a readout of the whole graph.
+Everything pair-specific
 (weights pi, centres mu, widths w, and R's first-layer biases, linear-in-d weights, noise gains and output weights)
 comes from a pair context c_ij computed once per molecule from the bond graph alone: element embeddings refined by
 a few rounds of message passing over the bonds, symmetrised over the pair (sum and product), and the bond-graph
@@ -30,13 +37,27 @@ Why this form:
   1.25-1.49 A against 1.27-1.50 A in the pools). A reference-distance feature is optional (``reference``, off by
   default): with it the density would follow whatever geometry a user passes.
 - Cheap and smooth (SiLU, Gaussian radial basis): the posterior takes its Hessian (Laplace, MALA).
-- What it cannot hold: correlations beyond those a pairwise potential induces through the geometry (a pairwise
-  distance potential is what classical force fields are made of, and enough to tell a ring from a chain). Measured:
-  with the ring open, CHD's bond lengths do not shift as they do in the pools (C2-C3 median 1.38 A against 1.46 A),
-  and the opened C1-C6 is short (median 3.1 A against 4.3 A).
+- What one component cannot hold: correlations beyond those a pairwise potential induces through the geometry (a
+  pairwise distance potential is what classical force fields are made of, and enough to tell a ring from a chain).
+  Measured: with the ring open, CHD's bond lengths do not shift as they do in the pools (C2-C3 median 1.38 A
+  against 1.46 A), the opened C1-C6 is short (median 3.1 A against 4.3 A), and every pair's long-distance tail is
+  independent of which bond broke, so a chain broken at the wrong ring bond costs little more than the right one.
+  Components hold such correlations: in one the ring is closed and every cross-ring pair short, in another the
+  ring is open at its one breaking bond with every pair across it long (the test suite's triatomic whose two bonds
+  are both short or both long: a pairwise density draws 43 % mixed pairs, two components under 5 %).
 
 Training (``xfit.learn._conformer_train``): denoising score matching (Vincent, Neural Comput. 23, 1661 (2011);
-Song & Ermon, NeurIPS 2019). ``ConformerPrior.sample`` draws by reverse-diffusion predictor-corrector sampling
+Song & Ermon, NeurIPS 2019). Score matching sees only gradients of log p, so it cannot weigh modes that no data
+connect (Wenliang & Kanagawa, arXiv:2008.10087, on its blindness to isolated components): branches that no
+pool reaches keep their initial weights, and of several components one takes every structure. Two optional terms
+weigh them: the branches' maximum likelihood (each pair's Gaussian branches alone are a normalised density of its
+distance, ``branch_nll``), and, for components, a warm-up on k-means clusters of the pools' heavy-atom distances
+with the cross-entropy of the components' responsibilities against those clusters. Measured (2026-12-06, shipped
+pools): with three components the clusters are CHD's closed ring, its mid-open and its far-open chains, and the
+opened draws' C1-C6 median moves from 3.1 to 3.6 A (pools 4.3); with the branch likelihood, a never-breaking ring
+bond's branch weight beyond 2.5 A falls from ~25 % to ~2 %. Neither retrieves better on held-out data yet
+(``benchmarks/diagnostics.py heldout``), so the shipped prior has one component and neither term.
+``ConformerPrior.sample`` draws by reverse-diffusion predictor-corrector sampling
 (Song et al., ICLR 2021) on the learned score.
 """
 
@@ -174,7 +195,9 @@ def sigma_features(sigma, config: ConformerConfig):
 
 class PairContext(nn.Module):
     """Graph inputs (one molecule, from ``graph_inputs``) -> the pair MLP of that molecule (see ``pair_energy``):
-    per-pair first-layer biases b1, noise gains g and output weights v, each (P, width), and the shared weights."""
+    per-pair first-layer biases b1 and noise gains g (P, width), per component and pair the output weights v
+    (M, P, width) and branches (centres, log_widths, log_weights: (M, P, K)), the components' log-weights (M,), and
+    the shared weights."""
 
     config: ConformerConfig
 
@@ -266,6 +289,18 @@ def pair_terms(head: dict, d, sigma, config: ConformerConfig):
     return residual - jax.nn.logsumexp(-branch, axis=-1)
 
 
+def branch_nll(head: dict, d, sigma):
+    """-log of each pair's Gaussian branches alone, sum_k pi_k N(d ; mu_k, w_k^2 + 2 sigma^2), (..., M, P), for
+    distances d (..., P) in A at noise levels sigma (a scalar or (...)) in A: a normalised density of the distance,
+    which training fits by maximum likelihood beside score matching (``xfit.learn._conformer_train.dsm_loss``)."""
+    dtype = d.dtype
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, dtype), d.shape[:-1])
+    centres, log_widths = jnp.asarray(head["centres"], dtype), jnp.asarray(head["log_widths"], dtype)
+    var = jnp.exp(2.0 * log_widths) + 2.0 * sigma[..., None, None, None] ** 2
+    z = 0.5 * (d[..., None, :, None] - centres) ** 2 / var + 0.5 * jnp.log(2.0 * jnp.pi * var)
+    return -jax.nn.logsumexp(jnp.asarray(head["log_weights"], dtype) - z, axis=-1)
+
+
 def combine(log_components, energies):
     """The molecule's energy (...) from its components' energies (..., M) and their log-weights (M,):
     -log sum_m exp(log pi_m - E_m), exactly E_1 for one component."""
@@ -280,15 +315,22 @@ def _pair_distances(x, pair_i, pair_j, pair_mask=None):
     return jnp.sqrt(jnp.maximum(sq, 1e-12))
 
 
-def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
-    """E(x, sigma) (...) for structures x (..., N, 3) in A and noise levels sigma in A (a scalar or (...)), in the
-    dtype of x. ``head``: a molecule's ``PairContext`` output (any float dtype); pair_i, pair_j (P,): the pairs;
-    pair_mask (P,): which are real (padding pairs in training), None for all."""
+def component_energies(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
+    """Each component's energy E_m(x, sigma) (..., M) for structures x (..., N, 3) in A and noise levels sigma in A
+    (a scalar or (...)), in the dtype of x (``pair_energy`` combines them)."""
     x = jnp.asarray(x)
     f = pair_terms(head, _pair_distances(x, pair_i, pair_j, pair_mask), sigma, config)
     if pair_mask is not None:
         f = jnp.where(pair_mask, f, 0.0)
-    return combine(head["log_components"], jnp.sum(f, axis=-1))
+    return jnp.sum(f, axis=-1)
+
+
+def pair_energy(head: dict, x, sigma, pair_i, pair_j, config: ConformerConfig, pair_mask=None):
+    """E(x, sigma) (...) for structures x (..., N, 3) in A and noise levels sigma in A (a scalar or (...)), in the
+    dtype of x. ``head``: a molecule's ``PairContext`` output (any float dtype); pair_i, pair_j (P,): the pairs;
+    pair_mask (P,): which are real (padding pairs in training), None for all."""
+    energies = component_energies(head, x, sigma, pair_i, pair_j, config, pair_mask)
+    return combine(head["log_components"], energies)
 
 
 @flax.struct.dataclass(eq=False)  # hashed by identity: jax.jit(energy) works as for a function

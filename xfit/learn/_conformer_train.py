@@ -47,7 +47,13 @@ CHECKPOINT_FILE = "checkpoint.msgpack"
 @dataclasses.dataclass(frozen=True)
 class ConformerTrainConfig:
     """Optimisation settings (stored with the prior). reference_jitter: A per coordinate added to the reference
-    geometry each step (only used by a ``ConformerConfig(reference=True)`` model)."""
+    geometry each step (only used by a ``ConformerConfig(reference=True)`` model). component_warmup: with several
+    mixture components, the fraction of the steps in which each structure trains only the component of its cluster
+    (k-means per molecule over heavy-atom distances, ``component_clusters``); then the mixture as a whole.
+    component_loss_weight: of the components' responsibility cross-entropy against those clusters, all along
+    (``dsm_loss``). Trained by score matching alone, one component took every structure and the others never
+    learned (measured on the shipped pools: from independent or near-copy initial weights, with or without the
+    hard warm-up)."""
 
     steps: int = 6000
     batch_size: int = 64
@@ -57,10 +63,15 @@ class ConformerTrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     reference_jitter: float = 0.03
+    component_warmup: float = 0.3
+    component_loss_weight: float = 0.1
+    branch_loss_weight: float = 0.0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+        if not 0.0 <= self.component_warmup <= 1.0:
+            raise ValueError(f"component_warmup is a fraction of the steps, got {self.component_warmup}")
 
 
 @dataclasses.dataclass
@@ -117,26 +128,111 @@ def _optimizer(train: ConformerTrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=train.weight_decay))
 
 
-def dsm_loss(params, x0, eps, sigma, inputs, *, config: _conformer.ConformerConfig):
+def dsm_loss(
+    params,
+    x0,
+    eps,
+    sigma,
+    inputs,
+    labels=None,
+    hard=0.0,
+    *,
+    config: _conformer.ConformerConfig,
+    weight: float = 0.0,
+    branch_weight: float = 0.0,
+):
     """The denoising loss per coordinate of real atoms, for clean structures x0 (B, N, 3) in A (padded), noise eps
-    (B, N, 3) (zero on padding atoms), levels sigma (B,) in A, and one molecule's ``graph_inputs``."""
+    (B, N, 3) (zero on padding atoms), levels sigma (B,) in A, and one molecule's ``graph_inputs``.
+
+    With mixture components, ``labels`` (B,) give each structure's cluster. ``hard`` = 1: each structure's score is
+    its own component's; 0: the mixture's. Either way ``weight`` x the cross-entropy of the components'
+    responsibilities at the noisy structure, softmax_m(log pi_m - E_m(x, sigma)), against the labels is added:
+    score matching alone cannot tell how much mass separate components hold (it sees only gradients of log p), and
+    without this one component takes every structure."""
     head = _conformer.PairContext(config).apply({"params": params}, **inputs)
     x = x0 + sigma[:, None, None] * eps
+    pairs = (inputs["pair_i"], inputs["pair_j"], config, inputs["pair_mask"])
 
     def energy(v):
-        return jnp.sum(
-            _conformer.pair_energy(head, v, sigma, inputs["pair_i"], inputs["pair_j"], config, inputs["pair_mask"])
-        )
+        each = _conformer.component_energies(head, v, sigma, *pairs)  # (B, M)
+        mixed = _conformer.combine(head["log_components"], each)
+        if labels is None:
+            return jnp.sum(mixed), each
+        own = jnp.take_along_axis(each, labels[:, None], axis=1)[:, 0]
+        return jnp.sum(hard * own + (1.0 - hard) * mixed), each
 
-    residual = (-sigma[:, None, None] * jax.grad(energy)(x) + eps) * inputs["mask"][None, :, None]
-    return jnp.sum(residual**2) / (x0.shape[0] * 3 * jnp.sum(inputs["mask"]))
+    grad, each = jax.grad(energy, has_aux=True)(x)
+    residual = (-sigma[:, None, None] * grad + eps) * inputs["mask"][None, :, None]
+    loss = jnp.sum(residual**2) / (x0.shape[0] * 3 * jnp.sum(inputs["mask"]))
+    if labels is not None:
+        log_resp = jax.nn.log_softmax(head["log_components"] - each, axis=-1)
+        loss = loss - weight * jnp.mean(jnp.take_along_axis(log_resp, labels[:, None], axis=1))
+    if branch_weight:
+        d = _conformer._pair_distances(x, inputs["pair_i"], inputs["pair_j"], inputs["pair_mask"])
+        nll = _conformer.branch_nll(head, d, sigma)  # (B, M, P)
+        if labels is None:
+            nll = jnp.mean(nll, axis=1)
+        else:
+            nll = jnp.take_along_axis(nll, labels[:, None, None], axis=1)[:, 0]
+        real = inputs["pair_mask"].astype(nll.dtype)
+        loss = loss + branch_weight * jnp.sum(nll * real) / (x0.shape[0] * jnp.sum(real))
+    return loss
 
 
 @partial(jax.jit, static_argnames=("config", "train"), donate_argnums=(0, 1))
-def _step(params, opt_state, x0, eps, sigma, inputs, *, config, train):
-    loss, grads = jax.value_and_grad(dsm_loss)(params, x0, eps, sigma, inputs, config=config)
+def _step(params, opt_state, x0, eps, sigma, inputs, labels, hard, *, config, train):
+    weights = {"weight": train.component_loss_weight, "branch_weight": train.branch_loss_weight}
+    loss, grads = jax.value_and_grad(dsm_loss)(params, x0, eps, sigma, inputs, labels, hard, config=config, **weights)
     updates, opt_state = _optimizer(train).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def _heavy_distances(graph: MoleculeGraph, x: np.ndarray) -> np.ndarray:
+    """(B, n_heavy_pairs) heavy-atom pair distances in A of structures x (B, n, 3); every atom's for molecules with
+    fewer than three heavy atoms."""
+    heavy = np.flatnonzero(graph.numbers > 1)
+    if len(heavy) < 3:
+        heavy = np.arange(len(graph))
+    i, j = np.triu_indices(len(heavy), k=1)
+    return np.linalg.norm(x[:, heavy[i]] - x[:, heavy[j]], axis=-1)
+
+
+def component_clusters(sources: list[_Source], m: int, seed: int, per_pool: int = 2048) -> dict[str, np.ndarray]:
+    """Per molecule (graph key), m k-means centroids (m, n_heavy_pairs) in A of its structures' heavy-atom
+    distances, each of its pools weighted equally (as training draws them): up to ``per_pool`` structures each,
+    k-means++ seeding, Lloyd iterations to convergence. Ring-opening sweeps split into closed and open clusters."""
+    rng = np.random.default_rng([seed, 17])
+    out = {}
+    for key in dict.fromkeys(s.graph.key for s in sources):
+        mine = [s for s in sources if s.graph.key == key]
+        features = []
+        for s in mine:
+            with h5py.File(s.path, "r") as f:
+                n = int(s.attrs["n_complete"])
+                rows = np.sort(rng.choice(n, min(n, per_pool), replace=False))
+                features.append(_heavy_distances(s.graph, f["positions"][rows]))
+        counts = min(len(f) for f in features)
+        data = np.concatenate([f[:counts] for f in features]).astype(np.float64)
+        centroids = data[[rng.integers(len(data))]]
+        while len(centroids) < m:  # k-means++
+            gap = np.min(np.sum((data[:, None] - centroids[None]) ** 2, -1), axis=1)
+            total = gap.sum()
+            pick = rng.integers(len(data)) if total <= 0 else rng.choice(len(data), p=gap / total)
+            centroids = np.concatenate([centroids, data[[pick]]])
+        for _ in range(100):
+            labels = np.argmin(np.sum((data[:, None] - centroids[None]) ** 2, -1), axis=1)
+            new = np.stack([data[labels == k].mean(0) if np.any(labels == k) else centroids[k] for k in range(m)])
+            if np.allclose(new, centroids):
+                break
+            centroids = new
+        out[key] = centroids
+    return out
+
+
+def _labels(source: _Source, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(B,) the nearest centroid (m, n_heavy_pairs) to each structure x (B, n, 3)."""
+    features = _heavy_distances(source.graph, x)
+    return np.argmin(np.sum((features[:, None] - centroids[None]) ** 2, -1), axis=1).astype(np.int32)
 
 
 def _host_batch(source: _Source, raw: np.ndarray, size: int, config, train: ConformerTrainConfig, rng):
@@ -255,6 +351,7 @@ def train_conformer_prior(
         for _ in range(s.drawn):  # replay the stream to where the checkpoint left it
             next(s.stream)
 
+    clusters = component_clusters(sources, config.components, train.seed) if config.components > 1 else None
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -270,7 +367,11 @@ def train_conformer_prior(
             raw = next(source.stream)
             source.drawn += 1
             x0, eps, sigma, inputs = _host_batch(source, raw, size, config, train, rng)
-            params, opt_state, loss = _step(params, opt_state, x0, eps, sigma, inputs, config=config, train=train)
+            labels, hard = None, np.float32(step < train.component_warmup * train.steps)
+            if clusters is not None:
+                labels = _labels(source, x0[:, : len(source.graph)], clusters[source.graph.key])
+            step_args = (x0, eps, sigma, inputs, labels, hard)
+            params, opt_state, loss = _step(params, opt_state, *step_args, config=config, train=train)
             recent = [*recent[-99:], loss]
             if (step + 1) % 50 == 0 or step + 1 == train.steps:
                 history.append({"step": step + 1, "loss": float(np.mean(recent[-50:]))})
