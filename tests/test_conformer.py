@@ -219,6 +219,12 @@ def test_command_line_trains_a_loadable_prior(pools, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     prior = xfit.load_conformer_prior(out)
     assert prior.fits(CO) and prior.config.width == 8 and prior.metadata["steps"] == 20
+    mixture = ["train-prior", *map(str, pools), "-o", str(tmp_path / "mixture"), "--steps", "20", "--width", "8"]
+    mixture += ["--batch-size", "8", "--components", "2", "--branch-loss-weight", "0.1"]
+    assert xfit.cli.main(mixture) == 0  # the options reach the model and the training record
+    prior = xfit.load_conformer_prior(tmp_path / "mixture")
+    assert prior.config.components == 2 and prior.metadata["train"]["branch_loss_weight"] == 0.1
+    assert prior.energy_fn(CO).head["log_components"].shape == (2,)
     assert xfit.cli.main(["train-prior", str(tmp_path / "missing.h5"), "-o", str(out)]) == 2
     assert "pool not found" in capsys.readouterr().err
 
