@@ -378,7 +378,7 @@ def test_component_clusters_split_a_ring_opening_sweep(tmp_path):
 
 def test_branch_likelihood_puts_the_branches_where_the_distances_are(pools, tmp_path):
     """Score matching alone cannot weigh separated modes, so branches that no data reach keep their initial weight
-    (the shipped CHD prior: ~25 % of each never-breaking ring bond's branch weight beyond 2.5 A). With the branches'
+    (the shipped CHD prior: 20 % of a never-breaking ring bond's branch weight beyond 2.5 A, median). With the branches'
     maximum-likelihood term, the diatomic's branch weights follow its bond-length mixture (0.6 at 1.2 A, 0.4 at
     2.0 A) and none is left far from both."""
     config = ConformerConfig(width=16, embed=16, rounds=1, max_atoms=4, sigma_min=0.01, sigma_max=1.0)

@@ -29,7 +29,7 @@ def run(args) -> int:
     meta = prior.metadata
     rate = meta.get("examples_per_second")
     print(
-        f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; final denoising loss "
+        f"wrote {args.output}: molecules {', '.join(sorted(set(prior.molecules.values())))}; final training loss "
         f"{meta['final_loss']:.4f}" + (f"; {rate:.0f} structures/s" if rate else "")
     )
     return 0

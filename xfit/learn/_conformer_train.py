@@ -52,8 +52,10 @@ class ConformerTrainConfig:
     (k-means per molecule over heavy-atom distances, ``component_clusters``); then the mixture as a whole.
     component_loss_weight: of the components' responsibility cross-entropy against those clusters, all along
     (``dsm_loss``). Trained by score matching alone, one component took every structure and the others never
-    learned (measured on the shipped pools: from independent or near-copy initial weights, with or without the
-    hard warm-up)."""
+    learned (measured on the shipped pools: from independent or near-copy initial weights, with a temperature on
+    the mixture, or with the hard warm-up alone). branch_loss_weight: of the branches' maximum likelihood beside
+    score matching (``dsm_loss``); with 0.1 the CHD draws' open-ring fraction no longer depends on the number of
+    sampling levels (``benchmarks/diagnostics.py levels``)."""
 
     steps: int = 6000
     batch_size: int = 64
@@ -148,7 +150,10 @@ def dsm_loss(
     its own component's; 0: the mixture's. Either way ``weight`` x the cross-entropy of the components'
     responsibilities at the noisy structure, softmax_m(log pi_m - E_m(x, sigma)), against the labels is added:
     score matching alone cannot tell how much mass separate components hold (it sees only gradients of log p), and
-    without this one component takes every structure."""
+    without this one component takes every structure. ``branch_weight`` x the mean negative log-likelihood of every
+    real pair's noisy distance under its Gaussian branches at the same level (``branch_nll``: the labelled
+    component's, or the components' mean without labels) is added too: it gives the branches the weights of the
+    pools' distances, which score matching leaves where they start for distances no pool reaches."""
     head = _conformer.PairContext(config).apply({"params": params}, **inputs)
     x = x0 + sigma[:, None, None] * eps
     pairs = (inputs["pair_i"], inputs["pair_j"], config, inputs["pair_mask"])
