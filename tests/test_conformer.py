@@ -227,6 +227,9 @@ def test_command_line_trains_a_loadable_prior(pools, tmp_path, capsys):
     assert prior.energy_fn(CO).head["log_components"].shape == (2,)
     assert xfit.cli.main(["train-prior", str(tmp_path / "missing.h5"), "-o", str(out)]) == 2
     assert "pool not found" in capsys.readouterr().err
+    for bad, message in ((["--components", "0"], "components >= 1"), (["--branch-loss-weight", "-1"], "must be >= 0")):
+        assert xfit.cli.main(["train-prior", str(pools[0]), "-o", str(tmp_path / "bad"), *bad]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_shipped_prior_knows_chd_nmm_dt_puts_mass_on_open_rings_and_is_small(chd, nmm):

@@ -74,6 +74,11 @@ class ConformerTrainConfig:
             raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
         if not 0.0 <= self.component_warmup <= 1.0:
             raise ValueError(f"component_warmup is a fraction of the steps, got {self.component_warmup}")
+        if self.component_loss_weight < 0 or self.branch_loss_weight < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got component {self.component_loss_weight}, branch "
+                f"{self.branch_loss_weight}"
+            )
 
 
 @dataclasses.dataclass
