@@ -368,9 +368,12 @@ class PairEnergy:
         def slope(v):
             return jax.jvp(terms, (v,), (ones,))[1]
 
-        f = terms(d)  # (M, P)
-        f1, f2 = jax.jvp(slope, (d,), (ones,))
-        w = jax.nn.softmax(jnp.asarray(self.head["log_components"], x.dtype) - jnp.sum(f, axis=-1))  # (M,)
+        f1, f2 = jax.jvp(slope, (d,), (ones,))  # (M, P)
+        m = f1.shape[0]
+        if m == 1:  # the components' weights are 1: no extra network pass for them
+            w = jnp.ones(1, x.dtype)
+        else:
+            w = jax.nn.softmax(jnp.asarray(self.head["log_components"], x.dtype) - jnp.sum(terms(d), axis=-1))
         uu = u[:, :, None] * u[:, None, :]
         b2, b1 = jnp.einsum("m,mp->p", w, f2), jnp.einsum("m,mp->p", w, f1)
         block = b2[:, None, None] * uu + (b1 / d)[:, None, None] * (jnp.eye(3, dtype=x.dtype) - uu)
@@ -378,11 +381,11 @@ class PairEnergy:
         h = h.at[self.pair_i, self.pair_i].add(block).at[self.pair_j, self.pair_j].add(block)
         h = h.at[self.pair_i, self.pair_j].add(-block).at[self.pair_j, self.pair_i].add(-block)
         h = h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
-        if f.shape[0] == 1:
+        if m == 1:
             return h
         along = f1[:, :, None] * u  # (M, P, 3)
-        g = jnp.zeros((f.shape[0], n, 3), x.dtype).at[:, self.pair_i].add(along).at[:, self.pair_j].add(-along)
-        g = g.reshape(f.shape[0], 3 * n)
+        g = jnp.zeros((m, n, 3), x.dtype).at[:, self.pair_i].add(along).at[:, self.pair_j].add(-along)
+        g = g.reshape(m, 3 * n)
         mean = w @ g
         return h - (jnp.einsum("m,ma,mb->ab", w, g, g) - jnp.outer(mean, mean))
 

@@ -210,7 +210,9 @@ def _heavy_distances(graph: MoleculeGraph, x: np.ndarray) -> np.ndarray:
 def component_clusters(sources: list[_Source], m: int, seed: int, per_pool: int = 2048) -> dict[str, np.ndarray]:
     """Per molecule (graph key), m k-means centroids (m, n_heavy_pairs) in A of its structures' heavy-atom
     distances, each of its pools weighted equally (as training draws them): up to ``per_pool`` structures each,
-    k-means++ seeding, Lloyd iterations to convergence. Ring-opening sweeps split into closed and open clusters."""
+    k-means++ seeding (``scipy.cluster.vq.kmeans2``). Ring-opening sweeps split into closed and open clusters."""
+    from scipy.cluster.vq import kmeans2
+
     rng = np.random.default_rng([seed, 17])
     out = {}
     for key in dict.fromkeys(s.graph.key for s in sources):
@@ -223,26 +225,16 @@ def component_clusters(sources: list[_Source], m: int, seed: int, per_pool: int 
                 features.append(_heavy_distances(s.graph, f["positions"][rows]))
         counts = min(len(f) for f in features)
         data = np.concatenate([f[:counts] for f in features]).astype(np.float64)
-        centroids = data[[rng.integers(len(data))]]
-        while len(centroids) < m:  # k-means++
-            gap = np.min(np.sum((data[:, None] - centroids[None]) ** 2, -1), axis=1)
-            total = gap.sum()
-            pick = rng.integers(len(data)) if total <= 0 else rng.choice(len(data), p=gap / total)
-            centroids = np.concatenate([centroids, data[[pick]]])
-        for _ in range(100):
-            labels = np.argmin(np.sum((data[:, None] - centroids[None]) ** 2, -1), axis=1)
-            new = np.stack([data[labels == k].mean(0) if np.any(labels == k) else centroids[k] for k in range(m)])
-            if np.allclose(new, centroids):
-                break
-            centroids = new
+        centroids, _ = kmeans2(data, m, iter=100, minit="++", seed=rng)
         out[key] = centroids
     return out
 
 
 def _labels(source: _Source, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """(B,) the nearest centroid (m, n_heavy_pairs) to each structure x (B, n, 3)."""
-    features = _heavy_distances(source.graph, x)
-    return np.argmin(np.sum((features[:, None] - centroids[None]) ** 2, -1), axis=1).astype(np.int32)
+    from scipy.cluster.vq import vq
+
+    return vq(_heavy_distances(source.graph, x), centroids)[0].astype(np.int32)
 
 
 def _host_batch(source: _Source, raw: np.ndarray, size: int, config, train: ConformerTrainConfig, rng):
