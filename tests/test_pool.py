@@ -11,7 +11,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
-from ase import units
+from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
 import xfit
@@ -202,6 +202,56 @@ def test_sweep_pool_covers_the_requested_range(tmp_path):
         s_s = np.linalg.norm(f["positions"][:, 3] - f["positions"][:, 4], axis=-1)
     assert s_s.min() < 2.15 and s_s.max() > 3.3
     assert np.all(np.diff(np.sort(s_s)) < 0.4)  # no gaps along the path
+
+
+
+def test_dihedral_sweep_turns_the_torsion_without_rearranging_the_molecule(tmp_path):
+    """NMM's ring-methyl torsion C-N-C-C swept over 60-180 deg on GFN2-xTB at 600 K: the start structure sits at
+    -160 deg, so the sweep starts from its mirror image, and every bond stays bonded. The sweep before 2026-12-06
+    pulled the torsion from -160 to +60 deg in its first window; the molecule rearranged (O4 onto C2, a hydrogen
+    onto C3) and every frame of the shipped prior's NMM sweep pool held that other molecule (measured: 4 of 4
+    frames of this pool, 768 of 768 of that one)."""
+    spec = _pool.PoolSpec("NMM", "sweep", 4, (0.5, 8.0, 16), forcefield="gfn2", chunk=4, temperature=600.0)
+    path = _pool.build_pool(tmp_path / "nmm_sweep.h5", spec)
+    with h5py.File(path) as f:
+        x, reference, numbers = f["positions"][()], f["reference_positions"][()], f["numbers"][()]
+    assert _sampling.Coordinate.parse("dihedral:0,1,2,3").value(reference) < -90  # the start's sign
+    pairs = bonds(Atoms(numbers=numbers, positions=reference))
+    assert not _sampling.broken_bonds(numbers, pairs, x).any()
+    torsion = np.abs(_sampling.Coordinate.parse("dihedral:0,1,2,3").value(x))
+    assert torsion.min() < 70 and torsion.max() > 170
+
+
+def test_sweep_drops_frames_that_break_a_bond_and_refuses_a_path_that_cannot_keep_them(dt_mmff, monkeypatch):
+    """Thermal frames with a bond broken (a hydrogen 2.5 A from its carbon) are dropped and the window rerun from
+    its relaxed structure; a window whose every run breaks bonds is an error, never a pool of another molecule."""
+    calc = calculator(dt_mmff, "mmff")
+    real = _sampling.langevin
+    calls = []
+
+    def flaky(atoms, calc, n, **kwargs):
+        frames = real(atoms, calc, n, **{**kwargs, "equilibration": 5, "stride": 2})
+        calls.append(kwargs["seed"])
+        if len(calls) % 2 == 1:  # every first run of a window: half its frames with H6 pulled off C0
+            frames[::2, 6] = frames[::2, 0] + 2.5 * (frames[::2, 6] - frames[::2, 0]) / np.linalg.norm(
+                frames[::2, 6] - frames[::2, 0], axis=-1, keepdims=True
+            )
+        return frames
+
+    monkeypatch.setattr(_sampling, "langevin", flaky)
+    coordinate = _sampling.Coordinate.parse("distance:3,4")
+    x = _sampling.sweep(dt_mmff, calc, 6, coordinate, 2.1, 2.6, temperature=300, windows=2)
+    assert x.shape == (6, 14, 3) and len(calls) == 4  # each window's first run had broken frames: rerun
+    pairs = [b for b in bonds(dt_mmff).tolist() if b != [3, 4]]
+    assert not _sampling.broken_bonds(dt_mmff.numbers, np.array(pairs), x).any()
+    assert len(set(calls)) == 4  # every rerun with its own seed
+
+    def torn(atoms, calc, n, **kwargs):  # every run: the atoms on a line 50 A apart, every bond broken
+        return np.zeros((n, len(atoms), 3)) + 50.0 * np.arange(len(atoms))[None, :, None]
+
+    monkeypatch.setattr(_sampling, "langevin", torn)
+    with pytest.raises(RuntimeError, match="frames with every bond intact"):
+        _sampling.sweep(dt_mmff, calc, 4, coordinate, 2.1, 2.6, temperature=300, windows=2, attempts=2)
 
 
 # ---------------------------------------------------------------------------------------------------------- pools

@@ -18,7 +18,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
 from xfit.chem._metrics import dihedral
-from xfit.chem._structures import rigid_body_modes
+from xfit.chem._structures import covalent_bonds, rigid_body_modes
 
 __all__ = [
     "Coordinate",
@@ -344,6 +344,21 @@ def metropolis(
     return frames
 
 
+BROKEN_SCALE = 1.5
+"""A bond counts as broken beyond this multiple of its atoms' covalent radii sum (C-H 1.60 A, C-C 1.143 x 2)."""
+
+
+def broken_bonds(numbers: np.ndarray, bonds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(..., n_bonds) bool: which of ``bonds`` (n_bonds, 2) are longer than ``BROKEN_SCALE`` x their covalent radii
+    sum in positions (..., n, 3), A."""
+    from ase.data import covalent_radii
+
+    bonds = np.asarray(bonds, int).reshape(-1, 2)
+    limit = BROKEN_SCALE * (covalent_radii[numbers[bonds[:, 0]]] + covalent_radii[numbers[bonds[:, 1]]])
+    x = np.asarray(positions)
+    return np.linalg.norm(x[..., bonds[:, 0], :] - x[..., bonds[:, 1], :], axis=-1) > limit
+
+
 def sweep(
     atoms: Atoms,
     calc: Calculator,
@@ -359,28 +374,51 @@ def sweep(
     timestep_fs: float = 0.5,
     stride: int = 10,
     equilibration: int = 100,
+    attempts: int = 8,
 ) -> np.ndarray:
     """Positions (n, n_atoms, 3) along ``coordinate`` from ``start`` to ``stop`` (A or degrees): umbrella windows
-    with a harmonic restraint, each relaxed from the previous window's structure and then sampled by Langevin
+    with a harmonic restraint, each relaxed from the previous window's relaxed structure and then sampled by Langevin
     dynamics at ``temperature`` K, so the pool covers the reaction path with thermal noise on top. The restraint
     constant ``k`` (eV/A^2 or eV/deg^2) is multiplied by 4 in a window until its relaxed structure lies within
-    0.05 A (3 deg) of the target."""
+    0.05 A (3 deg) of the target.
+
+    The sweep changes only its coordinate, never the molecule: every bond of ``atoms`` (covalent radii) except a
+    swept distance stays bonded (within ``BROKEN_SCALE`` x its covalent radii sum).
+    - Windows are visited from the end nearest the start structure's value. A dihedral range on the other side of
+      zero from that value is swept from the start's mirror image (which scatters alike): pulling a ring torsion
+      through 140 deg in one window rearranges the molecule instead (NMM's ring-methyl torsion from -160 to +60 deg
+      moved its oxygen and a hydrogen to other atoms, in every frame of the pool built before 2026-12-06).
+    - A window whose relaxed structure breaks a bond raises ValueError naming the bonds.
+    - Thermal frames that break a bond (e.g. a hydrogen moving to a sulfur radical once DT's S-S is pulled apart)
+      are dropped, and the window's dynamics rerun from its relaxed structure with the next seed, up to
+      ``attempts`` runs; a window that cannot give its frames intact raises RuntimeError."""
     from ase.optimize import FIRE
 
     # Stiff enough to dominate the force field along the path (thermal spread sqrt(kT/k) ~ 0.04 A or 2 deg).
     k = k if k is not None else (20.0 if coordinate.kind == "distance" else 0.01)
+    work = atoms.copy()
+    value = float(coordinate.value(work.positions))
+    if coordinate.kind == "dihedral" and (min(start, stop) > 0 > value or max(start, stop) < 0 < value):
+        work.positions = -work.positions  # the mirror image: every dihedral changes sign
+        value = -value
     targets = np.linspace(start, stop, windows)
     per_window = np.full(windows, n // windows)
     per_window[: n % windows] += 1
-    work = atoms.copy()
-    frames = []
+    order = np.arange(windows)
+    if abs(value - stop) < abs(value - start):
+        order = order[::-1]
+    keep = [tuple(b) for b in covalent_bonds(atoms).tolist() if tuple(b) != tuple(sorted(coordinate.atoms))]
+    bonds = np.array(keep, int).reshape(-1, 2)
+    numbers = atoms.numbers
+    frames: list[np.ndarray | None] = [None] * windows
     tolerance = 0.05 if coordinate.kind == "distance" else 3.0
-    for w, (target, count) in enumerate(zip(targets, per_window, strict=True)):
+    for w in order:
+        target, count = float(targets[w]), int(per_window[w])
         # Relax under the restraint; stiffen it until the coordinate sits at its target (a ring resists being
         # pulled open with more than the bond's own stiffness, and a force field such as MMFF never lets go).
         window_k = k
         for _ in range(8):
-            restrained = Restrained(calc, coordinate, float(target), window_k)
+            restrained = Restrained(calc, coordinate, target, window_k)
             work.calc = restrained
             with open(os.devnull, "w") as log:
                 FIRE(work, logfile=log).run(fmax=0.05, steps=300)
@@ -390,18 +428,36 @@ def sweep(
             if abs(deviation) <= tolerance:
                 break
             window_k *= 4.0
-        if count:
-            frames.append(
-                langevin(
-                    work,
-                    restrained,
-                    int(count),
-                    temperature=temperature,
-                    seed=seed * 1000 + w,
-                    timestep_fs=timestep_fs,
-                    stride=stride,
-                    equilibration=equilibration,
-                )
+        broken = broken_bonds(numbers, bonds, work.positions)
+        if broken.any():
+            raise ValueError(
+                f"sweep of {coordinate} to {target:g}: the restraint breaks bond(s) "
+                f"{', '.join(f'{i}-{j}' for i, j in bonds[broken])} of the start structure; this path is not reachable "
+                "from it (try another range or coordinate)"
             )
-            work.positions = frames[-1][-1]
+        relaxed = work.positions.copy()
+        kept: list[np.ndarray] = []
+        for attempt in range(attempts):
+            if not count:
+                break
+            run = langevin(
+                work,
+                restrained,
+                count,
+                temperature=temperature,
+                seed=seed * 1000 + int(w) + 1_000_000 * attempt,
+                timestep_fs=timestep_fs,
+                stride=stride,
+                equilibration=equilibration,
+            )
+            kept += list(run[~broken_bonds(numbers, bonds, run).any(axis=-1)])
+            if len(kept) >= count:
+                break
+        if len(kept) < count:
+            raise RuntimeError(
+                f"sweep of {coordinate} at {target:g}: {attempts} runs at {temperature:g} K gave {len(kept)} of "
+                f"{count} frames with every bond intact (try a lower temperature)"
+            )
+        frames[w] = np.array(kept[:count]).reshape(count, len(atoms), 3)
+        work.positions = relaxed
     return np.concatenate(frames)[:n]
