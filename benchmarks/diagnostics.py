@@ -622,6 +622,72 @@ def levels(args) -> None:
             print(f"{name}: {steps:5d} levels: C1-C6 > 2.5 A {opened:.3f}, per other ring bond {other:.4f}", flush=True)
 
 
+def quantiles(args) -> None:
+    """Conformer priors' own draws against their training pools, per molecule (the table of
+    ``xfit/weights/conformer/README.md``): 5 / 50 / 95 % quantiles of CHD's ring distances and C-H bonds, the
+    fraction of CHD draws with C1-C6 > 2.5 A, and per molecule the fraction of draws with any bond beyond the pools'
+    99.9th percentile of that bond + 0.3 A, and with a bond broken (``xfit.chem._sampling.broken_bonds``) that no
+    pool structure breaks. Pools are weighted as training draws them (each pool alike): ``--draws``
+    structures per molecule, split evenly over its pools; prior draws by ``ConformerPrior.sample`` (network, 300
+    levels)."""
+    import h5py
+    import jax
+    from ase import Atoms
+
+    import xfit
+
+    from xfit.chem._sampling import broken_bonds
+
+    rng = np.random.default_rng(args.seed)
+    paths: dict[str, list] = {}
+    for path in args.pools:
+        with h5py.File(path, "r") as f:
+            paths.setdefault(str(f.attrs["molecule"]), []).append(path)
+    by_molecule: dict[str, list] = {}
+    for name, group in paths.items():
+        parts = []
+        for path in group:
+            with h5py.File(path, "r") as f:
+                n, numbers, reference = int(f.attrs["n_complete"]), f["numbers"][:], f["reference_positions"][:]
+                rows = np.sort(rng.choice(n, min(n, args.draws // len(group)), replace=False))
+                parts.append(f["positions"][rows])
+        by_molecule[name] = [xfit.MoleculeGraph.from_atoms(Atoms(numbers=numbers, positions=reference)), parts]
+    chd_pairs = {"C1-C2": (0, 1), "C2-C3": (1, 2), "C3-C4": (2, 3), "C1-C6": (0, 5)}
+
+    def bond_lengths(graph, x):
+        return np.linalg.norm(x[:, graph.bonds[:, 0]] - x[:, graph.bonds[:, 1]], axis=-1)  # (B, n_bonds)
+
+    def row(values) -> str:
+        return " / ".join(f"{v:.2f}" for v in np.percentile(values, [5, 50, 95]))
+
+    samples = {}
+    for prior_name in args.priors.split(","):
+        prior = xfit.load_conformer_prior(prior_name)
+        for name, (graph, parts) in by_molecule.items():
+            x = prior.sample(jax.random.key(args.seed), graph, args.draws, steps=300)
+            samples[prior_name, name] = np.asarray(x, np.float64)
+    for name, (graph, parts) in by_molecule.items():
+        pool = np.concatenate(parts)
+        limit = np.percentile(bond_lengths(graph, pool), 99.9, axis=0) + 0.3
+        print(f"{name}: {len(pool)} pool structures ({len(parts)} pools alike), {args.draws} draws per prior")
+        sources = {"pools": pool, **{p: samples[p, name] for p in args.priors.split(",")}}
+        if graph.formula == "C6H8":
+            ch = [k for k, (a, b) in enumerate(graph.bonds) if sorted(graph.numbers[[a, b]]) == [1, 6]]
+            for label, x in sources.items():
+                cells = [f"{k} {row(np.linalg.norm(x[:, i] - x[:, j], axis=-1))}" for k, (i, j) in chd_pairs.items()]
+                cells.append(f"C-H (all) {row(bond_lengths(graph, x)[:, ch].ravel())}")
+                opened = np.mean(np.linalg.norm(x[:, 0] - x[:, 5], axis=-1) > 2.5)
+                print(f"    {label:>20}: {'; '.join(cells)}; C1-C6 > 2.5 A {100 * opened:.1f} %")
+        never = ~broken_bonds(graph.numbers, graph.bonds, pool).any(axis=0)  # bonds that no pool structure breaks
+        for label, x in sources.items():
+            beyond = np.mean(np.any(bond_lengths(graph, x) > limit, axis=1))
+            torn = np.mean(broken_bonds(graph.numbers, graph.bonds[never], x).any(axis=-1))
+            print(
+                f"    {label:>20}: any bond beyond the pools' 99.9th percentile + 0.3 A: {100 * beyond:.1f} %; "
+                f"a bond broken (> 1.5 x covalent radii) that no pool structure breaks: {100 * torn:.1f} %"
+            )
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest = []
@@ -671,9 +737,14 @@ def main(argv=None) -> int:
     lev.add_argument("--priors", default="conformer", help="comma-separated prior folders or shipped names")
     lev.add_argument("--draws", type=int, default=4000)
     lev.add_argument("--seed", type=int, default=0)
+    qua = sub.add_parser("quantiles", help="conformer priors' own draws against their training pools, per molecule")
+    qua.add_argument("--pools", nargs="+", required=True, help="the prior's training pools (xfit pool)")
+    qua.add_argument("--priors", default="conformer", help="comma-separated prior folders or shipped names")
+    qua.add_argument("--draws", type=int, default=2000, help="structures per molecule, pools and each prior")
+    qua.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout", "levels"):
+    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout", "levels", "quantiles"):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
     with posterior_fields(parse_fields(args.set)):
@@ -689,6 +760,7 @@ def main(argv=None) -> int:
             "priors": priors,
             "heldout": heldout,
             "levels": levels,
+            "quantiles": quantiles,
         }
         commands[args.command](args)
     return 0

@@ -272,7 +272,7 @@ def run_nmm(args) -> dict:
     chosen = [p for p in rescaled if -0.1 <= p.delay <= 4.0][:: args.nmm_stride]
     atoms = xfit.read_structures(ROOT / "examples" / "data" / "nmm.xyz")[0]
     t0 = time.perf_counter()
-    results = xfit.retrieve(chosen, atoms, fraction=0.057, **options({}, args.smoke, atoms))
+    results = xfit.retrieve(chosen, atoms, fraction=0.057, **options(METHODS["default call"], args.smoke, atoms))
     seconds = (time.perf_counter() - t0) / len(chosen)
     chi2 = np.array([r.chi2_reduced for r in results])
 
@@ -327,8 +327,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-nmm", action="store_true", help="skip the NMM series")
     parser.add_argument("--no-chd", action="store_true", help="skip the CHD frames")
+    parser.add_argument(
+        "--prior", help="the default call with this conformer prior (a folder or name) instead of the shipped one"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.prior is not None:
+        METHODS["default call"] = {"prior": args.prior}
     if args.smoke:
         args.limit, args.stride, args.nmm_stride = 1, 20, 20
         # The two strategies' code paths: the default call's posterior and the refinement fallback.
@@ -340,7 +345,7 @@ def main(argv=None) -> int:
                 raise ValueError
         except ValueError:
             parser.error(f"--fraction must be flat, known, shared or a positive prior sd, got {args.fraction!r}")
-    results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76], "kind": args.kind}
+    results = {**run_header(), "noise": args.noise, "q": [0.5, 8.0, 76], "kind": args.kind, "prior": args.prior}
     if args.kind != "total":
         results.update(excited=args.excited, fraction=args.fraction)
     if args.no_chd:

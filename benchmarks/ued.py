@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--p2", action="store_true", help="also retrieve each kind jointly with its P2 component")
     parser.add_argument("--smoke", action="store_true", help="two frames, sM, a tiny posterior: for the tests")
+    parser.add_argument(
+        "--prior", help="the default call with this conformer prior (a folder or name) instead of the shipped one"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not CHD.exists():
@@ -131,8 +134,10 @@ def main(argv=None) -> int:
     q = np.linspace(1.0, 10.0, 181)
     frames = load_frames(args.stride, args.max_frames)
     start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
-    kwargs = options({}, args.smoke, start)  # the default call, or in smoke runs a tiny posterior
+    # The default call (with --prior, under that conformer prior), or in smoke runs a tiny posterior.
+    kwargs = options({} if args.prior is None else {"prior": args.prior}, args.smoke, start)
     results = {**run_header(), "noise_of_i_at": args.noise, "q": [1.0, 10.0, 181], "energy_kev": args.energy_kev}
+    results["prior"] = args.prior
     print(f"{len(frames)} CHD frames, electrons at {args.energy_kev:g} keV, noise {100 * args.noise:g} % of I_at")
     for kind in args.kinds:
         if kind == "delta_sm":
