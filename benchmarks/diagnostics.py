@@ -628,8 +628,8 @@ def quantiles(args) -> None:
     fraction of CHD draws with C1-C6 > 2.5 A, and per molecule the fraction of draws with any bond beyond the pools'
     99.9th percentile of that bond + 0.3 A, and with a bond broken (``xfit.chem._sampling.broken_bonds``) that no
     pool structure breaks. Pools are weighted as training draws them (each pool alike): ``--draws``
-    structures per molecule, split evenly over its pools; prior draws by ``ConformerPrior.sample`` (network, 300
-    levels)."""
+    structures per molecule, split evenly over its pools; prior draws by ``ConformerPrior.sample`` (300 levels,
+    from the per-pair tables)."""
     import h5py
     import jax
     from ase import Atoms
@@ -664,7 +664,7 @@ def quantiles(args) -> None:
     for prior_name in args.priors.split(","):
         prior = xfit.load_conformer_prior(prior_name)
         for name, (graph, parts) in by_molecule.items():
-            x = prior.sample(jax.random.key(args.seed), graph, args.draws, steps=300)
+            x = prior.sample(jax.random.key(args.seed), graph, args.draws, steps=300, tables=True)
             samples[prior_name, name] = np.asarray(x, np.float64)
     for name, (graph, parts) in by_molecule.items():
         pool = np.concatenate(parts)
@@ -686,6 +686,32 @@ def quantiles(args) -> None:
                 f"    {label:>20}: any bond beyond the pools' 99.9th percentile + 0.3 A: {100 * beyond:.1f} %; "
                 f"a bond broken (> 1.5 x covalent radii) that no pool structure breaks: {100 * torn:.1f} %"
             )
+
+
+def paired(args) -> None:
+    """Two runs of ``posterior.py`` (or ``ued.py``: ``--section sm``) compared frame by frame from their JSON files:
+    medians, the fraction of frames the second run has closer to the truth (carbon RMSD by more than 1e-3 A) and
+    farther, the mean difference, over all frames, near-closed (C1-C6 <= 2.3 A) and opened ones, and the opened
+    frames more than 0.5 A off."""
+    import json
+
+    def rows(path):
+        data = json.loads(Path(path).read_text())
+        section = data["chd"]["default call"] if args.section is None else data[args.section]
+        return {r["frame"]: r for r in section["rows"]}
+
+    a, b = rows(args.first), rows(args.second)
+    frames = [k for k in a if k in b]
+    ca, cb = (np.array([r[k]["carbon_rmsd"] for k in frames]) for r in (a, b))
+    closed = np.array([a[k]["c1c6_true"] <= 2.3 for k in frames])
+    print(f"{args.first} -> {args.second}")
+    for label, m in (("all", np.ones_like(closed)), ("near-closed", closed), ("opened", ~closed)):
+        d = cb[m] - ca[m]
+        print(
+            f"  {label:>11} ({m.sum():3d} frames): median {np.median(ca[m]):.4f} -> {np.median(cb[m]):.4f} A; closer on "
+            f"{100 * np.mean(d < -1e-3):.0f} %, farther on {100 * np.mean(d > 1e-3):.0f} %, mean difference {d.mean():+.4f} A; "
+            f"> 0.5 A: {np.sum(ca[m] > 0.5)} -> {np.sum(cb[m] > 0.5)}"
+        )
 
 
 def main(argv=None) -> int:
@@ -742,9 +768,13 @@ def main(argv=None) -> int:
     qua.add_argument("--priors", default="conformer", help="comma-separated prior folders or shipped names")
     qua.add_argument("--draws", type=int, default=2000, help="structures per molecule, pools and each prior")
     qua.add_argument("--seed", type=int, default=0)
+    par = sub.add_parser("paired", help="two posterior.py (or ued.py) JSON files compared frame by frame")
+    par.add_argument("first", type=Path)
+    par.add_argument("second", type=Path)
+    par.add_argument("--section", help="ued.py: the kind (sm, elastic, ...); posterior.py: leave out")
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout", "levels", "quantiles"):
+    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout", "levels", "quantiles", "paired"):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
     with posterior_fields(parse_fields(args.set)):
@@ -761,6 +791,7 @@ def main(argv=None) -> int:
             "heldout": heldout,
             "levels": levels,
             "quantiles": quantiles,
+            "paired": paired,
         }
         commands[args.command](args)
     return 0
