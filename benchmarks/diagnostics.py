@@ -635,7 +635,6 @@ def quantiles(args) -> None:
     from ase import Atoms
 
     import xfit
-
     from xfit.chem._sampling import broken_bonds
 
     rng = np.random.default_rng(args.seed)
@@ -663,7 +662,7 @@ def quantiles(args) -> None:
     samples = {}
     for prior_name in args.priors.split(","):
         prior = xfit.load_conformer_prior(prior_name)
-        for name, (graph, parts) in by_molecule.items():
+        for name, (graph, _) in by_molecule.items():
             x = prior.sample(jax.random.key(args.seed), graph, args.draws, steps=300, tables=True)
             samples[prior_name, name] = np.asarray(x, np.float64)
     for name, (graph, parts) in by_molecule.items():
@@ -708,9 +707,9 @@ def paired(args) -> None:
     for label, m in (("all", np.ones_like(closed)), ("near-closed", closed), ("opened", ~closed)):
         d = cb[m] - ca[m]
         print(
-            f"  {label:>11} ({m.sum():3d} frames): median {np.median(ca[m]):.4f} -> {np.median(cb[m]):.4f} A; closer on "
-            f"{100 * np.mean(d < -1e-3):.0f} %, farther on {100 * np.mean(d > 1e-3):.0f} %, mean difference {d.mean():+.4f} A; "
-            f"> 0.5 A: {np.sum(ca[m] > 0.5)} -> {np.sum(cb[m] > 0.5)}"
+            f"  {label:>11} ({m.sum():3d} frames): median {np.median(ca[m]):.4f} -> {np.median(cb[m]):.4f} A; "
+            f"closer on {100 * np.mean(d < -1e-3):.0f} %, farther on {100 * np.mean(d > 1e-3):.0f} %, mean difference "
+            f"{d.mean():+.4f} A; > 0.5 A: {np.sum(ca[m] > 0.5)} -> {np.sum(cb[m] > 0.5)}"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -391,7 +392,8 @@ def sweep(
     - A window whose relaxed structure breaks a bond raises ValueError naming the bonds.
     - Thermal frames that break a bond (e.g. a hydrogen moving to a sulfur radical once DT's S-S is pulled apart)
       are dropped, and the window's dynamics rerun from its relaxed structure with the next seed, up to
-      ``attempts`` runs; a window that cannot give its frames intact raises RuntimeError."""
+      ``attempts`` runs, with a warning counting them; a window that cannot give its frames intact raises
+      RuntimeError."""
     from ase.optimize import FIRE
 
     # Stiff enough to dominate the force field along the path (thermal spread sqrt(kT/k) ~ 0.04 A or 2 deg).
@@ -411,6 +413,7 @@ def sweep(
     bonds = np.array(keep, int).reshape(-1, 2)
     numbers = atoms.numbers
     frames: list[np.ndarray | None] = [None] * windows
+    dropped = 0
     tolerance = 0.05 if coordinate.kind == "distance" else 3.0
     for w in order:
         target, count = float(targets[w]), int(per_window[w])
@@ -450,7 +453,9 @@ def sweep(
                 stride=stride,
                 equilibration=equilibration,
             )
-            kept += list(run[~broken_bonds(numbers, bonds, run).any(axis=-1)])
+            intact = ~broken_bonds(numbers, bonds, run).any(axis=-1)
+            dropped += int(np.sum(~intact))
+            kept += list(run[intact])
             if len(kept) >= count:
                 break
         if len(kept) < count:
@@ -460,4 +465,10 @@ def sweep(
             )
         frames[w] = np.array(kept[:count]).reshape(count, len(atoms), 3)
         work.positions = relaxed
+    if dropped:
+        warnings.warn(
+            f"sweep of {coordinate}: {dropped} thermal frames broke a bond at {temperature:g} K and were replaced by "
+            "frames of rerun dynamics",
+            stacklevel=2,
+        )
     return np.concatenate(frames)[:n]
