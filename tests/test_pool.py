@@ -254,6 +254,15 @@ def test_sweep_drops_frames_that_break_a_bond_and_refuses_a_path_that_cannot_kee
         _sampling.sweep(dt_mmff, calc, 4, coordinate, 2.1, 2.6, temperature=300, windows=2, attempts=2)
 
 
+def test_sweep_refuses_a_path_that_only_broken_bonds_reach():
+    """CHD's para carbons C1...C4 (2.9 A) pulled to 9 A: both ring paths between them would need bonds of twice their
+    length. The relaxed window breaks them, and the sweep says so instead of writing a pool of fragments."""
+    chd = molecule("CHD", forcefield="mmff")
+    coordinate = _sampling.Coordinate.parse("distance:0,3")
+    with pytest.raises(ValueError, match=r"to 9: the restraint breaks bond\(s\) 0-1, 0-5, 1-2, 2-3"):
+        _sampling.sweep(chd, calculator(chd, "mmff"), 2, coordinate, 2.9, 9.0, windows=2)
+
+
 # ---------------------------------------------------------------------------------------------------------- pools
 
 
