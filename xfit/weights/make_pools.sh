@@ -5,7 +5,8 @@
 # Since 2026-12-06 (commit f563db0) a sweep keeps every bond of the molecule. The NMM and DT sweep pools built before
 # held other molecules: NMM's oxygen and a hydrogen moved in all 768 frames (the torsion was pulled from -160 to +60
 # deg in one window), and a hydrogen moved from a carbon to a sulfur in 398 of DT's 1536 (each window started from
-# the previous window's last thermal frame, so a shift carried on). The shipped priors (xfit/weights/conformer, xfit/weights/nmm_chd_dt) were trained on those pools.
+# the previous window's last thermal frame, so a shift carried on). The shipped priors (xfit/weights/conformer,
+# xfit/weights/nmm_chd_dt) were trained on those pools.
 set -euo pipefail
 dir=${1:-pools}
 mkdir -p "$dir"
