@@ -409,8 +409,8 @@ def sweep(
     order = np.arange(windows)
     if abs(value - stop) < abs(value - start):
         order = order[::-1]
-    keep = [tuple(b) for b in covalent_bonds(atoms).tolist() if tuple(b) != tuple(sorted(coordinate.atoms))]
-    bonds = np.array(keep, int).reshape(-1, 2)
+    bonds = covalent_bonds(atoms)
+    bonds = bonds[np.any(bonds != sorted(coordinate.atoms), axis=1)] if coordinate.kind == "distance" else bonds
     numbers = atoms.numbers
     frames: list[np.ndarray | None] = [None] * windows
     dropped = 0
@@ -438,7 +438,6 @@ def sweep(
                 f"{', '.join(f'{i}-{j}' for i, j in bonds[broken])} of the start structure; this path is not reachable "
                 "from it (try another range or coordinate)"
             )
-        relaxed = work.positions.copy()
         kept: list[np.ndarray] = []
         for attempt in range(attempts):
             if not count:
@@ -463,8 +462,7 @@ def sweep(
                 f"sweep of {coordinate} at {target:g}: {attempts} runs at {temperature:g} K gave {len(kept)} of "
                 f"{count} frames with every bond intact (try a lower temperature)"
             )
-        frames[w] = np.array(kept[:count]).reshape(count, len(atoms), 3)
-        work.positions = relaxed
+        frames[w] = np.array(kept[:count]).reshape(count, len(atoms), 3)  # work stays at the relaxed structure
     if dropped:
         warnings.warn(
             f"sweep of {coordinate}: {dropped} thermal frames broke a bond at {temperature:g} K and were replaced by "
