@@ -630,12 +630,15 @@ def quantiles(args) -> None:
     pool structure breaks. Pools are weighted as training draws them (each pool alike): ``--draws``
     structures per molecule, split evenly over its pools; prior draws by ``ConformerPrior.sample`` (300 levels,
     from the per-pair tables)."""
+    import json
+
     import h5py
     import jax
     from ase import Atoms
 
     import xfit
     from xfit.chem._sampling import broken_bonds
+    from xfit.chem._structures import covalent_bonds
 
     rng = np.random.default_rng(args.seed)
     paths: dict[str, list] = {}
@@ -650,6 +653,18 @@ def quantiles(args) -> None:
                 n, numbers, reference = int(f.attrs["n_complete"]), f["numbers"][:], f["reference_positions"][:]
                 rows = np.sort(rng.choice(n, min(n, args.draws // len(group)), replace=False))
                 parts.append(f["positions"][rows])
+                # Every frame against the bonds of the pool's start, a swept distance aside: a pool of the molecule
+                # breaks none (the sweeps before commit f563db0 did).
+                swept = json.loads(f.attrs["sampler_parameters"]).get("coordinate") or ""
+                start_bonds = covalent_bonds(Atoms(numbers=numbers, positions=reference))
+                if swept.startswith("distance:"):
+                    pair = sorted(int(v) for v in swept.partition(":")[2].split(","))
+                    start_bonds = start_bonds[np.any(start_bonds != pair, axis=1)]
+                torn = broken_bonds(numbers, start_bonds, f["positions"][:n]).any(axis=-1).sum()
+                print(
+                    f"{Path(path).name}: {torn} of {n} frames break a bond of the start structure "
+                    f"({swept or 'no sweep'} aside)"
+                )
         by_molecule[name] = [xfit.MoleculeGraph.from_atoms(Atoms(numbers=numbers, positions=reference)), parts]
     chd_pairs = {"C1-C2": (0, 1), "C2-C3": (1, 2), "C3-C4": (2, 3), "C1-C6": (0, 5)}
 
