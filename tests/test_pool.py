@@ -18,6 +18,7 @@ import xfit
 from xfit.chem import _pool, _sampling
 from xfit.chem._forcefield import calculator, hessian
 from xfit.chem._molecules import bonds, molecule
+from xfit.chem._structures import covalent_bonds
 
 from .conftest import ROOT
 
@@ -78,6 +79,27 @@ def test_wigner_covariance_matches_the_harmonic_prediction(dt_mmff):
     # Zero-point limit: at T -> 0 the width tends to hbar/(2 omega), and it grows with temperature.
     assert np.trace(modes.displacement_covariance(1e-3)) < np.trace(predicted)
     np.testing.assert_allclose(modes.displacement_covariance(1e-3), modes.displacement_covariance(0.0), rtol=1e-6)
+
+
+def test_wigner_redraws_the_samples_that_break_a_bond(dt_mmff):
+    # Rectilinear normal modes move atoms on straight lines: hot enough, some samples stretch a bond past breaking.
+    modes = _sampling.normal_modes(dt_mmff, hessian(dt_mmff, calculator(dt_mmff, "mmff")))
+    numbers, bonds = dt_mmff.numbers, covalent_bonds(dt_mmff)
+    key = jax.random.key(3)
+    plain = _sampling.wigner(key, modes, 2000, temperature=4000.0)
+    broken = _sampling.broken_bonds(numbers, bonds, plain).any(axis=-1)
+    assert 0 < broken.sum() < len(plain) // 2  # the artefact is there to filter
+    with pytest.warns(UserWarning, match="samples broke a bond") as record:
+        x = _sampling.wigner(key, modes, 2000, temperature=4000.0, numbers=numbers, bonds=bonds)
+    # Counted over every draw: the first draw's broken ones and those of the redraws.
+    assert int(str(record[0].message).split(": ")[1].split()[0]) >= broken.sum()
+    assert x.shape == plain.shape
+    assert not _sampling.broken_bonds(numbers, bonds, x).any()
+    # The first draw's intact samples are kept as they were, in order; the rest are fresh draws.
+    np.testing.assert_array_equal(x[: (~broken).sum()], plain[~broken])
+    assert len(record) == 1
+    with pytest.raises(RuntimeError, match="intact"):
+        _sampling.wigner(key, modes, 200, temperature=1e7, numbers=numbers, bonds=bonds, attempts=2)
 
 
 def test_langevin_keeps_the_target_temperature(dt_mmff):

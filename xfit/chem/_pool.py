@@ -54,7 +54,7 @@ class PoolSpec:
     """What a pool is: everything that determines its contents (the identity checked on resume).
 
     q is stored as (q_min, q_max, n_q): q = 4 pi sin(theta)/lambda in 1/A on an even grid. Methods: "wigner"
-    (harmonic quantum, ``temperature``), "md" (Langevin), "mc" (Metropolis), "sweep" (restrained along
+    (harmonic quantum, ``temperature``; samples that break a bond of the reference geometry redrawn), "md" (Langevin), "mc" (Metropolis), "sweep" (restrained along
     ``coordinate`` over ``coordinate_range``), "excited" (ground-state Wigner positions and velocities at
     ``temperature`` run for ``duration`` fs on the GFN2-xTB surface of ``charge`` and ``multiplicity``:
     ``xfit.chem._sampling.excited_dynamics``).
@@ -191,6 +191,13 @@ class _Context:
 
             self.modes = normal_modes(self.atoms, self.hessian)
 
+    @property
+    def bonds(self) -> np.ndarray:
+        """(n_bonds, 2) covalent bonds of the reference geometry."""
+        from xfit.chem._structures import covalent_bonds
+
+        return covalent_bonds(self.atoms)
+
     def __getstate__(self):  # shipped to Dask workers without the force-field calculators (rebuilt there if needed)
         return {**self.__dict__, "_calc": None, "_surface": None}
 
@@ -220,7 +227,10 @@ class _Context:
         spec, seed = self.spec, self.spec.seed * 1_000_003 + index
         if spec.method == "wigner":
             key = jax.random.fold_in(jax.random.key(spec.seed), index)
-            return _sampling.wigner(key, self.modes, rows, spec.temperature)
+            # Rectilinear modes at high temperature stretch a few bonds past breaking: those samples are redrawn.
+            return _sampling.wigner(
+                key, self.modes, rows, spec.temperature, numbers=self.atoms.numbers, bonds=self.bonds
+            )
         if spec.method == "md":
             return _sampling.langevin(self.atoms, self.calc, rows, temperature=spec.temperature, seed=seed)
         if spec.method == "mc":
