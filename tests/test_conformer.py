@@ -187,6 +187,27 @@ def test_training_resumes_exactly_where_it_stopped(pools, tmp_path):
         xfit.train_conformer_prior(pools, tmp_path / "c", config=config, train_config=other)
 
 
+def test_fine_tuning_starts_from_the_given_prior(trained, pools, tmp_path, capsys):
+    # At a vanishing learning rate a fine-tuned prior keeps the weights it started from (random ones would differ
+    # by O(1)); the molecules it knew stay known though the new pools hold only water.
+    still = ConformerTrainConfig(steps=5, batch_size=8, learning_rate=1e-12)
+    tuned = xfit.train_conformer_prior([pools[1]], tmp_path / "tuned", train_config=still, init=trained.path)
+    assert tuned.config == trained.config and set(tuned.molecules.values()) == {"CO", "water"}
+    assert tuned.metadata["init"]["path"] == trained.path
+    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(trained.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    with pytest.raises(ValueError, match="leave config out to fine-tune"):
+        xfit.train_conformer_prior(
+            [pools[1]], tmp_path / "other", config=ConformerConfig(width=8), train_config=still, init=trained
+        )
+    argv = ["train-prior", str(pools[1]), "-o", str(tmp_path / "cli"), "--steps", "5", "--batch-size", "8"]
+    assert xfit.cli.main([*argv, "--init", trained.path]) == 0
+    assert "fine-tuning" in capsys.readouterr().out
+    assert xfit.load_conformer_prior(tmp_path / "cli").fits(CO)
+    with pytest.raises(SystemExit, match="drop --width"):
+        xfit.cli.main([*argv, "--init", trained.path, "--width", "8"])
+
+
 def test_files_round_trip_and_bad_files_name_the_problem(trained, tmp_path, chd):
     again = xfit.load_conformer_prior(trained.path)
     assert again.molecules == trained.molecules and again.config == trained.config

@@ -7,6 +7,9 @@ import dataclasses
 import textwrap
 from pathlib import Path
 
+MODEL_OPTIONS = ("width", "branches", "components", "max_atoms")
+"""The model's options, which ``--init`` takes from the prior it starts from."""
+
 
 def run(args) -> int:
     from xfit.learn._conformer import ConformerConfig
@@ -15,6 +18,13 @@ def run(args) -> int:
     config = ConformerConfig(
         width=args.width, branches=args.branches, components=args.components, max_atoms=args.max_atoms
     )
+    if args.init is not None:
+        changed = [
+            f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k) != getattr(ConformerConfig(), k)
+        ]
+        if changed:
+            raise SystemExit(f"xfit train-prior: --init fine-tunes that prior's own model; drop {', '.join(changed)}")
+        config = None
     train = ConformerTrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -24,8 +34,11 @@ def run(args) -> int:
         branch_loss_weight=args.branch_loss_weight,
     )
     resuming = (Path(args.output) / "checkpoint.msgpack").is_file()
-    print(f"train-prior: {len(args.pools)} pool(s) -> {args.output}{' (resuming)' if resuming else ''}; {config}")
-    prior = train_conformer_prior(args.pools, args.output, config=config, train_config=train, progress=True)
+    start = f"fine-tuning {args.init}" if args.init is not None else str(config)
+    print(f"train-prior: {len(args.pools)} pool(s) -> {args.output}{' (resuming)' if resuming else ''}; {start}")
+    prior = train_conformer_prior(
+        args.pools, args.output, config=config, train_config=train, progress=True, init=args.init
+    )
     meta = prior.metadata
     rate = meta.get("examples_per_second")
     print(
@@ -87,5 +100,11 @@ def add_parser(sub) -> None:
         type=int,
         default=d.checkpoint_every,
         help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--init",
+        metavar="PRIOR",
+        help="start from this trained prior (folder or shipped name, e.g. conformer) instead of random weights: "
+        "fine-tuning on corrected or more pools, with its model (use a lower --learning-rate, e.g. 2e-4)",
     )
     t.set_defaults(run=run)

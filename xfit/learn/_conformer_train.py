@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -263,11 +264,14 @@ def _host_batch(source: _Source, raw: np.ndarray, size: int, config, train: Conf
     return x0, eps, sigma, _conformer.graph_inputs(source.graph, size, d0)
 
 
-def _identity(config, train: ConformerTrainConfig, sources: list[_Source]) -> str:
+def _identity(config, train: ConformerTrainConfig, sources: list[_Source], init=None) -> str:
     pools = [{"path": os.path.abspath(s.path), "config": str(s.attrs.get("config", ""))} for s in sources]
-    return json.dumps(
-        {"model": dataclasses.asdict(config), "train": dataclasses.asdict(train), "pools": pools}, sort_keys=True
-    )
+    out = {"model": dataclasses.asdict(config), "train": dataclasses.asdict(train), "pools": pools}
+    if init is not None:  # the weights started from, by content: a checkpoint resumes only the same fine-tuning
+        from flax import serialization
+
+        out["init"] = hashlib.sha256(serialization.to_bytes(jax.device_get(init.params))).hexdigest()
+    return json.dumps(out, sort_keys=True)
 
 
 def _state(params, opt_state, step: int, sources: list[_Source], identity: str) -> dict:
@@ -304,6 +308,7 @@ def train_conformer_prior(
     config: _conformer.ConformerConfig | None = None,
     train_config: ConformerTrainConfig | None = None,
     progress: bool | Callable[[int, float], None] = False,
+    init: str | os.PathLike | _conformer.ConformerPrior | None = None,
 ) -> _conformer.ConformerPrior:
     """Train a conformer prior on pools and write it to ``output`` (see ``xfit.load_conformer_prior``).
 
@@ -317,6 +322,10 @@ def train_conformer_prior(
         config: the model (default ``ConformerConfig()``); train_config: optimisation (default
             ``ConformerTrainConfig()``).
         progress: True for a progress bar (stderr), or a callback(step, loss) called after every step.
+        init: a trained prior (folder, shipped name or ``ConformerPrior``) to start from instead of random weights:
+            fine-tuning, e.g. on corrected or more pools, with its model configuration (``config`` must be None or
+            the same) and usually a lower ``learning_rate``. Its molecules stay known to the result, whether or not
+            the pools hold them.
 
     Returns:
         The trained :class:`xfit.ConformerPrior`.
@@ -331,6 +340,15 @@ def train_conformer_prior(
 
     if not pools:
         raise ValueError("no pools given")
+    start_from = None
+    if init is not None:
+        start_from = init if isinstance(init, _conformer.ConformerPrior) else _conformer.load_conformer_prior(init)
+        if config is not None and config != start_from.config:
+            raise ValueError(
+                f"init prior {start_from.path or '(in memory)'} has model {start_from.config}, not the config given "
+                f"({config}); leave config out to fine-tune it"
+            )
+        config = start_from.config
     config = config or _conformer.ConformerConfig()
     train = train_config or ConformerTrainConfig()
     sources = _open_sources(pools, config)
@@ -340,8 +358,10 @@ def train_conformer_prior(
     checkpoint = output / CHECKPOINT_FILE
 
     params = _conformer.init_params(config, jax.random.key(train.seed))
+    if start_from is not None:
+        params = jax.tree.map(jnp.asarray, start_from.params)
     opt_state = _optimizer(train).init(params)
-    identity = _identity(config, train, sources)
+    identity = _identity(config, train, sources, start_from)
     start = 0
     restored = _load_checkpoint(checkpoint, _state(params, opt_state, 0, sources, identity))
     if restored is not None:
@@ -396,7 +416,7 @@ def train_conformer_prior(
 
     import xfit
 
-    molecules = {}
+    molecules = dict(start_from.molecules) if start_from is not None else {}
     for s in sources:
         molecules.setdefault(s.graph.key, s.name)
     done = train.steps - start
@@ -420,6 +440,13 @@ def train_conformer_prior(
         "examples_per_second": done * train.batch_size / seconds if done and seconds > 0 else None,
         "seconds": seconds,
         "resumed_at": start or None,
+        "init": None
+        if start_from is None
+        else {
+            "path": start_from.path,
+            "created": start_from.metadata.get("created"),
+            "pools": start_from.metadata.get("pools"),
+        },
         "xfit_version": xfit.__version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
