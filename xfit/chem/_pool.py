@@ -54,10 +54,10 @@ class PoolSpec:
     """What a pool is: everything that determines its contents (the identity checked on resume).
 
     q is stored as (q_min, q_max, n_q): q = 4 pi sin(theta)/lambda in 1/A on an even grid. Methods: "wigner"
-    (harmonic quantum, ``temperature``; samples that break a bond of the reference geometry redrawn), "md" (Langevin), "mc" (Metropolis), "sweep" (restrained along
-    ``coordinate`` over ``coordinate_range``), "excited" (ground-state Wigner positions and velocities at
-    ``temperature`` run for ``duration`` fs on the GFN2-xTB surface of ``charge`` and ``multiplicity``:
-    ``xfit.chem._sampling.excited_dynamics``).
+    (harmonic quantum, ``temperature``; samples that break a bond of the reference geometry are redrawn), "md"
+    (Langevin), "mc" (Metropolis), "sweep" (restrained along ``coordinate`` over ``coordinate_range``), "excited"
+    (ground-state Wigner positions and velocities at ``temperature`` run for ``duration`` fs on the GFN2-xTB surface
+    of ``charge`` and ``multiplicity``: ``xfit.chem._sampling.excited_dynamics``).
     """
 
     molecule: str
