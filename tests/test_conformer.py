@@ -204,8 +204,10 @@ def test_fine_tuning_starts_from_the_given_prior(trained, pools, tmp_path, capsy
     assert xfit.cli.main([*argv, "--init", trained.path]) == 0
     assert "fine-tuning" in capsys.readouterr().out
     assert xfit.load_conformer_prior(tmp_path / "cli").fits(CO)
-    with pytest.raises(SystemExit, match="drop --width"):
-        xfit.cli.main([*argv, "--init", trained.path, "--width", "8"])
+    assert xfit.cli.main([*argv, "--init", trained.path, "--width", "8"]) == 2
+    assert "drop --width" in capsys.readouterr().err
+    assert xfit.cli.main([*argv, "--init", str(tmp_path / "missing")]) == 2
+    assert "conformer.json is missing" in capsys.readouterr().err
 
 
 def test_files_round_trip_and_bad_files_name_the_problem(trained, tmp_path, chd):

@@ -23,7 +23,7 @@ def run(args) -> int:
             f"--{k.replace('_', '-')}" for k in MODEL_OPTIONS if getattr(args, k) != getattr(ConformerConfig(), k)
         ]
         if changed:
-            raise SystemExit(f"xfit train-prior: --init fine-tunes that prior's own model; drop {', '.join(changed)}")
+            raise ValueError(f"--init fine-tunes that prior's own model; drop {', '.join(changed)}")
         config = None
     train = ConformerTrainConfig(
         steps=args.steps,
