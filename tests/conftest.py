@@ -11,11 +11,7 @@ _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 CACHE = Path(tempfile.gettempdir(), f"xfit-test-cache-{_RUN}") if _RUN else Path(tempfile.mkdtemp(prefix="xfit-test-"))
 CACHE.mkdir(exist_ok=True)
 os.environ["XFIT_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
-# Only programs that take a second or more to compile are written: those are the suite's time. Writing every tiny
-# program as well crashed a worker inside jaxlib's executable serialisation (SIGSEGV/SIGABRT in
-# put_executable_and_time, the chi2 gradient of test_anisotropic_retrieval, at the same point of two fresh-clone
-# runs on 2026-12-06; the test passes alone).
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402

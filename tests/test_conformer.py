@@ -187,29 +187,6 @@ def test_training_resumes_exactly_where_it_stopped(pools, tmp_path):
         xfit.train_conformer_prior(pools, tmp_path / "c", config=config, train_config=other)
 
 
-def test_fine_tuning_starts_from_the_given_prior(trained, pools, tmp_path, capsys):
-    # At a vanishing learning rate a fine-tuned prior keeps the weights it started from (random ones would differ
-    # by O(1)); the molecules it knew stay known though the new pools hold only water.
-    still = ConformerTrainConfig(steps=5, batch_size=8, learning_rate=1e-12)
-    tuned = xfit.train_conformer_prior([pools[1]], tmp_path / "tuned", train_config=still, init=trained.path)
-    assert tuned.config == trained.config and set(tuned.molecules.values()) == {"CO", "water"}
-    assert tuned.metadata["init"]["path"] == trained.path
-    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(trained.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    with pytest.raises(ValueError, match="leave config out to fine-tune"):
-        xfit.train_conformer_prior(
-            [pools[1]], tmp_path / "other", config=ConformerConfig(width=8), train_config=still, init=trained
-        )
-    argv = ["train-prior", str(pools[1]), "-o", str(tmp_path / "cli"), "--steps", "5", "--batch-size", "8"]
-    assert xfit.cli.main([*argv, "--init", trained.path]) == 0
-    assert "fine-tuning" in capsys.readouterr().out
-    assert xfit.load_conformer_prior(tmp_path / "cli").fits(CO)
-    assert xfit.cli.main([*argv, "--init", trained.path, "--width", "8"]) == 2
-    assert "drop --width" in capsys.readouterr().err
-    assert xfit.cli.main([*argv, "--init", str(tmp_path / "missing")]) == 2
-    assert "conformer.json is missing" in capsys.readouterr().err
-
-
 def test_files_round_trip_and_bad_files_name_the_problem(trained, tmp_path, chd):
     again = xfit.load_conformer_prior(trained.path)
     assert again.molecules == trained.molecules and again.config == trained.config
@@ -250,6 +227,24 @@ def test_command_line_trains_a_loadable_prior(pools, tmp_path, capsys):
     assert prior.energy_fn(CO).head["log_components"].shape == (2,)
     assert xfit.cli.main(["train-prior", str(tmp_path / "missing.h5"), "-o", str(out)]) == 2
     assert "pool not found" in capsys.readouterr().err
+    # Fine-tuning (--init): at a vanishing learning rate the weights stay those it started from (random ones would
+    # differ by O(1)); its molecules stay known though the new pool holds only water; its model is its own.
+    still = ConformerTrainConfig(steps=3, batch_size=8, learning_rate=1e-12)
+    start = xfit.load_conformer_prior(out)
+    tuned = xfit.train_conformer_prior([pools[1]], tmp_path / "tuned", train_config=still, init=out)
+    assert tuned.config == start.config and set(tuned.molecules.values()) == {"CO", "water"}
+    assert tuned.metadata["init"]["path"] == start.path
+    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(start.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    with pytest.raises(ValueError, match="leave config out to fine-tune"):
+        xfit.train_conformer_prior([pools[1]], tmp_path / "x", config=ConformerConfig(), train_config=still, init=out)
+    tune = ["train-prior", str(pools[1]), "-o", str(tmp_path / "cli_tuned"), "--steps", "3", "--batch-size", "8"]
+    assert xfit.cli.main([*tune, "--init", str(out)]) == 0 and "fine-tuning" in capsys.readouterr().out
+    assert xfit.load_conformer_prior(tmp_path / "cli_tuned").fits(CO)
+    assert xfit.cli.main([*tune, "--init", str(out), "--width", "16"]) == 2
+    assert "drop --width" in capsys.readouterr().err
+    assert xfit.cli.main([*tune, "--init", str(tmp_path / "missing")]) == 2
+    assert "conformer.json is missing" in capsys.readouterr().err
     for bad, message in ((["--components", "0"], "components >= 1"), (["--branch-loss-weight", "-1"], "must be >= 0")):
         assert xfit.cli.main(["train-prior", str(pools[0]), "-o", str(tmp_path / "bad"), *bad]) == 2
         assert message in capsys.readouterr().err

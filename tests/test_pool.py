@@ -79,11 +79,7 @@ def test_wigner_covariance_matches_the_harmonic_prediction(dt_mmff):
     # Zero-point limit: at T -> 0 the width tends to hbar/(2 omega), and it grows with temperature.
     assert np.trace(modes.displacement_covariance(1e-3)) < np.trace(predicted)
     np.testing.assert_allclose(modes.displacement_covariance(1e-3), modes.displacement_covariance(0.0), rtol=1e-6)
-
-
-def test_wigner_redraws_the_samples_that_break_a_bond(dt_mmff):
     # Rectilinear normal modes move atoms on straight lines: hot enough, some samples stretch a bond past breaking.
-    modes = _sampling.normal_modes(dt_mmff, hessian(dt_mmff, calculator(dt_mmff, "mmff")))
     numbers, bonds = dt_mmff.numbers, covalent_bonds(dt_mmff)
     key = jax.random.key(3)
     plain = _sampling.wigner(key, modes, 2000, temperature=4000.0)
