@@ -10,19 +10,6 @@ import xfit
 from xfit.infer._likelihood import build_likelihood
 from xfit.physics._anisotropy import anisotropic_intensity
 
-
-@pytest.fixture(autouse=True)
-def _no_persistent_cache_writes():
-    """This module's programs are compiled without the persistent compilation cache: writing them crashed pytest-xdist
-    workers inside jaxlib's executable serialisation (SIGABRT/SIGSEGV in put_executable_and_time) in four fresh-clone
-    CI runs on 2026-12-06, always in this module's tests, which pass alone."""
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", previous)
-
 Q = np.linspace(0.5, 8.0, 40)  # q = 4 pi sin(theta)/lambda in 1/A
 F = 0.3  # excitation fraction
 SCALE = 3.0  # arbitrary detector scale of intensity patterns

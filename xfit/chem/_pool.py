@@ -35,6 +35,7 @@ import numpy as np
 from ase import Atoms
 
 from xfit._h5 import open_h5
+from xfit.chem._structures import covalent_bonds
 from xfit.physics import _iam
 
 __all__ = ["METHODS", "PoolSpec", "build_pool", "iterate_pool", "pool_summary"]
@@ -179,6 +180,7 @@ class _Context:
             self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
         self._calc = self._surface = None
+        self.bonds = covalent_bonds(self.atoms)  # (n_bonds, 2): what a Wigner sample must keep
         if spec.method == "excited":
             self.surface()  # a multiplicity the electron count cannot have fails here, before the Hessian
         if spec.method in ("wigner", "excited") and self.hessian is None:
@@ -190,13 +192,6 @@ class _Context:
             from xfit.chem._sampling import normal_modes
 
             self.modes = normal_modes(self.atoms, self.hessian)
-
-    @property
-    def bonds(self) -> np.ndarray:
-        """(n_bonds, 2) covalent bonds of the reference geometry."""
-        from xfit.chem._structures import covalent_bonds
-
-        return covalent_bonds(self.atoms)
 
     def __getstate__(self):  # shipped to Dask workers without the force-field calculators (rebuilt there if needed)
         return {**self.__dict__, "_calc": None, "_surface": None}

@@ -130,19 +130,20 @@ def wigner(
         return draw(key)
     if numbers is None:
         raise ValueError("wigner: bonds given without the atoms' numbers")
-    kept, dropped = [], 0
+    kept, n_kept = [], 0
     for attempt in range(attempts):
         x = draw(jax.random.fold_in(key, attempt) if attempt else key)
-        intact = ~broken_bonds(numbers, bonds, x).any(axis=-1)
-        dropped += int(np.sum(~intact))
-        kept.append(x[intact])
-        if sum(len(k) for k in kept) >= n:
+        x = x[~broken_bonds(numbers, bonds, x).any(axis=-1)]
+        kept.append(x)
+        n_kept += len(x)
+        if n_kept >= n:
             break
     else:
         raise RuntimeError(
-            f"wigner at {temperature:g} K: {attempts} draws of {n} gave {sum(len(k) for k in kept)} samples with every "
-            "bond intact (try a lower temperature)"
+            f"wigner at {temperature:g} K: {attempts} draws of {n} gave {n_kept} samples with every bond intact (try "
+            "a lower temperature)"
         )
+    dropped = len(kept) * n - n_kept
     if dropped:
         warnings.warn(
             f"wigner at {temperature:g} K: {dropped} samples broke a bond (rectilinear normal modes) and were "

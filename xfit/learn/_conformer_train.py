@@ -357,9 +357,10 @@ def train_conformer_prior(
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = output / CHECKPOINT_FILE
 
-    params = _conformer.init_params(config, jax.random.key(train.seed))
     if start_from is not None:
         params = jax.tree.map(jnp.asarray, start_from.params)
+    else:
+        params = _conformer.init_params(config, jax.random.key(train.seed))
     opt_state = _optimizer(train).init(params)
     identity = _identity(config, train, sources, start_from)
     start = 0
