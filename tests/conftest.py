@@ -29,6 +29,16 @@ SHARED = ROOT.parent / "shared" / "reference"
 RTOL = {np.float64: 1e-10, np.float32: 1e-4}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Each test module's compiled programs are dropped when it ends. XLA's CPU backend keeps three memory maps per
+    compiled kernel while JAX caches the program; an xdist worker that ran half the suite held 65,000 of them, Linux's
+    vm.max_map_count, and died in XLA with a segmentation fault (xfit.infer._compiled). Programs that later modules
+    share load again from the persistent cache above."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -315,6 +315,34 @@ def test_default_call_falls_back_to_refinement_with_a_warning_elsewhere():
     assert result.info["method"] == "refinement"
 
 
+def test_compiled_programs_are_dropped_before_the_process_reaches_its_memory_map_limit(tmp_path, monkeypatch):
+    # XLA keeps three memory maps per compiled CPU kernel; past Linux's vm.max_map_count it segfaults. Before each
+    # retrieval, a process holding more than half its limit drops JAX's compiled programs (they unmap) and says so.
+    from xfit.infer import _compiled
+
+    if _compiled.memory_maps() is None:
+        pytest.skip("no /proc/self/maps: not Linux")
+    f = jax.jit(lambda x: jax.numpy.sin(x) * 2 + jax.numpy.cumsum(x))
+    for n in range(1, 21):  # 20 programs, a few maps each
+        f(np.ones(n)).block_until_ready()
+    held, limit = _compiled.memory_maps()
+    assert limit > 0
+    fake = tmp_path / "max_map_count"
+    monkeypatch.setattr(_compiled, "LIMIT", fake)
+    fake.write_text(str(3 * held))
+    assert not _compiled.release_if_near_map_limit()  # a third of the limit: left alone
+    fake.write_text(str(held))
+    with pytest.warns(RuntimeWarning, match="compilation caches were cleared"):
+        assert _compiled.release_if_near_map_limit()
+    assert _compiled.memory_maps()[0] < held - 40  # the kernels of those 20 programs unmapped
+    water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    pattern = xfit.Pattern(Q, xfit.scattering(water, Q))
+    fake.write_text("10")
+    with pytest.warns(RuntimeWarning, match=r"vm\.max_map_count"):
+        result = xfit.retrieve(pattern, water, n_starts=1, steps=5, prior=None)
+    assert result.info["method"] == "refinement"
+
+
 def test_starts_with_the_wrong_atom_count_are_a_clear_error(chd):
     q = np.linspace(0.5, 8.0, 40)
     pattern = xfit.Pattern(q, np.asarray(xfit.scattering(chd, q)), np.ones(40))

@@ -29,6 +29,7 @@ from xfit.chem._structures import as_arrays
 from xfit.data._image import DetectorImage
 from xfit.data._pattern import Pattern
 from xfit.infer import _restraints
+from xfit.infer._compiled import release_if_near_map_limit
 from xfit.infer._likelihood import (
     ANISOTROPIC_KINDS,
     DIFFERENCE_KINDS,
@@ -455,6 +456,7 @@ def retrieve(
         images of different kinds or dipoles in one call, ``dipole=`` given with images.
         TypeError: ``client`` that is not a ``dask.distributed.Client``.
     """
+    release_if_near_map_limit()  # a process that retrieves at many pattern lengths would otherwise crash in XLA
     single = isinstance(pattern, Pattern | DetectorImage)
     patterns = [pattern] if single else list(pattern)
     if not patterns:
