@@ -174,7 +174,7 @@ def main() -> None:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port, whatever else runs a cluster
                 silence_logs=logging.ERROR,
             )
             with cluster, Client(cluster) as client:

@@ -29,7 +29,7 @@ def client():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: two test processes at once must not both ask for 8787
         silence_logs=logging.CRITICAL,  # the killed worker's nanny reports the death as an error log, on purpose
     )
     with cluster, Client(cluster) as c:

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from xfit._dask import check_client, ordered_results
+from xfit.infer._compiled import release_if_near_map_limit
 from xfit.infer._problem import Problem
 
 __all__ = ["default_chunk", "retrieve_on_cluster"]
@@ -46,6 +47,7 @@ def _run_part(problem: Problem, strategy, seed: int, duplicate_tolerance: float,
     """One task: run the strategy on a (padded) chunk and summarise its first ``rows`` patterns."""
     from xfit.infer._result import summarise
 
+    release_if_near_map_limit()  # a worker lives on across problems of many shapes
     with jax.enable_x64(x64):  # the client's precision setting, whatever the worker process started with
         ensemble = strategy.run(problem, jax.random.key(seed))
         real = problem.part(np.arange(rows))
