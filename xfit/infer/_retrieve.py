@@ -455,6 +455,11 @@ def retrieve(
         naming atoms that do not exist or repeated ones (also an image's); images mixed with patterns (TypeError),
         images of different kinds or dipoles in one call, ``dipole=`` given with images.
         TypeError: ``client`` that is not a ``dask.distributed.Client``.
+
+    Warns:
+        PriorFallbackWarning: the default prior does not fit the molecule (refinement ran instead).
+        RuntimeWarning: this process held more than half of Linux's memory-map limit, most of it compiled XLA
+        programs, and JAX's compilation caches were cleared first (``xfit.infer._compiled``).
     """
     release_if_near_map_limit()  # a process that retrieves at many pattern lengths would otherwise crash in XLA
     single = isinstance(pattern, Pattern | DetectorImage)
