@@ -24,6 +24,8 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py priors --priors my_prior,other_prior --kinds xray,sm --stride 3
     # the same on a held-out pool of xfit's own, with the priors' own draws (never the shared frames)
     python benchmarks/diagnostics.py heldout --pool chd_sweep_seed11.h5 --priors my_prior
+    # near-closed ranking on held-out pools: the prior tempered in the ranking, and a product of several priors
+    python benchmarks/diagnostics.py ranking --pools chd_excited_seed12.h5 --experts conformer,prior_a,prior_b
     # do a prior's own draws depend on the number of annealing levels? (one density at every level: they should not)
     python benchmarks/diagnostics.py levels --priors conformer,my_prior
 
@@ -602,6 +604,114 @@ def heldout(args) -> None:
             )
 
 
+def ranking(args) -> None:
+    """Near-closed ranking, two remedies tried on held-out pools of xfit's own (never the shared frames), X-ray total
+    at 0.1 %, default Posterior without proposal seeds:
+
+    - the basins ranked with the prior tempered, weights from -chi2/2 - lam E(x*, sigma_min) instead of -chi2/2 - E
+      (one annealing, each lam re-summarised; lam 0: chi2 alone ranks);
+    - a product of experts: the prior the mean energy (network and tables) of ``--experts``, the bank of prior draws
+      from the first of them.
+
+    Pools, e.g. ``xfit pool CHD --method excited -n 96 --q 0.2:8:16 --seed 12`` and ``xfit pool CHD --method sweep -n
+    96 --range 1.45:6.0 --temperature 800 --q 0.2:8:16 --seed 11``."""
+    import flax
+    import h5py
+    import jax
+    import jax.numpy as jnp
+
+    import xfit
+    from xfit.infer import _result
+
+    @flax.struct.dataclass
+    class Mean:  # E(x, sigma) or a table's E(x, level): the members' mean
+        members: tuple
+
+        def __call__(self, x, s):
+            return sum(m(x, s) for m in self.members) / len(self.members)
+
+        def hessian(self, x, sigma):  # the networks' own (the Laplace stage; a table has none and needs none)
+            return sum(m.hessian(x, sigma) for m in self.members) / len(self.members)
+
+    class Experts:
+        def __init__(self, names):
+            self.priors = [xfit.load_conformer_prior(n) for n in names]
+            self.sigma_min = self.priors[0].sigma_min
+            if any(p.sigma_min != self.sigma_min for p in self.priors):
+                raise SystemExit("--experts: priors with different sigma_min")
+
+        def energy_fn(self, mol):
+            return Mean(tuple(p.energy_fn(mol) for p in self.priors))
+
+        def energy_table(self, mol, sigmas):
+            return Mean(tuple(p.energy_table(mol, sigmas) for p in self.priors))
+
+        def bank(self, *a, **k):
+            return self.priors[0].bank(*a, **k)
+
+        def sample(self, *a, **k):
+            return self.priors[0].sample(*a, **k)
+
+    start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
+    lams = [float(v) for v in args.lams.split(",")]
+    fields = parse_fields(args.set)
+
+    def report(label, results, truths, base):
+        rmsd = np.array([carbon_rmsd(r.atoms, t) for r, t in zip(results, truths, strict=True)])
+        c16 = np.array([t.get_distance(0, 5) for t in truths])
+        closed = c16 <= 2.3
+        z = np.array(
+            [
+                abs(r.atoms.get_distance(0, 5) - d) / r.uncertainty.distance(0, 5)
+                for r, d in zip(results, c16, strict=True)
+            ]
+        )
+        base = rmsd if base is None else base
+        med = lambda a: f"{np.median(a):.3f}" if len(a) else "-"  # noqa: E731
+        print(
+            f"  {label}: C-RMSD median {med(rmsd)} A, mean {np.mean(rmsd):.3f}, near-closed {med(rmsd[closed])}, "
+            f"opened {med(rmsd[~closed])}; C1-C6 within 2 sigma {np.mean(z <= 2):.0%}; against the first row: "
+            f"closer on {np.mean(rmsd < base - 1e-6):.0%}, farther on {np.mean(rmsd > base + 1e-6):.0%}",
+            flush=True,
+        )
+        return base
+
+    for pool in args.pools:
+        with h5py.File(pool, "r") as f:
+            positions = f["positions"][:: args.stride]
+        truths = []
+        for x in positions:
+            truth = start.copy()
+            truth.positions = x
+            truths.append(truth)
+        closed = sum(t.get_distance(0, 5) <= 2.3 for t in truths)
+        print(f"{pool}: {len(truths)} structures, {closed} near-closed", flush=True)
+        patterns = patterns_of([(str(i), t) for i, t in enumerate(truths)], "xray")
+        shipped = xfit.load_conformer_prior("conformer")
+        store = {}
+        with captured_summary(store):
+            xfit.retrieve(patterns, start, strategy=xfit.Posterior(shipped, **fields))
+        problem, ensemble, kwargs = store["problem"], store["ensemble"], store["kwargs"]
+        energy = shipped.energy_fn(problem.molecule)
+        e = np.asarray(energy(jnp.asarray(ensemble.optima, jnp.float32), shipped.sigma_min), np.float64)  # (T, S)
+        e = np.repeat(e, ensemble.weights.shape[1] // e.shape[1], axis=1)  # per draw: its basin's
+        base = None
+        for lam in lams:
+            log_w = np.where(
+                ensemble.weights > 0, np.log(np.maximum(ensemble.weights, 1e-300)) + (1 - lam) * e, -np.inf
+            )
+            w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+            tempered = dataclasses.replace(ensemble, weights=w / w.sum(axis=1, keepdims=True))
+            base = report(
+                f"prior x {lam:g} in the ranking", _result.summarise(problem, tempered, **kwargs), truths, base
+            )
+        if args.experts:
+            experts = Experts(args.experts.split(","))
+            results = xfit.retrieve(patterns, start, strategy=xfit.Posterior(experts, **fields))
+            report(f"experts {args.experts}", results, truths, base)
+        jax.clear_caches()
+
+
 def levels(args) -> None:
     """Conformer priors' own CHD draws against the number of annealing levels (``ConformerPrior.sample``, tables,
     4,000 draws): the fraction with C1-C6 > 2.5 A and with another ring bond > 2.5 A. A prior whose scores at every
@@ -773,6 +883,13 @@ def main(argv=None) -> int:
     held.add_argument("--priors", required=True, help="comma-separated prior folders, against the shipped one")
     held.add_argument("--stride", type=int, default=2)
     held.add_argument("--draws", type=int, default=2000, help="prior draws for the distance statistics")
+    ran = sub.add_parser("ranking", help="near-closed: the prior tempered in the ranking, a product of priors")
+    ran.add_argument("--pools", nargs="+", required=True, help="CHD pools of xfit's own no prior trained on")
+    ran.add_argument(
+        "--lams", default="1,0.8,0.6,0.4,0.2,0", help="prior weights in the ranking (1 first: the default)"
+    )
+    ran.add_argument("--experts", help="comma-separated priors whose mean energy to try as the prior")
+    ran.add_argument("--stride", type=int, default=1)
     lev = sub.add_parser("levels", help="conformer priors' own draws against the number of annealing levels")
     lev.add_argument("--priors", default="conformer", help="comma-separated prior folders or shipped names")
     lev.add_argument("--draws", type=int, default=4000)
@@ -788,7 +905,15 @@ def main(argv=None) -> int:
     par.add_argument("--section", help="ued.py: the kind (sm, elastic, ...); posterior.py: leave out")
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command not in ("radius", "calibration", "heldout", "levels", "quantiles", "paired"):
+    if not CHD.exists() and args.command not in (
+        "radius",
+        "calibration",
+        "heldout",
+        "ranking",
+        "levels",
+        "quantiles",
+        "paired",
+    ):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
     with posterior_fields(parse_fields(args.set)):
@@ -803,6 +928,7 @@ def main(argv=None) -> int:
             "alternation": alternation,
             "priors": priors,
             "heldout": heldout,
+            "ranking": ranking,
             "levels": levels,
             "quantiles": quantiles,
             "paired": paired,
