@@ -528,6 +528,21 @@ def priors(args) -> None:
         args.json.write_text(json.dumps({"frames": [n for n, _ in frames], "results": out}, indent=1))
 
 
+def pool_truths(path, stride: int, start):
+    """Every ``stride``-th structure of an xfit pool of ``start``'s molecule: (positions (n, n_atoms, 3) in A, [(name,
+    Atoms), ...])."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        positions = f["positions"][::stride]
+    truths = []
+    for x in positions:
+        truth = start.copy()
+        truth.positions = x
+        truths.append((f"{Path(path).stem}/{len(truths)}", truth))
+    return positions, truths
+
+
 def heldout(args) -> None:
     """Conformer priors on CHD structures of one of xfit's own pools that no prior trained on (e.g. a sweep with
     another seed: ``xfit pool CHD --method sweep -n 96 --range 1.45:6.0 --temperature 800 --seed 11``), never the
@@ -535,7 +550,6 @@ def heldout(args) -> None:
     ring bond > 2.5 A, and the opened draws' C1-C6 and C2-C3 medians against the pool's), its branch weights beyond
     2.5 A on the ring bonds that never break, then the default call with ``prior=FOLDER`` on X-ray total (0.1 %)
     and percent-difference patterns (f = 0.1 known, 0.1 % on each of I_on and I_off) of the pool's structures."""
-    import h5py
     import jax
     from posterior import other_bond_broken
 
@@ -543,13 +557,7 @@ def heldout(args) -> None:
 
     start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
     graph = xfit.MoleculeGraph.from_atoms(start)
-    with h5py.File(args.pool, "r") as f:
-        positions = f["positions"][:: args.stride]
-    truths = []
-    for x in positions:
-        truth = start.copy()
-        truth.positions = x
-        truths.append((f"{Path(args.pool).stem}/{len(truths)}", truth))
+    positions, truths = pool_truths(args.pool, args.stride, start)
     ring = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
 
     def distances(x):
@@ -616,7 +624,6 @@ def ranking(args) -> None:
     Pools, e.g. ``xfit pool CHD --method excited -n 96 --q 0.2:8:16 --seed 12`` and ``xfit pool CHD --method sweep -n
     96 --range 1.45:6.0 --temperature 800 --q 0.2:8:16 --seed 11``."""
     import flax
-    import h5py
     import jax
     import jax.numpy as jnp
 
@@ -676,18 +683,13 @@ def ranking(args) -> None:
         )
         return base
 
+    shipped = xfit.load_conformer_prior("conformer")
     for pool in args.pools:
-        with h5py.File(pool, "r") as f:
-            positions = f["positions"][:: args.stride]
-        truths = []
-        for x in positions:
-            truth = start.copy()
-            truth.positions = x
-            truths.append(truth)
+        _, frames = pool_truths(pool, args.stride, start)
+        truths = [t for _, t in frames]
         closed = sum(t.get_distance(0, 5) <= 2.3 for t in truths)
         print(f"{pool}: {len(truths)} structures, {closed} near-closed", flush=True)
-        patterns = patterns_of([(str(i), t) for i, t in enumerate(truths)], "xray")
-        shipped = xfit.load_conformer_prior("conformer")
+        patterns = patterns_of(frames, "xray")
         store = {}
         with captured_summary(store):
             xfit.retrieve(patterns, start, strategy=xfit.Posterior(shipped, **fields))

@@ -180,7 +180,8 @@ class _Context:
             self.atoms = molecule(spec.molecule, forcefield=spec.forcefield, seed=spec.seed)
             self.hessian = None
         self._calc = self._surface = None
-        self.bonds = covalent_bonds(self.atoms)  # (n_bonds, 2): what a Wigner sample must keep
+        # (n_bonds, 2): what a Wigner sample must keep (no other method reads them)
+        self.bonds = covalent_bonds(self.atoms) if spec.method == "wigner" else None
         if spec.method == "excited":
             self.surface()  # a multiplicity the electron count cannot have fails here, before the Hessian
         if spec.method in ("wigner", "excited") and self.hessian is None:
