@@ -11,8 +11,12 @@ Each figure is measured in its own fresh subprocess, one after another (never tw
 - the first default call ``xfit.retrieve(pattern, atoms)`` on the shipped CHD example pattern (compiles), then a
   second call on a different pattern of the same shape in the same process (runs only): their difference is what
   compiling costs;
+- a third call in that process on another q grid: the same structure's pattern on q 0.6..7.5 1/A, 5 points
+  fewer (a user's own data after the example): it compiles again where the programs depend on the grid's values;
 - the same process again with the persistent cache (``JAX_COMPILATION_CACHE_DIR``) empty, then filled by that run;
-  once keeping every compiled program, once only those that took >= 0.2 s to compile (fewer, larger files).
+  once keeping every compiled program, once only those that took >= 0.2 s to compile (fewer, larger files); and
+  once with the cache filled but the first call on a third grid, q 0.55..7.8 1/A and 3 points fewer, that no run
+  has seen (a new data set in a fresh process).
 
 ``--xfit PATH`` measures another checkout of xfit (its folder holding ``xfit/``), e.g. a ``git worktree`` of an
 older commit, for before/after ratios measured in one run. Usage:
@@ -48,19 +52,31 @@ out = {"xfit": xfit.__file__, "import_s": t_import}
 t = time.perf_counter(); _conformer.load_conformer_prior(); out["load_conformer_prior_s"] = time.perf_counter() - t
 t = time.perf_counter(); _proposal.load_prior(); out["load_proposal_s"] = time.perf_counter() - t
 if RETRIEVE:
+    import numpy as np
     from ase.io import read
     pattern, start = xfit.load_pattern(f"{DATA}/chd_traj001_t12.txt"), read(f"{DATA}/chd.xyz")
+    q = np.linspace(0.6, 7.5, len(pattern.q) - 5)
+    values = np.asarray(xfit.scattering(start, q))
+    grid = xfit.Pattern(q, values, 1e-3 * values)  # another q grid, a user's own data
+    if OTHER_FIRST:  # a grid no earlier run has seen: 0.55..7.8 1/A, 3 points fewer
+        q = np.linspace(0.55, 7.8, len(pattern.q) - 3)
+        values = np.asarray(xfit.scattering(start, q))
+        pattern = xfit.Pattern(q, values, 1e-3 * values)
     t = time.perf_counter(); xfit.retrieve(pattern, start); out["first_retrieve_s"] = time.perf_counter() - t
     other = xfit.Pattern(pattern.q, pattern.values * 1.01, None if pattern.sigma is None else pattern.sigma * 1.01)
     t = time.perf_counter(); xfit.retrieve(other, start); out["second_retrieve_s"] = time.perf_counter() - t
+    t = time.perf_counter(); xfit.retrieve(grid, start); out["other_grid_retrieve_s"] = time.perf_counter() - t
 out["process_s"] = time.perf_counter() - t0
 print("RESULT " + json.dumps(out))
 """
 
 
-def measure(xfit_root: Path, cache: Path | None, *, retrieve: bool, min_compile_s: float = 0.0) -> dict:
+def measure(
+    xfit_root: Path, cache: Path | None, *, retrieve: bool, min_compile_s: float = 0.0, other_first: bool = False
+) -> dict:
     """One fresh interpreter running PROBE with ``xfit_root`` first on its path, JAX's persistent cache in
-    ``cache`` (None: off) keeping programs that took at least ``min_compile_s`` to compile; figures in seconds."""
+    ``cache`` (None: off) keeping programs that took at least ``min_compile_s`` to compile, the first call on the
+    other q grid if ``other_first``; figures in seconds."""
     env = {**os.environ, "PYTHONPATH": str(xfit_root), "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if cache is not None:
@@ -70,6 +86,7 @@ def measure(xfit_root: Path, cache: Path | None, *, retrieve: bool, min_compile_
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         }
     code = PROBE.replace("RETRIEVE", repr(retrieve)).replace("DATA", repr(str(ROOT / "examples" / "data")))
+    code = code.replace("OTHER_FIRST", repr(other_first))
     run = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True, cwd=tempfile.gettempdir()
     )
@@ -89,14 +106,17 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="xfit-cold-start-") as tmp:
         every, large = Path(tmp, "every"), Path(tmp, "large")
         plans = [
-            ("no persistent cache", None, 0.0),
-            ("cache empty", every, 0.0),
-            ("cache filled by the run before", every, 0.0),
-            ("cache of programs >= 0.2 s to compile, empty", large, 0.2),
-            ("cache of programs >= 0.2 s to compile, filled", large, 0.2),
+            ("no persistent cache", None, 0.0, False),
+            ("cache empty", every, 0.0, False),
+            ("cache filled by the run before", every, 0.0, False),
+            ("cache of programs >= 0.2 s to compile, empty", large, 0.2, False),
+            ("cache of programs >= 0.2 s to compile, filled", large, 0.2, False),
+            ("cache filled (>= 0.2 s), the first call on a grid not seen before", large, 0.2, True),
         ]
-        for label, folder, min_compile_s in plans[:1] if args.smoke else plans:
-            row = measure(args.xfit, folder, retrieve=not args.smoke, min_compile_s=min_compile_s)
+        for label, folder, min_compile_s, other_first in plans[:1] if args.smoke else plans:
+            row = measure(
+                args.xfit, folder, retrieve=not args.smoke, min_compile_s=min_compile_s, other_first=other_first
+            )
             if folder is not None:
                 row["cache_files"] = len(list(folder.iterdir())) if folder.is_dir() else 0
             if "first_retrieve_s" in row:

@@ -243,6 +243,33 @@ def test_qgrid_keeps_the_fast_path_through_jit_arguments(chd):
     np.testing.assert_allclose(xfit.scattering(chd, grid), xfit.scattering(chd, Q), rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["total", "molecular"])
+def test_padded_grid_arrays_give_the_grids_own_pattern_under_jit(chd, kind):
+    # The likelihood's grid (_qgrid.padded_grid): extended to a multiple of 16 points, carried as traced arrays with
+    # its blocks read on the host. On its first n points it is the given grid's pattern, uniform or not; a uniform
+    # grid goes on with its own step; one that would pass Q_MAX, and a non-uniform one, repeat their last point.
+    from xfit.physics._elements import Q_MAX
+    from xfit.physics._qgrid import padded_grid
+
+    x = jnp.asarray(chd.positions + np.random.default_rng(2).normal(0, 0.1, (3, len(chd), 3)))
+    f = jax.jit(lambda x, grid: xfit.intensity(chd.numbers, x, grid, kind=kind))
+    cases = [(np.linspace(0.5, 8.0, 76), 80), (Q_IRREGULAR, 112), (np.linspace(70.0, Q_MAX, 40), 48)]
+    for q, n_pad in cases:
+        grid, n = padded_grid(q)
+        assert (len(grid), n) == (n_pad, len(q))
+        padded = np.asarray(grid.q)
+        np.testing.assert_array_equal(padded[:n], q)
+        uniform = q is cases[0][0]
+        np.testing.assert_allclose(padded[n:], q[0] + (q[1] - q[0]) * np.arange(n, n_pad) if uniform else q[-1])
+        np.testing.assert_allclose(
+            f(x, grid)[:, :n], xfit.intensity(chd.numbers, x, q, kind=kind, method="direct"), rtol=1e-12
+        )
+    # another uniform grid of the same padded length runs the same compiled program
+    compiled = f._cache_size()
+    f(x, padded_grid(np.linspace(1.0, 12.0, 70))[0])
+    assert f._cache_size() == compiled
+
+
 def test_float32_grid_counts_as_uniform(chd):
     q32 = np.linspace(0.5, 8.0, 512).astype(np.float32)
     assert np.max(np.abs(np.diff(q32, 2))) > 0  # not exactly uniform in float32: rounding

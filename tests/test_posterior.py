@@ -211,7 +211,12 @@ def test_tempered_likelihood_is_a_debye_waller_factor_on_the_weights():
                 dipole=dipole,
             )
             q = np.concatenate([Q, Q]) if dipole is not None else Q
-            np.testing.assert_allclose(np.asarray(like.point_q())[0], q)
+            q_all = np.asarray(like.point_q())[0]  # plain patterns: the grid runs on to 64 points, at weight 0
+            np.testing.assert_allclose(q_all[: len(q)], q)
+            if dipole is None:
+                assert len(q_all) == 64 and np.all(np.asarray(like.w)[0, len(q) :] == 0)
+                np.testing.assert_allclose(np.diff(q_all), Q[1] - Q[0], rtol=1e-9)  # still uniform: the fast kernel
+            q = q_all
             np.testing.assert_allclose(np.asarray(like.tempered(0.0).chi2(x)), np.asarray(like.chi2(x)), rtol=1e-14)
             w = np.asarray(like.tempered(0.3).w)[0]
             np.testing.assert_allclose(w, np.asarray(like.w)[0] * np.exp(-((q * 0.3) ** 2)), rtol=1e-12)
@@ -247,23 +252,26 @@ def test_model_sensitivity_matches_finite_differences_and_inflates_the_noise():
                 dtype=jnp.float64,
             )
             s = np.asarray(like.model_sensitivity(x[None]))[0]
-            h, fd = 1e-5, np.zeros(len(Q))
+            q = np.asarray(like.point_q())[0]  # Q and the grid's extension to 64 points (weight 0)
+            h, fd = 1e-5, np.zeros(len(q))
             for k in np.ndindex(x.shape):
                 step = np.zeros(x.shape)
                 step[k] = h
-                up, down = (model_and_parameters(like.spec, x + d, *like.row(0)[:3])[0] for d in (step, -step))
+                up, down = (
+                    model_and_parameters(like.spec, x + d, *like.row(0)[:3], None, like.grid)[0] for d in (step, -step)
+                )
                 fd += (np.asarray(up - down) / (2 * h)) ** 2
             np.testing.assert_allclose(s, fd, rtol=1e-6, atol=1e-12 * fd.max())
             assert np.all(s > 0), pattern.kind
             b = 0.2
             w0 = np.asarray(like.w)[0]
-            expected = w0 * np.exp(-((Q * b) ** 2)) / (1 + w0 * b**2 * s)
+            expected = w0 * np.exp(-((q * b) ** 2)) / (1 + w0 * b**2 * s)
             np.testing.assert_allclose(np.asarray(like.tempered(b, s[None]).w)[0], expected, rtol=1e-12)
             plain = np.asarray(like.chi2(x[None, None]))
             np.testing.assert_allclose(np.asarray(like.tempered(0.0, s[None]).chi2(x[None, None])), plain, rtol=1e-14)
         # However precise the data, the inflated weight of a point stays below exp(-(q b)^2) / (b^2 S).
         sharp = dataclasses.replace(like, w=like.w * 1e8)
-        bound = np.exp(-((Q * b) ** 2)) / (b**2 * s)
+        bound = np.exp(-((q * b) ** 2)) / (b**2 * s)
         assert np.all(np.asarray(sharp.tempered(b, s[None]).w)[0] <= bound * (1 + 1e-9))
         # At its own reference a difference pattern has no signal and its fitted fraction is 0/0 (NaN in float32
         # when run op by op): a pattern whose S is not finite is annealed with the Debye-Waller factor alone (S = 0),

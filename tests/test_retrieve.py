@@ -134,7 +134,8 @@ def test_fraction_prior_is_solved_in_closed_form_and_joins_chi2(chd):
     x = jnp.asarray(excited.positions[None], jnp.float64)
     options = {"model_kind": "total", "background": False, "relative_sigma": 1e-3}
     flat = build_likelihood([pattern], chd.numbers, chd.positions, fraction=None, **options)
-    model_at_1 = np.asarray(flat.model_and_parameters(x)[0])[0] / float(flat.model_and_parameters(x)[1]["fraction"][0])
+    model, parameters = flat.model_and_parameters(x)
+    model_at_1 = np.asarray(model)[0, : len(Q)] / float(parameters["fraction"][0])  # the grid's own points
     grid = np.linspace(1e-6, 1.0, 200_001)
     chi2_data = np.sum((pattern.values - grid[:, None] * model_at_1) ** 2 / sigma**2, axis=1)
     for prior in ((0.3, 0.05), (0.05, 0.02), (0.9, 0.01)):
@@ -313,6 +314,26 @@ def test_default_call_falls_back_to_refinement_with_a_warning_elsewhere():
     with pytest.warns(xfit.PriorFallbackWarning, match="no learned conformer prior covers"):
         result = xfit.retrieve(pattern, water, n_starts=1, steps=5)
     assert result.info["method"] == "refinement"
+
+
+def test_another_q_grid_of_the_same_padded_length_reuses_the_compiled_retrieval(chd):
+    # The likelihood carries plain patterns' q grid as run-time arrays, extended to a multiple of 16 points at
+    # weight 0: a new q range, or a few points fewer, runs the program compiled for the last grid (on a 2-core CPU
+    # the posterior's take ~30 s to compile), and the result is that of the grid as given.
+    from xfit.infer._refinement import refine
+
+    def pattern(q, seed):
+        return xfit.Pattern(q, xfit.scattering(chd, q)).with_noise(jax.random.key(seed), relative=1e-3)
+
+    xfit.retrieve(pattern(Q, 0), chd, **FAST)
+    compiled = refine._cache_size()
+    for seed, q in enumerate([np.linspace(0.8, 9.5, 76), np.linspace(0.5, 8.0, 66)], start=1):  # 80 points padded
+        result = xfit.retrieve(pattern(q, seed), chd, **FAST)
+        assert refine._cache_size() == compiled
+        np.testing.assert_array_equal(result.model.q, q)
+        assert len(result.model.values) == len(q) and np.all(np.isfinite(result.model.values))
+        assert 0.5 < result.chi2_reduced < 1.5  # dof counts the given points, not the padding
+        assert xfit.rmsd(result.atoms, chd, heavy_only=True) < 0.05
 
 
 def test_compiled_programs_are_dropped_before_the_process_reaches_its_memory_map_limit(tmp_path, monkeypatch):

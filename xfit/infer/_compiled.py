@@ -2,9 +2,10 @@
 
 XLA's CPU backend loads every compiled kernel into pages of its own (code, read-only data, data: three memory
 maps), and they stay mapped while JAX caches the program. One retrieval at a pattern length this process has not
-seen compiles about 950 kernels (CHD, X-ray: 2,780 maps). Linux refuses a process more than ``vm.max_map_count``
+seen (the q grid padded to a multiple of 16 points: ``xfit.infer._likelihood.Likelihood.grid``) compiles about 950
+kernels (CHD, X-ray: 2,780 maps). Linux refuses a process more than ``vm.max_map_count``
 maps (65,530 by default), and XLA then dies with a segmentation fault while compiling or serialising a program:
-a notebook that retrieves from ~20 q ranges in turn, a live session or a test runner would crash, never with a
+a notebook that retrieves at ~20 pattern lengths in turn, a live session or a test runner would crash, never with a
 Python error. Before each retrieval (and each retrieval task on a Dask worker), :func:`release_if_near_map_limit`
 drops JAX's compilation caches when the process holds more than half its limit; programs still needed recompile
 (or load from the persistent cache).

@@ -70,6 +70,7 @@ import numpy as np
 from xfit.data._pattern import Pattern
 from xfit.physics import _anisotropy, _iam
 from xfit.physics._elements import relativistic_factor
+from xfit.physics._qgrid import GridArrays, padded_grid
 
 __all__ = [
     "DIFFERENCE_KINDS",
@@ -111,7 +112,9 @@ class LikelihoodSpec:
 
     Attributes:
         numbers: atomic numbers (n_atoms,).
-        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,).
+        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), for anisotropic pairs and images; None for
+            plain patterns, whose grid is the likelihood's ``grid`` (run-time arrays: one compiled program serves
+            every grid of the same padded length, see :class:`Likelihood`).
         kind: the patterns' kind (one of Pattern's kinds).
         model_kind: the intensity the model computes ("total", "elastic", ...).
         fraction: fixed excitation fraction (difference kinds), or None to solve it.
@@ -130,7 +133,7 @@ class LikelihoodSpec:
     """
 
     numbers: tuple[int, ...]
-    q: tuple[float, ...]
+    q: tuple[float, ...] | None
     kind: str
     model_kind: str
     fraction: float | None
@@ -149,13 +152,14 @@ class LikelihoodSpec:
             return 1 + int(self.background)
         return 0 if self.fraction is not None else 1
 
-    def intensity(self, x, kind: str):
-        """IAM intensity (..., n_q) of ``kind`` for structures x (..., n_atoms, 3) in A, for this spec's probe.
+    def intensity(self, x, kind: str, grid: GridArrays | None = None):
+        """IAM intensity (..., n_q) of ``kind`` for structures x (..., n_atoms, 3) in A, for this spec's probe, on
+        ``grid`` (q = 4 pi sin(theta)/lambda in 1/A), or on ``self.q`` without one.
 
         Electrons without an energy: gamma = 1, i.e. the kernel at a nominal energy divided by its gamma^2 (both
         electron models carry the energy only in that factor; see module notes).
         """
-        numbers, q = np.asarray(self.numbers), np.asarray(self.q)
+        numbers, q = np.asarray(self.numbers), np.asarray(self.q) if grid is None else grid
         if self.probe == "xray":
             return _iam.intensity(numbers, x, q, kind=kind)
         energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
@@ -181,9 +185,10 @@ class LikelihoodSpec:
             out = out / relativistic_factor(_NOMINAL_KEV) ** 2
         return out
 
-    def modified(self, i_molecular, i_atomic):
-        """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda."""
-        return jnp.asarray(np.asarray(self.q), i_molecular.dtype) * i_molecular / i_atomic
+    def modified(self, i_molecular, i_atomic, grid: GridArrays | None = None):
+        """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda (``grid``'s, or ``self.q``)."""
+        q = np.asarray(self.q) if grid is None else grid.q
+        return jnp.asarray(q, i_molecular.dtype) * i_molecular / i_atomic
 
 
 def _weighted_lstsq(columns, y, w):
@@ -214,8 +219,9 @@ def _scaled_fit(columns, y, w, background: bool):
     return jnp.einsum("...k,...kq->...q", coef, columns), params
 
 
-def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None):
+def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid: GridArrays | None = None):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
+    grid: the q grid of plain patterns (``Likelihood.grid``; None: ``spec.q``).
 
     i_ref: the reference structure's ``spec.model_kind`` intensity (difference kinds; for "delta_sm", its molecular
     intensity), broadcastable to the model. pixels: for images (``spec.image``), the per-pixel factors (..., 3, N)
@@ -229,19 +235,19 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None):
         return _image_model_and_parameters(spec, x, y, w, pixels)
     if spec.dipole is not None:
         return _joint_model_and_parameters(spec, x, y, w, i_ref)
-    intensity = spec.intensity(x, spec.model_kind)
+    intensity = spec.intensity(x, spec.model_kind, grid)
     if spec.kind in ("sm", "delta_sm"):
         # I_at does not depend on the structure; computed from x only for its batch shape and dtype.
-        i_atomic = spec.intensity(x, "atomic")
+        i_atomic = spec.intensity(x, "atomic", grid)
         if spec.kind == "sm":
-            intensity = spec.modified(intensity, i_atomic)
+            intensity = spec.modified(intensity, i_atomic, grid)
     if spec.kind in SCALED_KINDS:
         columns = [intensity] + ([jnp.ones_like(intensity)] if spec.background else [])
         return _scaled_fit(columns, y, w, spec.background)
     if spec.kind == "percent_difference":
         shape = 100.0 * (intensity - i_ref) / i_ref
     elif spec.kind == "delta_sm":
-        shape = spec.modified(intensity - i_ref, i_atomic)
+        shape = spec.modified(intensity - i_ref, i_atomic, grid)
     else:
         shape = intensity - i_ref
     f = _solved_fraction(spec, shape, y, w)
@@ -358,6 +364,11 @@ class Likelihood:
             ``spec.model_kind`` (T, n_q), used by difference kinds.
         has_sigma: per pattern, whether sigma came with the data (else it was assumed, see ``weights``).
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
+        grid: plain patterns only (``spec.q`` None), their q grid as run-time arrays (``GridArrays``), extended to a
+            multiple of 16 points (``padded_grid``) whose extra points have y = 0 and w = 0: through ``jax.jit`` only
+            the grid's length is static, so a retrieval on a grid it has not seen (another q range, or a few points
+            more or fewer) reuses the programs compiled for the last one instead of compiling its own (~30 s on a
+            2-core CPU for the posterior's), in the process and in JAX's persistent cache.
 
     Methods take structures x (T, ..., n_atoms, 3) in A: pattern t is compared with the structures x[t].
     """
@@ -368,17 +379,27 @@ class Likelihood:
     w: jax.Array
     i_ref: jax.Array
     pixels: jax.Array | None = None
+    grid: GridArrays | None = None
 
     @property
     def n_patterns(self) -> int:
         return self.y.shape[0]
 
     @property
+    def n_model_q(self) -> int:
+        """Points of the q grid the model is computed on per pattern (twice over for an I0 + P2 pair)."""
+        if self.grid is not None:
+            return len(self.grid)
+        return np.size(self.spec.q) * (1 if self.spec.dipole is None else 2)
+
+    @property
     def dof(self) -> int:
         """Degrees of freedom of each pattern's chi2: points minus nuisance parameters (structure not counted).
 
-        Images: the valid pixels (weight > 0) of the image with fewest (images padded to one length)."""
-        n = self.y.shape[-1] if not self.spec.image else int(np.min(np.count_nonzero(np.asarray(self.w) > 0, -1)))
+        Images and plain patterns: the points of weight > 0 of the pattern with fewest (images are padded to one
+        length, plain patterns to a grid of a multiple of 16 points, with weight 0)."""
+        padded = self.spec.image or self.grid is not None
+        n = int(np.min(np.count_nonzero(np.asarray(self.w) > 0, -1))) if padded else self.y.shape[-1]
         return max(n - self.spec.n_nuisance, 1)
 
     def _broadcast(self, x, a):
@@ -391,7 +412,7 @@ class Likelihood:
         pixels = None
         if self.pixels is not None:
             pixels = self.pixels.reshape(self.pixels.shape[0], *([1] * (x.ndim - 3)), *self.pixels.shape[1:])
-        return model_and_parameters(self.spec, x, b(self.y), b(self.w), b(self.i_ref), pixels)
+        return model_and_parameters(self.spec, x, b(self.y), b(self.w), b(self.i_ref), pixels, self.grid)
 
     def chi2(self, x):
         """chi2 (T, ...) of structures x (T, ..., n_atoms, 3) against their patterns."""
@@ -402,6 +423,8 @@ class Likelihood:
     def point_q(self):
         """q = 4 pi sin(theta)/lambda (1/A) of every data point, (T, N): the grid (twice over for an I0 + P2 pair),
         or each pixel's |q| for images."""
+        if self.grid is not None:
+            return jnp.broadcast_to(jnp.asarray(self.grid.q, self.y.dtype), self.y.shape)
         q = np.asarray(self.spec.q)
         if self.spec.image:
             return self.pixels[:, 0, :] * jnp.asarray(q[1] - q[0], self.y.dtype)
@@ -422,7 +445,7 @@ class Likelihood:
         w = self.w * jnp.exp(-((self.point_q() * blur) ** 2))
         if sensitivity is not None:
             w = w / (1.0 + self.w * blur**2 * sensitivity)
-        return Likelihood(self.spec, self.has_sigma, self.y, w, self.i_ref, self.pixels)
+        return dataclasses.replace(self, w=w)
 
     def model_sensitivity(self, x):
         """S (T, N): for each pattern t and data point, the sum over the 3 n coordinates of structure x[t] (T, n, 3)
@@ -433,7 +456,7 @@ class Likelihood:
 
         def one(x, y, w, i_ref, pixels):
             def model(f):
-                return model_and_parameters(self.spec, f, y, w, i_ref, pixels if image else None)[0]
+                return model_and_parameters(self.spec, f, y, w, i_ref, pixels if image else None, self.grid)[0]
 
             jac = jax.jacfwd(model)(x)  # (N, n, 3): one forward pass per coordinate
             return jnp.sum(jac**2, axis=(-2, -1))
@@ -449,16 +472,18 @@ class Likelihood:
         index = np.arange(self.n_patterns)[index].reshape(-1)
         has = tuple(self.has_sigma[k] for k in index)
         pixels = None if self.pixels is None else self.pixels[index]
-        return Likelihood(self.spec, has, self.y[index], self.w[index], self.i_ref[index], pixels)
+        return Likelihood(self.spec, has, self.y[index], self.w[index], self.i_ref[index], pixels, self.grid)
 
     def row(self, t: int) -> tuple:
-        """(y, w, i_ref, pixels) of pattern t, the arguments of ``model_and_parameters`` after the structure."""
+        """(y, w, i_ref, pixels) of pattern t, the arguments of ``model_and_parameters`` after the structure (then
+        ``grid``)."""
         return self.y[t], self.w[t], self.i_ref[t], None if self.pixels is None else self.pixels[t]
 
     def astype(self, dtype) -> Likelihood:
         pixels = None if self.pixels is None else jnp.asarray(self.pixels, dtype)
         arrays = (jnp.asarray(a, dtype) for a in (self.y, self.w, self.i_ref))
-        return Likelihood(self.spec, self.has_sigma, *arrays, pixels)
+        grid = None if self.grid is None else jax.tree.map(lambda a: jnp.asarray(a, dtype), self.grid)
+        return Likelihood(self.spec, self.has_sigma, *arrays, pixels, grid)
 
 
 def weights(pattern: Pattern, relative_sigma: float, sm_scale: float = 1.0) -> tuple[np.ndarray, bool]:
@@ -537,7 +562,7 @@ def build_likelihood(
     kind = first.kind
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=tuple(float(v) for v in first.q),
+        q=tuple(float(v) for v in first.q) if dipole is not None else None,
         kind=kind,
         model_kind=model_kind_for(kind, model_kind, first.probe),
         fraction=None if isinstance(fraction, tuple) else fraction,
@@ -551,16 +576,20 @@ def build_likelihood(
     if dipole is not None:
         return _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype)
     y = np.stack([p.values for p in patterns])
+    grid, n = padded_grid(first.q)
+    pad = ((0, 0), (0, len(grid) - n))  # the grid's extra points: y = 0 at weight 0
     with jax.enable_x64(dtype == jnp.float64):
         x_ref = jnp.asarray(reference_positions, dtype)
-        i_ref = spec.intensity(x_ref, spec.model_kind)
+        i_ref = spec.intensity(x_ref, spec.model_kind, grid)
         scales = np.ones(len(patterns))
         if kind == "sm":  # the data's scale against the reference's sM: only for the assumed sigma
-            s_ref = np.asarray(spec.modified(i_ref, spec.intensity(x_ref, "atomic")), np.float64)
+            s_ref = np.asarray(spec.modified(i_ref, spec.intensity(x_ref, "atomic", grid), grid), np.float64)[:n]
             scales = y @ s_ref / max(float(s_ref @ s_ref), 1e-300)
         ws = [weights(p, relative_sigma, a) for p, a in zip(patterns, scales, strict=True)]
-        arrays = (jnp.asarray(y, dtype), jnp.asarray(np.stack([w for w, _ in ws]), dtype))
-        return Likelihood(spec, tuple(bool(h) for _, h in ws), *arrays, jnp.broadcast_to(i_ref, y.shape))
+        w = np.pad(np.stack([w for w, _ in ws]), pad)
+        arrays = (jnp.asarray(np.pad(y, pad), dtype), jnp.asarray(w, dtype))
+        has = tuple(bool(h) for _, h in ws)
+        return Likelihood(spec, has, *arrays, jnp.broadcast_to(i_ref, (len(y), len(i_ref))), grid=grid)
 
 
 def _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype) -> Likelihood:

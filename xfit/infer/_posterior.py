@@ -178,7 +178,7 @@ def bank_chi2(likelihood: Likelihood, bank, blur, sensitivity=None, *, budget: f
     that keep each call's largest arrays (pair terms on the model's q grid, the model at the N data points or
     pixels) near ``budget`` elements."""
     t, n = likelihood.n_patterns, bank.shape[-2]
-    n_q = np.size(likelihood.spec.q) * (1 if likelihood.spec.dipole is None else 2)  # the model's own q grid
+    n_q = likelihood.n_model_q  # the model's own q grid
     per_structure = t * (n_q * n * (n - 1) // 2 + likelihood.y.shape[-1])
     chunk = int(max(1, min(len(bank), budget // per_structure)))
     tempered = likelihood.tempered(blur, sensitivity)
@@ -215,7 +215,7 @@ def _relaxer(likelihood: Likelihood, energy, sigma_min: float, noise_scale: np.n
         with jax.enable_x64(dtype == jnp.float64):
             like = likelihood.select(rows).astype(dtype)
             scale = jnp.asarray(noise_scale[rows], dtype)[:, None]
-            like = Likelihood(like.spec, like.has_sigma, like.y, like.w / scale, like.i_ref, like.pixels)
+            like = dataclasses.replace(like, w=like.w / scale)
             out = relax(
                 like, energy, jnp.asarray(x, dtype), jnp.asarray(sigma_min, dtype), steps=steps, learning_rate=3e-3
             )
@@ -231,7 +231,7 @@ def _residuals(likelihood: Likelihood, t, x):
     from xfit.infer._likelihood import model_and_parameters, prior_residuals
 
     y, w, i_ref, pixels = likelihood.row(t)
-    model, parameters = model_and_parameters(likelihood.spec, x, y, w, i_ref, pixels)
+    model, parameters = model_and_parameters(likelihood.spec, x, y, w, i_ref, pixels, likelihood.grid)
     return jnp.concatenate([jnp.sqrt(w) * (y - model), prior_residuals(likelihood.spec, parameters)], axis=-1)
 
 
@@ -694,7 +694,7 @@ class Posterior:
             like = problem.likelihood
             pixels = [] if like.pixels is None else [like.pixels]
             x, y, w, i_ref, *pixels = shard([x0, like.y, like.w, like.i_ref, *pixels], self.dtype)
-            like = Likelihood(like.spec, like.has_sigma, y, w, i_ref, *pixels)
+            like = dataclasses.replace(like, y=y, w=w, i_ref=i_ref, pixels=pixels[0] if pixels else None)
             n_particles, levels, blur = x0.shape[1], jnp.asarray(levels), jnp.asarray(blur, self.dtype)
             kept = np.broadcast_to(np.arange(n_particles), x.shape[:2])
             sensitivity = None if inflation is None else shard([inflation], self.dtype)[0]

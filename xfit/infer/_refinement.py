@@ -161,7 +161,7 @@ class Refinement:
                 part = problem.likelihood.select(index)
                 pixels = [] if part.pixels is None else [part.pixels]
                 x, y, w, i_ref, *pixels = shard([x0[index], part.y, part.w, part.i_ref, *pixels], self.dtype)
-                part = Likelihood(part.spec, part.has_sigma, y, w, i_ref, *pixels)
+                part = dataclasses.replace(part, y=y, w=w, i_ref=i_ref, pixels=pixels[0] if pixels else None)
                 out = refine(
                     part,
                     restraints,

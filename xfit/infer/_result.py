@@ -246,7 +246,7 @@ def _fit(problem: Problem, t: int, x: np.ndarray):
     like = problem.likelihood
     with jax.enable_x64(True):
         y, w, i_ref, pixels = (None if a is None else np.asarray(a, np.float64) for a in like.row(t))
-        model, params = model_and_parameters(like.spec, jnp.asarray(x, jnp.float64), y, w, i_ref, pixels)
+        model, params = model_and_parameters(like.spec, jnp.asarray(x, jnp.float64), y, w, i_ref, pixels, like.grid)
         model = np.asarray(model, np.float64)
     return model, {k: float(v) for k, v in params.items()}, float(np.sum(w * (y - model) ** 2))
 
@@ -393,7 +393,7 @@ def _gauss_newton(likelihood: Likelihood, t: int, restraints: Restraints, x, sca
 
     def residuals(flat):
         xs = flat.reshape(x.shape)
-        model, parameters = model_and_parameters(likelihood.spec, xs, y, w, i_ref, pixels)
+        model, parameters = model_and_parameters(likelihood.spec, xs, y, w, i_ref, pixels, likelihood.grid)
         r = jnp.concatenate([sqrt_w * (y - model), prior_residuals(likelihood.spec, parameters)])
         if len(restraints.targets):
             i, j = restraints.pairs[:, 0], restraints.pairs[:, 1]

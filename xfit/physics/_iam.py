@@ -454,7 +454,8 @@ def intensity(
             ``xfit.QGrid``, which also stays static when passed through ``jax.jit``. A traced q array (an argument of
             the caller's jitted function) takes the fast path too when its values are uniform, checked at run time
             without recompiling; a traced non-uniform grid takes the direct path, with a ``PerformanceWarning`` once
-            per compiled function (traced grids of fewer than 16 points always take the direct path).
+            per compiled function (traced grids of fewer than 16 points always take the direct path). Or a
+            ``GridArrays`` (``xfit.physics._qgrid.padded_grid``): values traced, blocks fixed on the host.
         kind: "atomic" (sum_i f_i^2), "molecular" (sum_{i != j} f_i f_j sinc), "elastic" (atomic + molecular),
             "inelastic" (sum_i S_i, Compton) or "total" (elastic + inelastic).
         probe: "xray" (form factors f0, electron units) or "electron" (scattering factors f_e in A, first Born
@@ -517,7 +518,11 @@ def intensity(
         raise ValueError("positions contain NaN or infinite values")
     dtype = positions.dtype
 
-    if isinstance(q, QGrid):
+    if isinstance(q, _qgrid.GridArrays):  # values traced, blocks read on the host (xfit.infer's likelihood)
+        q_arr, qa, dm = (jnp.asarray(x, dtype) for x in (q.q, q.qa, q.dm))
+        if method == "direct":
+            qa, dm = q_arr, jnp.zeros(1, dtype)
+    elif isinstance(q, QGrid):
         q_np = q.values
         qa_np, dm_np = q.blocks() if method == "auto" else (q_np, np.zeros(1))
         q_arr, qa, dm = (jnp.asarray(x, dtype) for x in (q_np, qa_np, dm_np))

@@ -17,7 +17,7 @@ import numpy as np
 
 from xfit.physics import _elements
 
-__all__ = ["PerformanceWarning", "QGrid", "q_blocks", "uniform_tolerance"]
+__all__ = ["GridArrays", "PerformanceWarning", "QGrid", "padded_grid", "q_blocks", "uniform_tolerance"]
 
 UNIFORM_RTOL_FLOAT64 = 1e-9
 """Relative tolerance (of the grid's largest |q|) within which a float64 grid counts as uniform."""
@@ -79,6 +79,51 @@ def blocks_of(q: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
     if step is None:
         return np.asarray(q, np.float64).copy(), np.zeros(1)
     return q_blocks(float(q[0]), step, len(q))
+
+
+GRID_MULTIPLE = 16
+""":func:`padded_grid` extends a grid to a multiple of this many points."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GridArrays:
+    """A q grid carried as arrays, so that through ``jax.jit`` its values are traced and only its shape is static:
+    a program compiled for one grid serves every grid of the same length (and uniformity), where a NumPy grid closed
+    over, or a :class:`QGrid`, compiles once per grid. ``xfit.intensity`` takes it wherever it takes q and keeps the
+    fast angle-addition kernel, its blocks having been read from the values on the host (:func:`padded_grid`).
+
+    Attributes:
+        q: the grid (n,) in 1/A, q = 4 pi sin(theta)/lambda.
+        qa, dm: anchors (A,) and offsets (M,) with q_k = qa_a + dm_m, k = a M + m (:func:`q_blocks`); a
+            non-uniform grid has qa = q and dm = [0] (the pair sum evaluated point by point).
+    """
+
+    q: jax.Array
+    qa: jax.Array
+    dm: jax.Array
+
+    def __len__(self) -> int:
+        return self.q.shape[0]
+
+
+def padded_grid(q: np.ndarray, multiple: int = GRID_MULTIPLE) -> tuple[GridArrays, int]:
+    """The grid q (n,) in 1/A (q = 4 pi sin(theta)/lambda) as :class:`GridArrays` of n_pad >= n points, n_pad the
+    next multiple of ``multiple``, and n. A uniform grid goes on with its own step (so it stays uniform and keeps
+    the fast kernel, whose blocks span a multiple of their size anyway); a non-uniform one, or a uniform one that
+    would pass ``Q_MAX``, repeats its last point. The points past n are the caller's to ignore (a likelihood gives
+    them weight 0); their purpose is that grids of nearby lengths share one compiled program. float64 arrays."""
+    values = np.asarray(q, np.float64)
+    n = len(values)
+    n_pad = -(-n // multiple) * multiple
+    step = _uniform_step(values)
+    if step is not None and values[0] + step * (n_pad - 1) <= _elements.Q_MAX:
+        padded = np.concatenate([values, values[0] + step * np.arange(n, n_pad)])
+        qa, dm = q_blocks(float(values[0]), step, n_pad)
+    else:
+        padded = np.concatenate([values, np.full(n_pad - n, values[-1])])
+        qa, dm = padded, np.zeros(1)
+    return GridArrays(padded, qa, dm), n
 
 
 @jax.tree_util.register_static
