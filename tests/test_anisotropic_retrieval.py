@@ -76,12 +76,19 @@ def test_dipole_vector_is_the_unit_bond_or_plane_normal_and_rotates_with_the_str
         np.testing.assert_allclose(xfit.dipole_vector(spec, moved), np.asarray(xfit.dipole_vector(spec, x)) @ rot.T)
 
 
+def _given(model) -> np.ndarray:
+    """The points of Q in a joint model (2 n_pad,): each half is on Q padded at weight 0 to a multiple of 16 points."""
+    model = np.asarray(model)
+    half = len(model) // 2
+    return np.concatenate([model[: len(Q)], model[half : half + len(Q)]])
+
+
 def test_p2_model_is_invariant_to_rigid_motions_only_with_a_molecule_frame_dipole(skeleton):
     ref, truth = skeleton
     like = _joint(ref, _pair(ref, truth, "total", NORMAL), NORMAL)
     x = truth.positions
     moved = x @ _rotation(4).T + np.array([0.3, 0.1, -1.0])
-    p2_of, chi2 = jax.jit(like.spec.intensity_p2), jax.jit(like.chi2)
+    p2_of, chi2 = jax.jit(lambda p: like.spec.intensity_p2(p, like.grid)), jax.jit(like.chi2)
     i2, i2_moved = (np.asarray(p2_of(jnp.asarray(p))) for p in (x, moved))
     np.testing.assert_allclose(i2_moved, i2, rtol=1e-10, atol=1e-10 * np.abs(i2).max())
     assert float(chi2(moved[None])[0]) == pytest.approx(float(chi2(x[None])[0]), abs=1e-8)
@@ -113,6 +120,24 @@ def test_joint_chi2_gradient_matches_central_differences(skeleton, kind, options
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6 * np.abs(grad).max())
 
 
+def test_a_pair_on_another_grid_of_the_same_padded_length_runs_the_same_compiled_chi2(skeleton):
+    # Each half of the pair is on the grid padded at weight 0 (Likelihood.grid): only the padded length is static,
+    # so the chi2 compiled for one pair's grid serves another's, and each pair fits its own truth exactly.
+    ref, truth = skeleton
+    chi2 = jax.jit(lambda like, x: like.chi2(x))
+    x = jnp.asarray(truth.positions)[None]
+    sizes = []
+    for q in (Q, np.linspace(0.7, 9.0, 36)):  # 40 and 36 points: both 48 padded
+        pair, mu = [], np.asarray(xfit.dipole_vector(NORMAL, truth.positions))
+        for k, component in zip((0, 2), xfit.anisotropic_scattering(truth, q, mu, kind="total"), strict=True):
+            pair.append(xfit.Pattern(q, SCALE * component, 1e-3 * SCALE * np.abs(component) + 1e-3, legendre=k))
+        like = _joint(ref, pair, NORMAL)
+        assert like.y.shape == (1, 96) and like.dof == 2 * len(q) - 1
+        assert float(chi2(like, x)[0]) < 1e-12
+        sizes.append(chi2._cache_size())
+    assert sizes[1] == sizes[0]
+
+
 def test_one_scale_serves_both_components_and_chi2_is_their_sum(skeleton):
     ref, truth = skeleton
     pair = _pair(ref, truth, "total", NORMAL)
@@ -127,7 +152,7 @@ def test_one_scale_serves_both_components_and_chi2_is_their_sum(skeleton):
     w = np.concatenate([pair[0].sigma, pair[1].sigma]) ** -2.0
     a = np.sum(w * m * y) / np.sum(w * m * m)
     assert float(params["scale"][0]) == pytest.approx(a, rel=1e-10)
-    np.testing.assert_allclose(np.asarray(model[0]), a * m, rtol=1e-10)
+    np.testing.assert_allclose(_given(model[0]), a * m, rtol=1e-10)
     chi2_parts = [np.sum(w[s] * (y[s] - a * m[s]) ** 2) for s in (slice(0, len(Q)), slice(len(Q), None))]
     assert float(like.chi2(jnp.asarray(x)[None])[0]) == pytest.approx(sum(chi2_parts), rel=1e-10)
     # At the truth the noiseless pair fits exactly with the true scale.
@@ -208,7 +233,10 @@ def test_electron_sm_pair_fits_exactly_at_the_truth(skeleton, kind, name, value)
     assert float(like.chi2(jnp.asarray(truth.positions)[None])[0]) < 1e-10 * like.dof
     assert float(like.chi2(jnp.asarray(ref.positions)[None])[0]) > 100.0  # the data do see the structure
     np.testing.assert_allclose(
-        np.asarray(like.spec.intensity_p2(jnp.asarray(truth.positions))), i2, rtol=1e-9, atol=1e-12 * np.abs(i2).max()
+        np.asarray(like.spec.intensity_p2(jnp.asarray(truth.positions), like.grid))[: len(qe)],
+        i2,
+        rtol=1e-9,
+        atol=1e-12 * np.abs(i2).max(),
     )
 
 

@@ -210,13 +210,14 @@ def test_tempered_likelihood_is_a_debye_waller_factor_on_the_weights():
                 p2_patterns=p2,
                 dipole=dipole,
             )
-            q = np.concatenate([Q, Q]) if dipole is not None else Q
-            q_all = np.asarray(like.point_q())[0]  # plain patterns: the grid runs on to 64 points, at weight 0
-            np.testing.assert_allclose(q_all[: len(q)], q)
-            if dipole is None:
-                assert len(q_all) == 64 and np.all(np.asarray(like.w)[0, len(q) :] == 0)
-                np.testing.assert_allclose(np.diff(q_all), Q[1] - Q[0], rtol=1e-9)  # still uniform: the fast kernel
-            q = q_all
+            # The grid runs on to 64 points at weight 0 (each half of an I0 + P2 pair), still uniform: the fast kernel.
+            q = np.asarray(like.point_q())[0]
+            w = np.asarray(like.w)[0]
+            for half in range(1 if dipole is None else 2):
+                np.testing.assert_allclose(q[64 * half : 64 * half + len(Q)], Q)
+                np.testing.assert_allclose(np.diff(q[64 * half : 64 * (half + 1)]), Q[1] - Q[0], rtol=1e-9)
+                assert np.all(w[64 * half + len(Q) : 64 * (half + 1)] == 0)
+            assert len(q) == (64 if dipole is None else 128)
             np.testing.assert_allclose(np.asarray(like.tempered(0.0).chi2(x)), np.asarray(like.chi2(x)), rtol=1e-14)
             w = np.asarray(like.tempered(0.3).w)[0]
             np.testing.assert_allclose(w, np.asarray(like.w)[0] * np.exp(-((q * 0.3) ** 2)), rtol=1e-12)

@@ -112,8 +112,8 @@ class LikelihoodSpec:
 
     Attributes:
         numbers: atomic numbers (n_atoms,).
-        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), for anisotropic pairs and images; None for
-            plain patterns, whose grid is the likelihood's ``grid`` (run-time arrays: one compiled program serves
+        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), for images (their model's uniform grid);
+            None for patterns, whose grid is the likelihood's ``grid`` (run-time arrays: one compiled program serves
             every grid of the same padded length, see :class:`Likelihood`).
         kind: the patterns' kind (one of Pattern's kinds).
         model_kind: the intensity the model computes ("total", "elastic", ...).
@@ -127,7 +127,7 @@ class LikelihoodSpec:
         electron_model: "mott-bethe" or "kirkland" (electrons).
         dipole: None (isotropic patterns), or the molecule-frame transition dipole ("bond", i, j) or
             ("normal", i, j, k): then every pattern is a pair [I0 component, P2 component] concatenated along q, and
-            ``q`` is the grid of each half (see module notes).
+            the grid is that of each half (see module notes).
         image: the patterns are detector images: ``q`` is the uniform model grid, the data points are pixels (see
             module notes; intensity kinds only).
     """
@@ -170,11 +170,11 @@ class LikelihoodSpec:
             out = out / relativistic_factor(_NOMINAL_KEV) ** 2
         return out
 
-    def intensity_p2(self, x):
+    def intensity_p2(self, x, grid: GridArrays | None = None):
         """P2 component I2 (..., n_q) of structures x (..., n_atoms, 3) in A photoselected along their own dipole
         (``xfit.physics._anisotropy``), for this spec's probe (electrons without an energy: gamma = 1, as in
-        ``intensity``)."""
-        numbers, q = np.asarray(self.numbers), np.asarray(self.q)
+        ``intensity``), on ``grid`` or ``self.q``."""
+        numbers, q = np.asarray(self.numbers), np.asarray(self.q) if grid is None else grid
         mu = _anisotropy.dipole_vector(self.dipole, x)
         if self.probe == "xray":
             return _anisotropy.anisotropic_intensity(numbers, x, q, mu, kind="elastic")[1]
@@ -221,7 +221,7 @@ def _scaled_fit(columns, y, w, background: bool):
 
 def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid: GridArrays | None = None):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
-    grid: the q grid of plain patterns (``Likelihood.grid``; None: ``spec.q``).
+    grid: the q grid of patterns (``Likelihood.grid``; None: ``spec.q``, images).
 
     i_ref: the reference structure's ``spec.model_kind`` intensity (difference kinds; for "delta_sm", its molecular
     intensity), broadcastable to the model. pixels: for images (``spec.image``), the per-pixel factors (..., 3, N)
@@ -234,7 +234,7 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid
     if spec.image:
         return _image_model_and_parameters(spec, x, y, w, pixels)
     if spec.dipole is not None:
-        return _joint_model_and_parameters(spec, x, y, w, i_ref)
+        return _joint_model_and_parameters(spec, x, y, w, i_ref, grid)
     intensity = spec.intensity(x, spec.model_kind, grid)
     if spec.kind in ("sm", "delta_sm"):
         # I_at does not depend on the structure; computed from x only for its batch shape and dtype.
@@ -325,15 +325,16 @@ def _cubic(values, u):
     return sum(jnp.asarray(w, values.dtype) * values[..., k + (i - 1)] for i, w in enumerate(weights))
 
 
-def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref):
+def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, grid: GridArrays | None = None):
     """The anisotropic model [m0, m2] (..., 2 n_q) with one shared nuisance parameter (see module notes)."""
-    i0 = spec.intensity(x, spec.model_kind)
-    i2 = spec.intensity_p2(x)
+    i0 = spec.intensity(x, spec.model_kind, grid)
+    i2 = spec.intensity_p2(x, grid)
     both = jnp.concatenate([i0, i2], axis=-1)
     if spec.kind in ("sm", "delta_sm"):
-        i_atomic = spec.intensity(x, "atomic")
+        i_atomic = spec.intensity(x, "atomic", grid)
         i_atomic = jnp.concatenate([i_atomic, i_atomic], axis=-1)
-        q2 = jnp.asarray(np.concatenate([spec.q, spec.q]), both.dtype)
+        q = jnp.asarray(np.asarray(spec.q) if grid is None else grid.q, both.dtype)
+        q2 = jnp.concatenate([q, q])
         if spec.kind == "sm":
             both = q2 * both / i_atomic
     if spec.kind in SCALED_KINDS:
@@ -364,8 +365,9 @@ class Likelihood:
             ``spec.model_kind`` (T, n_q), used by difference kinds.
         has_sigma: per pattern, whether sigma came with the data (else it was assumed, see ``weights``).
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
-        grid: plain patterns only (``spec.q`` None), their q grid as run-time arrays (``GridArrays``), extended to a
-            multiple of 16 points (``padded_grid``) whose extra points have y = 0 and w = 0: through ``jax.jit`` only
+        grid: patterns (not images; ``spec.q`` None), their q grid as run-time arrays (``GridArrays``), extended to
+            a multiple of 16 points (``padded_grid``; each half of an I0 + P2 pair) whose extra points have y = 0
+            and w = 0: through ``jax.jit`` only
             the grid's length is static, so a retrieval on a grid it has not seen (another q range, or a few points
             more or fewer) reuses the programs compiled for the last one instead of compiling its own (~30 s on a
             2-core CPU for the posterior's), in the process and in JAX's persistent cache.
@@ -388,9 +390,8 @@ class Likelihood:
     @property
     def n_model_q(self) -> int:
         """Points of the q grid the model is computed on per pattern (twice over for an I0 + P2 pair)."""
-        if self.grid is not None:
-            return len(self.grid)
-        return np.size(self.spec.q) * (1 if self.spec.dipole is None else 2)
+        n = len(self.grid) if self.grid is not None else np.size(self.spec.q)
+        return n * (1 if self.spec.dipole is None else 2)
 
     @property
     def dof(self) -> int:
@@ -424,7 +425,8 @@ class Likelihood:
         """q = 4 pi sin(theta)/lambda (1/A) of every data point, (T, N): the grid (twice over for an I0 + P2 pair),
         or each pixel's |q| for images."""
         if self.grid is not None:
-            return jnp.broadcast_to(jnp.asarray(self.grid.q, self.y.dtype), self.y.shape)
+            q = jnp.asarray(self.grid.q, self.y.dtype)
+            return jnp.broadcast_to(q if self.spec.dipole is None else jnp.concatenate([q, q]), self.y.shape)
         q = np.asarray(self.spec.q)
         if self.spec.image:
             return self.pixels[:, 0, :] * jnp.asarray(q[1] - q[0], self.y.dtype)
@@ -562,7 +564,7 @@ def build_likelihood(
     kind = first.kind
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=tuple(float(v) for v in first.q) if dipole is not None else None,
+        q=None,
         kind=kind,
         model_kind=model_kind_for(kind, model_kind, first.probe),
         fraction=None if isinstance(fraction, tuple) else fraction,
@@ -573,11 +575,11 @@ def build_likelihood(
         electron_model=electron_model if first.probe == "electron" else "mott-bethe",
         dipole=None if dipole is None else tuple(dipole),
     )
-    if dipole is not None:
-        return _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype)
-    y = np.stack([p.values for p in patterns])
     grid, n = padded_grid(first.q)
     pad = ((0, 0), (0, len(grid) - n))  # the grid's extra points: y = 0 at weight 0
+    if dipole is not None:
+        return _build_joint(spec, grid, patterns, p2_patterns, reference_positions, relative_sigma, dtype)
+    y = np.stack([p.values for p in patterns])
     with jax.enable_x64(dtype == jnp.float64):
         x_ref = jnp.asarray(reference_positions, dtype)
         i_ref = spec.intensity(x_ref, spec.model_kind, grid)
@@ -592,28 +594,35 @@ def build_likelihood(
         return Likelihood(spec, has, *arrays, jnp.broadcast_to(i_ref, (len(y), len(i_ref))), grid=grid)
 
 
-def _build_joint(spec, patterns, p2_patterns, reference_positions, relative_sigma, dtype) -> Likelihood:
-    """The anisotropic likelihood: y, w, i_ref as (T, 2 n_q), the I0 and P2 components concatenated."""
+def _build_joint(spec, grid, patterns, p2_patterns, reference_positions, relative_sigma, dtype) -> Likelihood:
+    """The anisotropic likelihood: y, w, i_ref as (T, 2 n_pad), the I0 and P2 components on the padded ``grid``
+    concatenated, each half's extra points at y = 0 and weight 0."""
     if p2_patterns is None or len(p2_patterns) != len(patterns):
         raise ValueError("a joint anisotropic likelihood needs one P2 pattern per isotropic pattern")
-    y = np.stack([np.concatenate([p.values, p2.values]) for p, p2 in zip(patterns, p2_patterns, strict=True)])
+    n_pad, n = len(grid), len(patterns[0].q)
+
+    def pair(a, b):  # the two halves, each padded to the grid
+        return np.concatenate([np.pad(a, (0, n_pad - n)), np.pad(b, (0, n_pad - n))])
+
+    y = np.stack([pair(p.values, p2.values) for p, p2 in zip(patterns, p2_patterns, strict=True)])
     scales = np.ones(len(patterns))
     if spec.kind == "sm":  # the data's scale against the reference's sM: only for the assumed sigma (as above)
         with jax.enable_x64(True):
             x64 = jnp.asarray(reference_positions, jnp.float64)
-            s_ref = np.asarray(spec.modified(spec.intensity(x64, "molecular"), spec.intensity(x64, "atomic")))
+            s_ref = spec.modified(spec.intensity(x64, "molecular", grid), spec.intensity(x64, "atomic", grid), grid)
+            s_ref = np.asarray(s_ref)[:n]
         scales = np.stack([p.values for p in patterns]) @ s_ref / max(float(s_ref @ s_ref), 1e-300)
     ws, has = [], []
     for p, p2, scale in zip(patterns, p2_patterns, scales, strict=True):
         w0, h0 = weights(p, relative_sigma, scale)
         w2, h2 = (1.0 / p2.sigma**2, True) if p2.sigma is not None else (w0 / 5.0, False)
-        ws.append(np.concatenate([w0, w2]))
+        ws.append(pair(w0, w2))
         has.append(bool(h0 and h2))
     with jax.enable_x64(dtype == jnp.float64):
         x_ref = jnp.asarray(reference_positions, dtype)
-        i_ref = jnp.concatenate([spec.intensity(x_ref, spec.model_kind), spec.intensity_p2(x_ref)], axis=-1)
+        i_ref = jnp.concatenate([spec.intensity(x_ref, spec.model_kind, grid), spec.intensity_p2(x_ref, grid)], -1)
         arrays = (jnp.asarray(y, dtype), jnp.asarray(np.stack(ws), dtype))
-        return Likelihood(spec, tuple(has), *arrays, jnp.broadcast_to(i_ref, y.shape))
+        return Likelihood(spec, tuple(has), *arrays, jnp.broadcast_to(i_ref, y.shape), grid=grid)
 
 
 def image_grid(images, n_grid: int = IMAGE_GRID) -> np.ndarray:

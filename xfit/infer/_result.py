@@ -259,12 +259,14 @@ def _model_pattern(problem: Problem, t: int, model: np.ndarray, legendre: int = 
         return image.model_pattern(model[: image.n_valid], n_bins=problem.image_bins)
     pattern = problem.patterns[t]
     n_q = len(pattern.q)
+    # The model's points: pattern t's grid padded at weight 0 (``Likelihood.grid``), twice over for a joint fit.
+    start = len(model) // 2 if legendre == 2 else 0
     sigma = pattern.sigma if problem.likelihood.has_sigma[t] else None
     if legendre == 2:
-        sigma = None if sigma is None else problem.likelihood.w[t][n_q:] ** -0.5
+        sigma = None if sigma is None else np.asarray(problem.likelihood.w[t])[start : start + n_q] ** -0.5
     return Pattern(
         pattern.q,
-        model[n_q:] if legendre == 2 else model[:n_q],
+        model[start : start + n_q],
         None if sigma is None else np.asarray(sigma, np.float64),
         kind=pattern.kind,
         probe=pattern.probe,

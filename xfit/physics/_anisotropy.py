@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xfit.physics import _elements, _iam
+from xfit.physics import _elements, _iam, _qgrid
 
 __all__ = [
     "DIPOLE_KINDS",
@@ -156,7 +156,7 @@ def anisotropic_intensity(
     else:
         electron = {"probe": probe, "energy_kev": energy_kev, "electron_model": electron_model}
         i0 = _iam.intensity(z, positions, q, kind="elastic", **electron)
-    q = jnp.asarray(q, positions.dtype)
+    q = jnp.asarray(q.q if isinstance(q, _qgrid.GridArrays) else q, positions.dtype)
     i, j = np.triu_indices(len(z), k=1)
     if probe == "xray":
         f = _elements.form_factor(z, q)
