@@ -30,7 +30,8 @@ enter anywhere else: a prior over structures serves X-ray and electron likelihoo
 
 Anisotropic (photoselected) patterns, X-rays or electrons: with a transition dipole ``dipole`` (attached to atoms, see
 ``xfit.dipole_vector``) each measurement is a pair, its isotropic component y0 (legendre=0) and its P2 component y2
-(legendre=2), fitted jointly to one structure: y = [y0, y2] and m = [m0, m2] concatenated along q (2 n_q points),
+(legendre=2), fitted jointly to one structure: y = [y0, y2] and m = [m0, m2] concatenated along q (2 n_q points,
+each half on the grid padded at weight 0, ``Likelihood.grid``),
 so chi2 is the sum of both components' chi2 and ONE nuisance parameter serves both (they are two projections of the
 same measured image): the scale a of intensity kinds (m2 = a I2(x), I2 from ``xfit.physics._anisotropy``; a flat
 background is isotropic and enters m0 only; for sM, m2 = a q I2(x)/I_at) and the fraction f of difference kinds
@@ -361,7 +362,8 @@ class Likelihood:
 
     Attributes:
         spec: the static description (:class:`LikelihoodSpec`).
-        y: patterns (T, n_q). w: weights 1/sigma^2 (T, n_q). i_ref: the reference structure's intensity of
+        y: patterns (T, n_q), n_q the points of ``grid`` (or pixels, or twice the grid for I0 + P2 pairs). w: weights
+            1/sigma^2 (T, n_q). i_ref: the reference structure's intensity of
             ``spec.model_kind`` (T, n_q), used by difference kinds.
         has_sigma: per pattern, whether sigma came with the data (else it was assumed, see ``weights``).
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
