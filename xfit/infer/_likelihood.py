@@ -369,10 +369,10 @@ class Likelihood:
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
         grid: patterns (not images; ``spec.q`` None), their q grid as run-time arrays (``GridArrays``), extended to
             a multiple of 16 points (``padded_grid``; each half of an I0 + P2 pair) whose extra points have y = 0
-            and w = 0: through ``jax.jit`` only
-            the grid's length is static, so a retrieval on a grid it has not seen (another q range, or a few points
-            more or fewer) reuses the programs compiled for the last one instead of compiling its own (~30 s on a
-            2-core CPU for the posterior's), in the process and in JAX's persistent cache.
+            and w = 0: through ``jax.jit`` only the grid's length is static, so a retrieval on a grid it has not
+            seen (another q range, or a few points more or fewer) reuses the programs compiled for the last one
+            instead of compiling its own (~30 s on a 2-core CPU for the posterior's), in the process and in JAX's
+            persistent cache.
 
     Methods take structures x (T, ..., n_atoms, 3) in A: pattern t is compared with the structures x[t].
     """
@@ -399,10 +399,9 @@ class Likelihood:
     def dof(self) -> int:
         """Degrees of freedom of each pattern's chi2: points minus nuisance parameters (structure not counted).
 
-        Images and plain patterns: the points of weight > 0 of the pattern with fewest (images are padded to one
-        length, plain patterns to a grid of a multiple of 16 points, with weight 0)."""
-        padded = self.spec.image or self.grid is not None
-        n = int(np.min(np.count_nonzero(np.asarray(self.w) > 0, -1))) if padded else self.y.shape[-1]
+        The points of weight > 0 of the pattern with fewest: images are padded to one length, patterns to a grid of
+        a multiple of 16 points, with weight 0."""
+        n = int(np.min(np.count_nonzero(np.asarray(self.w) > 0, -1)))
         return max(n - self.spec.n_nuisance, 1)
 
     def _broadcast(self, x, a):

@@ -119,11 +119,9 @@ def padded_grid(q: np.ndarray, multiple: int = GRID_MULTIPLE) -> tuple[GridArray
     step = _uniform_step(values)
     if step is not None and values[0] + step * (n_pad - 1) <= _elements.Q_MAX:
         padded = np.concatenate([values, values[0] + step * np.arange(n, n_pad)])
-        qa, dm = q_blocks(float(values[0]), step, n_pad)
     else:
         padded = np.concatenate([values, np.full(n_pad - n, values[-1])])
-        qa, dm = padded, np.zeros(1)
-    return GridArrays(padded, qa, dm), n
+    return GridArrays(padded, *blocks_of(padded)), n
 
 
 @jax.tree_util.register_static
