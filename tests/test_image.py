@@ -30,7 +30,7 @@ def detector():
 def _model(image, atoms, n_grid=IMAGE_GRID, background=False):
     like = build_image_likelihood([image], atoms.numbers, background=background, dipole=image.dipole, n_grid=n_grid)
     y, w, i_ref, pixels = like.row(0)
-    model, params = model_and_parameters(like.spec, jnp.asarray(atoms.positions), y, w, i_ref, pixels)
+    model, params = model_and_parameters(like.spec, jnp.asarray(atoms.positions), y, w, i_ref, pixels, like.grid)
     return np.asarray(model)[: image.n_valid], params, like
 
 
@@ -182,3 +182,33 @@ def test_image_grid_that_the_stride_does_not_divide_is_an_error(chd, detector):
     image = xfit.DetectorImage(truth, detector, sigma=1e-3 * truth)
     with pytest.raises(ValueError, match="n_grid must be 1 \\+ a multiple of 4"):
         build_image_likelihood([image], chd.numbers, background=False, dipole=None, n_grid=2048)
+
+
+def test_images_with_other_invalid_pixels_or_distance_reuse_the_compiled_retrieval(chd, detector):
+    # An image's pixels are padded to what its mask leaves, not to its valid pixels, and its model grid's q values
+    # are run-time arrays: a series of images with different counts of NaN or negative pixels, or a detector moved
+    # to another distance, runs the program compiled for the first image (~20 s each on a 2-core CPU before).
+    from xfit.infer._refinement import refine
+
+    truth = chd.copy()
+    truth.positions += 0.02 * np.random.default_rng(5).standard_normal(truth.positions.shape)
+    options = {"n_starts": 2, "steps": 200, "seed": 0, "prior": None}
+
+    def image(det, n_bad, seed):
+        counts = np.array(xfit.simulate_image(truth, det, photons=1e10, key=jax.random.key(seed)))
+        bad = np.random.default_rng(seed).choice(counts.size, n_bad, replace=False)
+        counts.flat[bad[::2]], counts.flat[bad[1::2]] = np.nan, -3.0
+        return xfit.DetectorImage(counts, det)
+
+    first = xfit.retrieve(image(detector, 0, 0), chd, **options)
+    compiled = refine._cache_size()
+    farther = xfit.Detector.from_beam_center(distance_m=0.055, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
+    assert farther.check_q_range() < detector.check_q_range() - 0.3  # a grid of other q values, same length
+    others = [(detector, 5, 1), (detector, 12, 2), (farther, 3, 3)]
+    results = [first] + [xfit.retrieve(image(d, n, s), chd, **options) for d, n, s in others]
+    assert refine._cache_size() == compiled
+    assert [r.info["n_invalid"] for r in results] == [0, 5, 12, 3]
+    for r in results:  # each fitted on its own q: the farther detector's model on the nearer one's q would not fit
+        assert 0.5 < r.chi2_reduced < 1.5  # dof counts the valid pixels, not the padding
+        assert xfit.rmsd(r.atoms, truth, heavy_only=True) < xfit.rmsd(chd, truth, heavy_only=True)
+        assert np.all(np.isfinite(r.model.values))

@@ -45,14 +45,16 @@ Detector images (``xfit.DetectorImage``, ``spec.image``): every valid pixel p is
 
 W_p the polarisation factor x solid angle of the pixel, epsilon the pump polarisation (I2 = 0 without a dipole),
 a the scale and b a flat background per pixel (``background``), solved in closed form as above. I0 and I2 depend
-on |q| only: they are computed exactly on every ``IMAGE_STRIDE``-th point of a uniform grid (``spec.q``,
-0..q_max(1 + 1e-9), ``IMAGE_GRID`` points, the grid ``xfit.simulate_image`` uses), filled in between by local
-cubics (error 1e-7 relative: a quarter of the IAM work; the photoselected I2, several times the cost of I0, made
-that the image model's main cost) and interpolated linearly to the pixels, so the model is simulate_image's image
-to 1e-7 at the same grid size; the interpolation's own error is 1.5e-5 relative (measured, CHD to q = 9 1/A,
-tests/test_image.py), well below the Poisson noise of any pixel under 10^9 photons. ``pixels`` (T, 3,
-N) holds each pixel's grid coordinate |q_p|/dq, W_p and P2; a batch of images is padded to the largest number of
-valid pixels with weight 0 (``dof`` counts the weighted points).
+on |q| only: they are computed exactly on every ``IMAGE_STRIDE``-th point (``Likelihood.grid``, run-time arrays)
+of a uniform grid 0..q_max(1 + 1e-9) of ``IMAGE_GRID`` points (the grid ``xfit.simulate_image`` uses), filled in
+between by local cubics (error 1e-7 relative: a quarter of the IAM work; the photoselected I2, several times the
+cost of I0, made that the image model's main cost) and interpolated linearly to the pixels, so the model is
+simulate_image's image to 1e-7 at the same grid size; the interpolation's own error is 1.5e-5 relative
+(measured, CHD to q = 9 1/A, tests/test_image.py), well below the Poisson noise of any pixel under 10^9 photons.
+``pixels`` (T, 3, N) holds each pixel's grid coordinate |q_p|/dq, W_p and P2; images are padded with weight 0
+(``dof`` counts the weighted points) to the largest number of pixels their masks leave, whatever the count of
+invalid ones, so that a series of images on one detector runs one compiled program however many of their pixels
+are NaN or negative, and a detector moved to another distance (another q_max) reuses it too.
 
 Choices where the data say nothing (``weights``): without sigma the noise is assumed to be ``relative_sigma``
 (default 0.1 %) of each intensity (for difference patterns, that noise on I_on and I_off), which sets how the data
@@ -71,7 +73,7 @@ import numpy as np
 from xfit.data._pattern import Pattern
 from xfit.physics import _anisotropy, _iam
 from xfit.physics._elements import relativistic_factor
-from xfit.physics._qgrid import GridArrays, padded_grid
+from xfit.physics._qgrid import GridArrays, blocks_of, padded_grid
 
 __all__ = [
     "DIFFERENCE_KINDS",
@@ -113,9 +115,9 @@ class LikelihoodSpec:
 
     Attributes:
         numbers: atomic numbers (n_atoms,).
-        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), for images (their model's uniform grid);
-            None for patterns, whose grid is the likelihood's ``grid`` (run-time arrays: one compiled program serves
-            every grid of the same padded length, see :class:`Likelihood`).
+        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), or None (what ``build_likelihood`` and
+            ``build_image_likelihood`` make): the grid is then the likelihood's ``grid``, run-time arrays, so that
+            one compiled program serves every grid of the same length (see :class:`Likelihood`).
         kind: the patterns' kind (one of Pattern's kinds).
         model_kind: the intensity the model computes ("total", "elastic", ...).
         fraction: fixed excitation fraction (difference kinds), or None to solve it.
@@ -129,8 +131,8 @@ class LikelihoodSpec:
         dipole: None (isotropic patterns), or the molecule-frame transition dipole ("bond", i, j) or
             ("normal", i, j, k): then every pattern is a pair [I0 component, P2 component] concatenated along q, and
             the grid is that of each half (see module notes).
-        image: the patterns are detector images: ``q`` is the uniform model grid, the data points are pixels (see
-            module notes; intensity kinds only).
+        image: the patterns are detector images: the data points are pixels, the model's grid is uniform from 0
+            (see module notes; intensity kinds only).
     """
 
     numbers: tuple[int, ...]
@@ -222,7 +224,8 @@ def _scaled_fit(columns, y, w, background: bool):
 
 def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid: GridArrays | None = None):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
-    grid: the q grid of patterns (``Likelihood.grid``; None: ``spec.q``, images).
+    grid: the q grid as run-time arrays (``Likelihood.grid``): patterns' grid, or for images every
+        ``IMAGE_STRIDE``-th point of their model's grid; None: ``spec.q``.
 
     i_ref: the reference structure's ``spec.model_kind`` intensity (difference kinds; for "delta_sm", its molecular
     intensity), broadcastable to the model. pixels: for images (``spec.image``), the per-pixel factors (..., 3, N)
@@ -233,7 +236,7 @@ def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid
         (..., 2 n_q): the I0 and P2 components concatenated.
     """
     if spec.image:
-        return _image_model_and_parameters(spec, x, y, w, pixels)
+        return _image_model_and_parameters(spec, x, y, w, pixels, grid)
     if spec.dipole is not None:
         return _joint_model_and_parameters(spec, x, y, w, i_ref, grid)
     intensity = spec.intensity(x, spec.model_kind, grid)
@@ -286,12 +289,12 @@ def prior_residuals(spec: LikelihoodSpec, parameters: dict):
     return ((parameters["fraction"] - mean) / sd)[..., None]
 
 
-def _image_model_and_parameters(spec: LikelihoodSpec, x, y, w, pixels):
-    """The pixel model a W_p [I0 + I2 P2] (+ b) (..., N), I0 and I2 interpolated from the grid (module notes)."""
+def _image_model_and_parameters(spec: LikelihoodSpec, x, y, w, pixels, grid: GridArrays):
+    """The pixel model a W_p [I0 + I2 P2] (+ b) (..., N), I0 and I2 computed on ``grid`` (the model grid's every
+    IMAGE_STRIDE-th point), filled in by local cubics and interpolated linearly to the pixels (module notes)."""
     u, weight, p2 = pixels[..., 0, :], pixels[..., 1, :], pixels[..., 2, :]
-    n_grid = len(spec.q)
-    coarse = dataclasses.replace(spec, q=spec.q[::IMAGE_STRIDE])
-    fine = np.arange(n_grid) / IMAGE_STRIDE  # the grid in units of the coarse grid's spacing
+    n_grid = (len(grid) - 1) * IMAGE_STRIDE + 1
+    fine = np.arange(n_grid) / IMAGE_STRIDE  # the model grid in units of the coarse grid's spacing
     k = jnp.clip(jnp.floor(u), 0, n_grid - 2)
     frac = u - k
     k = k.astype(jnp.int32)
@@ -302,9 +305,9 @@ def _image_model_and_parameters(spec: LikelihoodSpec, x, y, w, pixels):
         kk = jnp.broadcast_to(k, (*batch, k.shape[-1]))
         return jnp.take_along_axis(g, kk, axis=-1) * (1 - frac) + jnp.take_along_axis(g, kk + 1, axis=-1) * frac
 
-    shape = at(_cubic(coarse.intensity(x, spec.model_kind), fine))
+    shape = at(_cubic(spec.intensity(x, spec.model_kind, grid), fine))
     if spec.dipole is not None:
-        shape = shape + p2 * at(_cubic(coarse.intensity_p2(x), fine))
+        shape = shape + p2 * at(_cubic(spec.intensity_p2(x, grid), fine))
     shape = weight * shape
     columns = [shape] + ([jnp.broadcast_to(jnp.ones_like(weight), shape.shape)] if spec.background else [])
     return _scaled_fit(columns, y, w, spec.background)
@@ -367,12 +370,13 @@ class Likelihood:
             ``spec.model_kind`` (T, n_q), used by difference kinds.
         has_sigma: per pattern, whether sigma came with the data (else it was assumed, see ``weights``).
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
-        grid: patterns (not images; ``spec.q`` None), their q grid as run-time arrays (``GridArrays``), extended to
-            a multiple of 16 points (``padded_grid``; each half of an I0 + P2 pair) whose extra points have y = 0
-            and w = 0: through ``jax.jit`` only the grid's length is static, so a retrieval on a grid it has not
-            seen (another q range, or a few points more or fewer) reuses the programs compiled for the last one
-            instead of compiling its own (~30 s on a 2-core CPU for the posterior's), in the process and in JAX's
-            persistent cache.
+        grid: the q grid as run-time arrays (``GridArrays``; ``spec.q`` is then None). Patterns: their grid,
+            extended to a multiple of 16 points (``padded_grid``; each half of an I0 + P2 pair) whose extra points
+            have y = 0 and w = 0. Images: every ``IMAGE_STRIDE``-th point of their model's uniform grid 0..q_max
+            (module notes), whose values follow the detector while its length is fixed. Through ``jax.jit`` only the
+            grid's length is static, so a retrieval on a grid it has not seen (another q range, a few points more or
+            fewer, another detector distance) reuses the programs compiled for the last one instead of compiling its
+            own (~30 s on a 2-core CPU for the posterior's), in the process and in JAX's persistent cache.
 
     Methods take structures x (T, ..., n_atoms, 3) in A: pattern t is compared with the structures x[t].
     """
@@ -391,7 +395,8 @@ class Likelihood:
 
     @property
     def n_model_q(self) -> int:
-        """Points of the q grid the model is computed on per pattern (twice over for an I0 + P2 pair)."""
+        """Points of the q grid the model is computed on per pattern (twice over for an I0 + P2 pair; for images,
+        the grid the IAM is computed on, before the cubics fill in the rest)."""
         n = len(self.grid) if self.grid is not None else np.size(self.spec.q)
         return n * (1 if self.spec.dipole is None else 2)
 
@@ -425,12 +430,13 @@ class Likelihood:
     def point_q(self):
         """q = 4 pi sin(theta)/lambda (1/A) of every data point, (T, N): the grid (twice over for an I0 + P2 pair),
         or each pixel's |q| for images."""
+        if self.spec.image:  # pixels hold |q_p| in units of the model grid's step, a 1/IMAGE_STRIDE of the grid's
+            step = (self.grid.q[1] - self.grid.q[0]) / IMAGE_STRIDE
+            return self.pixels[:, 0, :] * jnp.asarray(step, self.y.dtype)
         if self.grid is not None:
             q = jnp.asarray(self.grid.q, self.y.dtype)
             return jnp.broadcast_to(q if self.spec.dipole is None else jnp.concatenate([q, q]), self.y.shape)
         q = np.asarray(self.spec.q)
-        if self.spec.image:
-            return self.pixels[:, 0, :] * jnp.asarray(q[1] - q[0], self.y.dtype)
         if self.spec.dipole is not None:
             q = np.concatenate([q, q])
         return jnp.broadcast_to(jnp.asarray(q, self.y.dtype), self.y.shape)
@@ -655,9 +661,10 @@ def build_image_likelihood(
         )
     grid = image_grid(images, n_grid)
     dq = grid[1] - grid[0]
+    coarse = grid[::IMAGE_STRIDE]  # where the IAM is computed (the last point included: see n_grid)
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=tuple(float(v) for v in grid),
+        q=None,
         kind=images[0].kind,
         model_kind=images[0].kind,
         fraction=None,
@@ -665,7 +672,9 @@ def build_image_likelihood(
         dipole=None if dipole is None else tuple(dipole),
         image=True,
     )
-    n = max(image.n_valid for image in images)
+    # Padded to the pixels not masked by the user, not to the valid ones: the count of NaN or negative pixels
+    # changes from image to image, and each new length would compile the retrieval again (~20 s on a 2-core CPU).
+    n = max(image.data.size - image.n_masked for image in images)
     y, w, pixels, has = np.zeros((len(images), n)), np.zeros((len(images), n)), np.zeros((len(images), 3, n)), []
     for t, image in enumerate(images):
         m = image.n_valid
@@ -676,4 +685,5 @@ def build_image_likelihood(
         has.append(bool(given))
     with jax.enable_x64(dtype == jnp.float64):
         arrays = [jnp.asarray(a, dtype) for a in (y, w, np.zeros_like(y), pixels)]
-        return Likelihood(spec, tuple(has), *arrays)
+        grid_arrays = GridArrays(*(jnp.asarray(a, dtype) for a in (coarse, *blocks_of(coarse))))
+        return Likelihood(spec, tuple(has), *arrays, grid=grid_arrays)
