@@ -188,3 +188,65 @@ def test_pool_prepare_train_and_retrieve_with_priors(tmp_path, capsys):
         assert shown in capsys.readouterr().out
     assert main([*retrieve, "--prior", str(tmp_path / "nowhere")]) == 2
     assert "not a prior" in capsys.readouterr().err
+
+
+def test_retrieve_detector_images(tmp_path, capsys):
+    # `xfit pattern --detector` writes an image that names its geometry and `xfit retrieve` reads it back as is; a
+    # stack with a mask file goes through --detector, --index and --q-max. The refinement path (--no-prior): the
+    # command line's plumbing, at a test's cost.
+    import jax
+    from ase.io import read, write
+
+    truth = read(DATA / "chd.xyz")
+    truth.positions += 0.02 * np.random.default_rng(1).standard_normal(truth.positions.shape)
+    write(tmp_path / "truth.xyz", truth)
+    detector = xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
+    poni = detector.to_poni(tmp_path / "geometry.poni")
+    image = tmp_path / "image.h5"
+    assert (
+        main(["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), "--photons", "1e10", "-o", str(image)])
+        == 0
+    )
+    fast = ["--atoms", str(DATA / "chd.xyz"), "--no-prior", "--starts", "2", "--steps", "200"]
+    assert main(["retrieve", str(image), *fast, "-o", str(tmp_path / "one.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s), DetectorImage(40x40, total, 1600 valid pixels" in out
+    assert "detector: 40 x 40 pixels at 50 mm" in out and "method: refinement" in out
+    assert 0.5 < read(tmp_path / "one.xyz").info["chi2_reduced"] < 1.5
+
+    counts = np.asarray(xfit.simulate_image(truth, detector, photons=1e10, key=jax.random.key(2)))
+    second = counts.copy()
+    second[10, 10] = np.nan
+    np.save(tmp_path / "stack.npy", np.stack([counts, second]))
+    beamstop = np.zeros(detector.shape, bool)
+    beamstop[18:22, 18:22] = True
+    np.save(tmp_path / "beamstop.npy", beamstop)
+    argv = ["retrieve", str(tmp_path / "stack.npy"), "--detector", str(poni), "--mask", str(tmp_path / "beamstop.npy")]
+    assert main([*argv, "--index", "1", "--q-max", "7", *fast, "-o", str(tmp_path / "two.xyz")]) == 0
+    out = capsys.readouterr().out
+    beyond = int(np.count_nonzero((detector.q() > 7) & ~beamstop))
+    assert f"{1600 - 16 - beyond - 1} valid pixels, 1 invalid, {16 + beyond} masked" in out
+    assert 0.5 < read(tmp_path / "two.xyz").info["chi2_reduced"] < 1.5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--kind", "sm"], "unknown image kind 'sm'"),
+        (["--probe", "electron"], "--probe cannot be used with detector images"),
+        (["--dataset", "frames"], "has no array 'frames'"),
+    ],
+)
+def test_retrieve_image_errors(tmp_path, capsys, extra, message):
+    detector = xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
+    poni = detector.to_poni(tmp_path / "geometry.poni")
+    np.savez(tmp_path / "image.npz", image=np.ones(detector.shape) + np.eye(40))
+    argv = ["retrieve", str(tmp_path / "image.npz"), "--detector", str(poni), "--atoms", str(DATA / "chd.xyz")]
+    assert main([*argv, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_image_options_without_a_detector_are_an_error(capsys):
+    argv = ["retrieve", str(DATA / "chd_traj001_t12.txt"), "--atoms", str(DATA / "chd.xyz"), "--mask", "m.npy"]
+    assert main(argv) == 2
+    assert "--mask are for detector images: give --detector GEOMETRY.poni" in capsys.readouterr().err

@@ -212,3 +212,67 @@ def test_images_with_other_invalid_pixels_or_distance_reuse_the_compiled_retriev
         assert 0.5 < r.chi2_reduced < 1.5  # dof counts the valid pixels, not the padding
         assert xfit.rmsd(r.atoms, truth, heavy_only=True) < xfit.rmsd(chd, truth, heavy_only=True)
         assert np.all(np.isfinite(r.model.values))
+
+
+def test_load_images_reads_each_format_with_geometry_mask_and_sigma(chd, detector, tmp_path):
+    import h5py
+
+    fabio = pytest.importorskip("fabio")  # pyFAI's reader, in the test extra
+    counts = np.asarray(xfit.simulate_image(chd, detector, photons=1e8, key=jax.random.key(0)))
+    stack = np.stack([counts, 2 * counts])
+    poni = detector.to_poni(tmp_path / "geometry.poni")
+    np.save(tmp_path / "stack.npy", stack)
+    images = xfit.load_images(tmp_path / "stack.npy", poni)
+    assert len(images) == 2 and images[1].metadata == {"source": str(tmp_path / "stack.npy"), "frame": 1}
+    np.testing.assert_array_equal(images[1].data, 2 * counts)
+    np.testing.assert_allclose(images[0].detector.q(), detector.q(), rtol=1e-12)
+    assert not images[0].pixel_sigma()[1]  # photon counts: Poisson, assumed
+
+    beamstop = np.zeros(detector.shape, bool)
+    beamstop[:3] = True
+    np.savez(tmp_path / "one.npz", image=counts, sigma=0.01 * counts + 1, mask=beamstop)
+    (image,) = xfit.load_images(tmp_path / "one.npz", detector)
+    assert image.n_masked == 120 and image.pixel_sigma()[1]
+    np.testing.assert_allclose(image.sigma, 0.01 * counts + 1)
+
+    # NeXus layout, unsigned counts with the type's largest value on a gap pixel, the geometry named beside the
+    # file, and a mask file or-ed with none in the file.
+    raw = stack.astype(np.uint32)
+    raw[:, 5, 6] = np.iinfo(np.uint32).max
+    with h5py.File(tmp_path / "frames.nxs", "w") as f:
+        f["entry/data/data"] = raw
+        f.attrs["poni"] = "geometry.poni"
+    column = np.zeros(detector.shape, np.uint8)
+    column[:, 0] = 1
+    np.save(tmp_path / "column.npy", column)
+    images = xfit.load_images(tmp_path / "frames.nxs", mask=tmp_path / "column.npy")
+    assert [(im.n_invalid, im.n_masked) for im in images] == [(1, 40), (1, 40)]
+    assert not images[0].valid[5, 6] and images[0].data[7, 7] == raw[0, 7, 7]
+
+    np.savetxt(tmp_path / "one.txt", counts)
+    np.testing.assert_allclose(xfit.load_images(tmp_path / "one.txt", detector)[0].data, counts, rtol=1e-12)
+    fabio.edfimage.EdfImage(data=counts.astype(np.float32)).write(str(tmp_path / "one.edf"))
+    np.testing.assert_allclose(xfit.load_images(tmp_path / "one.edf", detector)[0].data, counts, rtol=1e-6)
+
+
+def test_load_images_errors_name_the_file_and_the_problem(chd, detector, tmp_path):
+    counts = np.asarray(xfit.simulate_image(chd, detector))
+    np.savez(tmp_path / "two.npz", a=counts, b=counts)
+    with pytest.raises(ValueError, match=r"several image-shaped arrays \(a, b\); name one"):
+        xfit.load_images(tmp_path / "two.npz", detector)
+    with pytest.raises(ValueError, match="has no array 'c'; it holds a, b"):
+        xfit.load_images(tmp_path / "two.npz", detector, dataset="c")
+    assert xfit.load_images(tmp_path / "two.npz", detector, dataset="b")[0].shape == (40, 40)
+    np.save(tmp_path / "one.npy", counts)
+    small = xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=3.2e-3, shape=(30, 30), energy_kev=20.0)
+    with pytest.raises(ValueError, match=r"one\.npy: its images are 40 x 40 pixels but the detector is 30 x 30"):
+        xfit.load_images(tmp_path / "one.npy", small)
+    with pytest.raises(ValueError, match=r"mask is \(3, 3\), not the images' \(40, 40\)"):
+        xfit.load_images(tmp_path / "one.npy", detector, mask=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="no detector geometry"):
+        xfit.load_images(tmp_path / "one.npy")
+    np.save(tmp_path / "curve.npy", counts[0])
+    with pytest.raises(ValueError, match=r"one image \(n1, n2\) or a stack"):
+        xfit.load_images(tmp_path / "curve.npy", detector)
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        xfit.load_images(tmp_path / "missing.h5", detector)

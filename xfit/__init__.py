@@ -16,6 +16,7 @@ from xfit.chem._pool import iterate_pool as iterate_pool
 from xfit.chem._pool import pool_summary as pool_summary
 from xfit.chem._structures import read_structures as read_structures
 from xfit.data._image import DetectorImage as DetectorImage
+from xfit.data._image import load_images as load_images
 from xfit.data._noise import estimate_noise as estimate_noise
 from xfit.data._pattern import Pattern as Pattern
 from xfit.data._pattern import load_pattern as load_pattern
@@ -110,6 +111,7 @@ __all__ = [
     "intensity",
     "iterate_pool",
     "load_conformer_prior",
+    "load_images",
     "load_pattern",
     "load_patterns",
     "load_prior",

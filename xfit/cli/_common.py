@@ -77,6 +77,17 @@ def fraction(text: str) -> float | tuple[float, float] | str:
         ) from None
 
 
+def vector(text: str) -> tuple[float, float, float]:
+    """``X,Y,Z`` -> a finite, nonzero 3-vector."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)) or not any(values):
+        raise argparse.ArgumentTypeError(f"expected a nonzero vector X,Y,Z, got {text!r}")
+    return values
+
+
 def value_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(":"))

@@ -1,4 +1,4 @@
-"""``xfit retrieve``: structures behind pattern files, written as xyz with plots."""
+"""``xfit retrieve``: structures behind pattern files or detector images, written as xyz with plots."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from xfit.cli._common import (
     fraction,
     pair,
     value_range,
+    vector,
     write_xyz,
 )
 from xfit.data._pattern import PATTERN_KINDS
@@ -24,15 +25,30 @@ from xfit.data._pattern import PATTERN_KINDS
 def run(args) -> int:
     import xfit
 
-    if (args.p2 is None) != (args.dipole is None):
-        raise ValueError("anisotropic retrieval needs both --p2 FILE and --dipole (bond:I,J or normal:I,J,K)")
-    patterns = _selected_patterns(args, args.pattern)
-    p2 = [] if args.p2 is None else _selected_patterns(args, args.p2, legendre=2)
+    if _reads_images(args):
+        patterns, p2 = _selected_images(args), []
+        args.dipole = None  # each image carries it
+    else:
+        if (args.p2 is None) != (args.dipole is None):
+            raise ValueError(
+                "anisotropic retrieval needs both --p2 FILE and --dipole (bond:I,J or normal:I,J,K); for a "
+                "detector image, give --detector GEOMETRY.poni"
+            )
+        patterns = _selected_patterns(args, args.pattern)
+        p2 = [] if args.p2 is None else _selected_patterns(args, args.p2, legendre=2)
     if p2 and len(p2) != len(patterns):
         raise ValueError(f"{args.pattern} gives {len(patterns)} pattern(s) but --p2 {args.p2} gives {len(p2)}")
     atoms = xfit.read_structures(args.atoms)[0]
     reference = xfit.read_structures(args.reference)[0] if args.reference else None
-    print(f"{args.pattern}: {len(patterns)} pattern(s), {patterns[0]!r}")
+    what = "image" if isinstance(patterns[0], xfit.DetectorImage) else "pattern"
+    print(f"{args.pattern}: {len(patterns)} {what}(s), {patterns[0]!r}")
+    if what == "image":
+        d = patterns[0].detector
+        print(
+            f"detector: {d.shape[0]} x {d.shape[1]} pixels at {d.distance * 1e3:g} mm, lambda = "
+            f"{d.wavelength_angstrom:.4g} A, q up to {d.check_q_range():.3g} 1/A"
+            + ("" if patterns[0].dipole is None else f"; photoselected along dipole {patterns[0].dipole}")
+        )
     if p2:
         print(f"{args.p2}: {len(p2)} P2 component(s), {p2[0]!r}; dipole {args.dipole} (jointly fitted)")
     reference_note = f"; reference: {args.reference}" if args.reference else ""
@@ -78,6 +94,60 @@ def _retrieve(args, patterns, atoms, reference, client, results_file, fraction):
         client=client,
         results_file=results_file,
     )
+
+
+IMAGE_ONLY = ("mask", "dataset", "pump_polarization")
+"""Options that only an image retrieval takes."""
+CURVE_ONLY = {"p2": "--p2", "probe": "--probe", "energy_kev": "--energy-kev", "delays": "--delays"}
+"""Options that an image retrieval does not take (an image is an X-ray frame without a delay axis)."""
+
+
+def _reads_images(args) -> bool:
+    """Whether PATTERN holds detector images: --detector was given, or it is an HDF5 file that names its PONI file
+    (as ``xfit pattern --detector -o image.h5`` writes)."""
+    if args.detector is None and args.pattern.suffix.lower() in (".h5", ".hdf5") and args.pattern.is_file():
+        import h5py
+
+        with h5py.File(args.pattern, "r") as f:
+            named = "poni" in f.attrs and any(k in f for k in ("image", "images"))
+        if named:
+            return True
+    if args.detector is None:
+        given = [f"--{name.replace('_', '-')}" for name in IMAGE_ONLY if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} are for detector images: give --detector GEOMETRY.poni")
+        return False
+    return True
+
+
+def _selected_images(args) -> list:
+    """The images the options pick from the file: --index; --q-max masks the pixels beyond it."""
+    import xfit
+
+    given = [flag for name, flag in CURVE_ONLY.items() if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot be used with detector images (X-ray frames without delays)")
+    pump = (0.0, 1.0, 0.0) if args.pump_polarization is None else args.pump_polarization
+    images = xfit.load_images(
+        args.pattern,
+        args.detector,
+        mask=args.mask,
+        dataset=args.dataset,
+        kind=args.kind or "total",
+        dipole=args.dipole,
+        pump_polarization=pump,
+        polarization=args.polarization,
+    )
+    if args.index is not None:
+        if not -len(images) <= args.index < len(images):
+            raise IndexError(f"{args.pattern} holds {len(images)} images; --index {args.index} is out of range")
+        images = [images[args.index]]
+    if args.q_max is not None:
+        import dataclasses
+
+        beyond = images[0].detector.q() > args.q_max
+        images = [dataclasses.replace(im, mask=beyond if im.mask is None else (im.mask | beyond)) for im in images]
+    return images
 
 
 def _selected_patterns(args, path: Path, legendre: int | None = None) -> list:
@@ -167,13 +237,15 @@ def add_parser(sub) -> None:
         "retrieve",
         help="retrieve the structure behind a scattering pattern (or a time series of them)",
         description=textwrap.fill(
-            "Find the molecular structure behind a measured or simulated X-ray scattering pattern. By default many "
-            "starts around the given geometry (and a proposal network's candidates, where one fits) are refined by "
-            "gradient descent on chi^2 with covalent restraints (--free-pair lets a bond break). With --prior "
-            "conformer (or a prior from xfit train-prior) the posterior p(structure | pattern) is sampled instead "
-            "(IAM likelihood, nuisance parameters solved in closed form): the heaviest mode is written, with "
-            "posterior error bars, and bonds may break without being told which. With --p2 and --dipole the "
-            "isotropic and P2 components of a photoselected (polarised-pump) pattern are fitted jointly. Files "
+            "Find the molecular structure behind a measured or simulated X-ray or electron scattering pattern, or "
+            "2D detector images. By default, for molecules the shipped conformer prior covers (NMM, CHD, DT), the "
+            "posterior p(structure | pattern) is sampled (IAM likelihood, nuisance parameters solved in closed "
+            "form, learned prior): the heaviest mode is written, with posterior error bars, and bonds may break "
+            "without being told which; --prior picks another prior (from xfit train-prior). Other molecules, or "
+            "--no-prior, fall back to refinement: many starts around the given geometry (and a proposal network's "
+            "candidates, where one fits) refined by gradient descent on chi^2 with covalent restraints (--free-pair "
+            "lets a bond break). With --p2 and --dipole the isotropic and P2 components of a photoselected "
+            "(polarised-pump) pattern are fitted jointly; with --detector, images are fitted pixel by pixel. Files "
             "with a delay axis (e.g. the LCLS NMM .mat) are retrieved in one call, one structure per delay. "
             "q = 4 pi sin(theta)/lambda in 1/Angstrom.",
             width=100,
@@ -184,11 +256,18 @@ def add_parser(sub) -> None:
             "--plot fit.png --samples posterior.h5\n"
             "  xfit retrieve NMM_exp_dataset.mat --atoms examples/data/nmm.xyz --fraction 0.057 --delays -0.1:4 "
             "-o nmm_series.xyz --plot nmm_course.png\n"
-            "  xfit retrieve iso.txt --p2 p2.txt --dipole normal:0,1,2 --atoms examples/data/chd.xyz -o result.xyz"
+            "  xfit retrieve iso.txt --p2 p2.txt --dipole normal:0,1,2 --atoms examples/data/chd.xyz -o result.xyz\n"
+            "  xfit retrieve frames.h5 --detector geometry.poni --mask beamstop.npy --atoms examples/data/chd.xyz "
+            "-o result.h5"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("pattern", type=Path, help="pattern file: text (q, value[, sigma]), .npz, .h5 or .mat")
+    r.add_argument(
+        "pattern",
+        type=Path,
+        help="pattern file: text (q, value[, sigma]), .npz, .h5 or .mat; with --detector, detector image(s): one "
+        "frame or a stack in .npy, .npz, .h5/.nxs, text, or EDF/CBF/TIFF (through fabio)",
+    )
     r.add_argument("--atoms", type=Path, required=True, help="starting structure (and default reference), e.g. .xyz")
     r.add_argument("--reference", type=Path, help="reference (ground-state) structure for difference patterns")
     r.add_argument("--kind", choices=PATTERN_KINDS, help="override the pattern kind the file declares")
@@ -225,8 +304,32 @@ def add_parser(sub) -> None:
         "--dipole",
         type=dipole_spec,
         metavar="bond:I,J|normal:I,J,K",
-        help="with --p2: the pump's transition dipole in the molecular frame, along atoms I -> J or normal to the "
-        "plane of atoms I, J, K (0-based); it moves with the structure",
+        help="with --p2, or with a detector image of a photoselected sample: the pump's transition dipole in the "
+        "molecular frame, along atoms I -> J or normal to the plane of atoms I, J, K (0-based); it moves with the "
+        "structure",
+    )
+    r.add_argument(
+        "--detector",
+        type=Path,
+        metavar="GEOMETRY.poni",
+        help="PATTERN holds 2D detector image(s) taken with this pyFAI geometry: retrieved pixel by pixel (photon "
+        "counts, Poisson noise; NaN, negative and, for unsigned integers, the type's largest value mark invalid "
+        "pixels). Not needed for an .h5 file that names its PONI file (xfit pattern --detector -o image.h5)",
+    )
+    r.add_argument("--mask", type=Path, metavar="FILE", help="images: pixels to exclude (nonzero = excluded, pyFAI)")
+    r.add_argument("--dataset", metavar="NAME", help="images: the array's name (.npz) or path (HDF5) in PATTERN")
+    r.add_argument(
+        "--polarization",
+        type=float,
+        default=0.99,
+        help="images: the X-ray beam's degree of linear polarisation (default 0.99)",
+    )
+    r.add_argument(
+        "--pump-polarization",
+        type=vector,
+        metavar="X,Y,Z",
+        help="images with --dipole: the pump's polarisation in the lab frame (z along the beam, x the detector's "
+        "fast axis; default 0,1,0)",
     )
     r.add_argument("--no-restraints", action="store_true", help="fit without covalent-geometry restraints")
     r.add_argument("--starts", type=int, default=32, help="starts per pattern (default 32)")
@@ -239,17 +342,17 @@ def add_parser(sub) -> None:
         metavar="FOLDER",
         help="a conformer prior (folder from 'xfit train-prior', or 'conformer'): posterior sampling with it; or a "
         "proposal network (folder from 'xfit train', or nmm_chd_dt, broad): refinement seeded by it. Default: "
-        "refinement seeded by the shipped NMM/CHD/DT proposals where they fit (the posterior becomes the default "
-        "once it beats refinement on held-out frames; see benchmarks/posterior.py)",
+        "posterior sampling with the shipped conformer prior where it fits (NMM, CHD, DT), else refinement "
+        "(seeded by the shipped proposal network where one fits) with a warning",
     )
     prior.add_argument(
         "--no-prior", action="store_true", help="refinement with covalent restraints alone (no learned prior)"
     )
     r.add_argument("--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP + " (not with --smoothness)")
-    r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file")
+    r.add_argument("--index", type=int, help="retrieve only this pattern of a multi-pattern file (or image of a stack)")
     r.add_argument("--delays", type=value_range, metavar="MIN:MAX", help="retrieve only delays in this range (ps)")
     add_cache_option(r)
-    r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A)")
+    r.add_argument("--q-max", type=float, help="use only q <= Q_MAX (1/A) (images: the pixels up to it)")
     r.add_argument(
         "--track",
         type=pair,

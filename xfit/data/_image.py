@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from xfit.physics._anisotropy import check_dipole
 from xfit.physics._detector import Detector, radial_average
 
-__all__ = ["IMAGE_KINDS", "DetectorImage"]
+__all__ = ["IMAGE_KINDS", "DetectorImage", "load_images"]
 
 IMAGE_KINDS = ("total", "elastic")
 """What an image's pixels measure (the kinds ``simulate_image`` makes)."""
@@ -174,3 +176,194 @@ class DetectorImage:
             f"DetectorImage({self.shape[0]}x{self.shape[1]}, {self.kind}, {self.n_valid} valid pixels, "
             f"{self.n_invalid} invalid, {self.n_masked} masked{photo})"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+IMAGE_NAMES = ("image", "images", "data")
+"""Array names read as the image (or stack) in .npz and HDF5 files, in this order, when none is named."""
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".nexus")
+TEXT_SUFFIXES = (".txt", ".dat", ".csv", ".tsv", ".asc")
+
+
+def load_images(
+    path: str | os.PathLike,
+    detector: Detector | str | os.PathLike | None = None,
+    *,
+    mask: np.ndarray | str | os.PathLike | None = None,
+    dataset: str | None = None,
+    kind: str = "total",
+    dipole: tuple | None = None,
+    pump_polarization: tuple[float, float, float] = (0.0, 1.0, 0.0),
+    polarization: float = 0.99,
+) -> list[DetectorImage]:
+    """Read detector images from a file: one image (n1, n2) or a stack (n_images, n1, n2), as ``DetectorImage``s.
+
+    Formats, by extension:
+        - .npy: the array.
+        - .npz: the array named ``dataset``, else the first of image/images/data, else the only array.
+        - HDF5 (.h5, .hdf5, .hdf, .nxs, .nx5, .nexus): the dataset at path ``dataset``, else the first of
+          image/images/data at the root, else the only 2-D or 3-D dataset anywhere (a NeXus /entry/data/data).
+        - text (.txt, .dat, .csv, .tsv, .asc): a 2-D table (whitespace or commas; '#' comments).
+        - anything else (EDF, CBF, TIFF, ...): every frame, through fabio, pyFAI's image reader
+          (``pip install 'xfit[detector]'``).
+        In .npz and HDF5 files, arrays ``sigma`` (standard errors) and ``mask`` (nonzero = excluded) beside the
+        image are used. ``xfit pattern STRUCTURE --detector GEOMETRY.poni -o image.h5`` writes a file this reads,
+        its geometry named in it. Unsigned-integer images mark gaps and dead pixels with the type's largest value
+        (Eiger, Pilatus): such pixels are invalid (NaN), counted in ``n_invalid``, never fitted.
+
+    Args:
+        path: the file.
+        detector: its geometry, an ``xfit.Detector`` or a pyFAI PONI file; None: the PONI file the HDF5 file names
+            in its ``poni`` attribute (absolute, or relative to the file's folder or the working directory).
+        mask: (n1, n2) booleans or a file holding them (any format above), pyFAI's convention (True, nonzero =
+            pixel excluded); or-ed with a mask stored in the file.
+        dataset: the array's name (.npz) or path (HDF5) when the file holds several.
+        kind, dipole, pump_polarization: as for :class:`DetectorImage`, the same for every image.
+        polarization: the beam's degree of linear polarisation, for a detector read from a PONI file.
+
+    Returns:
+        One ``DetectorImage`` per frame, its ``metadata`` {"source": path, "frame": k}. Data are photon counts
+        (Poisson sigma, assumed) unless the file gives ``sigma``.
+
+    Raises:
+        FileNotFoundError; ValueError naming the file and the problem (no image array, several candidates, a shape
+        that is not the detector's, a mask of another shape, no geometry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    frames, extras, poni = _read_image_arrays(path, dataset)
+    if np.issubdtype(frames.dtype, np.unsignedinteger):  # the largest value marks gaps and dead pixels
+        frames = np.where(frames == np.iinfo(frames.dtype).max, np.nan, frames.astype(np.float64))
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3 or min(frames.shape[1:]) < 2:
+        raise ValueError(f"{path}: an image file holds one image (n1, n2) or a stack (n, n1, n2), got {frames.shape}")
+    shape = frames.shape[1:]
+    if detector is None:
+        detector = _named_poni(path, poni)
+    if not isinstance(detector, Detector):
+        detector = _detector_of(Path(detector), shape, polarization)
+    if tuple(detector.shape) != shape:
+        raise ValueError(
+            f"{path}: its images are {shape[0]} x {shape[1]} pixels but the detector is "
+            f"{detector.shape[0]} x {detector.shape[1]}"
+        )
+    sigma = _stack_like(extras.get("sigma"), frames, path, "sigma")
+    excluded = np.zeros(shape, bool)
+    for name, given in (("the file's mask", extras.get("mask")), ("mask", mask)):
+        if given is None:
+            continue
+        if isinstance(given, str | os.PathLike):
+            given, _, _ = _read_image_arrays(Path(given), None)
+        given = np.asarray(given)
+        if given.shape != shape:
+            raise ValueError(f"{path}: {name} is {given.shape}, not the images' {shape}")
+        excluded |= given.astype(bool)
+    return [
+        DetectorImage(
+            frame,
+            detector,
+            sigma=None if sigma is None else sigma[k],
+            mask=excluded if excluded.any() else None,
+            dipole=dipole,
+            pump_polarization=pump_polarization,
+            kind=kind,
+            metadata={"source": str(path), "frame": k},
+        )
+        for k, frame in enumerate(frames)
+    ]
+
+
+def _read_image_arrays(path: Path, dataset: str | None) -> tuple[np.ndarray, dict, str | None]:
+    """(the image array, {"sigma", "mask"} beside it where present, the HDF5 file's ``poni`` attribute or None)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path), {}, None
+    if suffix == ".npz":
+        with np.load(path) as f:
+            name = _pick(path, dataset, list(f.files), lambda n: f[n].ndim in (2, 3))
+            extras = {k: f[k] for k in ("sigma", "mask") if k in f.files and k != name}
+            return f[name], extras, None
+    if suffix in HDF5_SUFFIXES:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            found = []
+            f.visititems(lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None)
+            name = _pick(path, dataset, found, lambda n: f[n].ndim in (2, 3))
+            group = f[name].parent
+            extras = {k: group[k][()] for k in ("sigma", "mask") if k in group and group[k].name != f[name].name}
+            poni = f.attrs.get("poni")
+            return f[name][()], extras, None if poni is None else str(poni)
+    if suffix in TEXT_SUFFIXES:
+        with open(path) as handle:
+            rows = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
+        delimiter = "," if any("," in row for row in rows) else None
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2), {}, None
+    try:
+        import fabio
+    except ImportError as error:
+        raise ValueError(
+            f"{path}: xfit reads .npy, .npz, HDF5 and text images itself; other detector formats ({suffix}) "
+            "through fabio: pip install 'xfit[detector]'"
+        ) from error
+    with fabio.open(str(path)) as image:
+        frames = [np.asarray(image.getframe(k).data) for k in range(image.nframes)] if image.nframes > 1 else []
+        return (np.stack(frames) if frames else np.asarray(image.data)), {}, None
+
+
+def _pick(path: Path, dataset: str | None, names: list[str], is_image) -> str:
+    """The array to read: ``dataset``, else the first of IMAGE_NAMES at the top level, else the only image-shaped
+    one (``is_image``); errors name the candidates."""
+    if dataset is not None:
+        key = dataset.strip("/")
+        if key not in names:
+            raise ValueError(f"{path} has no array {dataset!r}; it holds {', '.join(names) or 'none'}")
+        return key
+    for name in IMAGE_NAMES:
+        if name in names and is_image(name):
+            return name
+    candidates = [n for n in names if n.split("/")[-1] not in ("sigma", "mask") and is_image(n)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ValueError(f"{path} holds no 2-D or 3-D array to read as an image (arrays: {', '.join(names) or 'none'})")
+    raise ValueError(
+        f"{path} holds several image-shaped arrays ({', '.join(candidates)}); name one (dataset=, --dataset)"
+    )
+
+
+def _stack_like(values, frames: np.ndarray, path: Path, name: str):
+    """``values`` (n1, n2) or (n, n1, n2) as one array per frame, or None."""
+    if values is None:
+        return None
+    values = np.asarray(values, np.float64)
+    if values.shape == frames.shape[1:]:
+        return np.broadcast_to(values, frames.shape)
+    if values.shape != frames.shape:
+        raise ValueError(f"{path}: {name} is {values.shape}, not the images' {frames.shape[1:]} or {frames.shape}")
+    return values
+
+
+def _named_poni(path: Path, poni: str | None) -> Path:
+    """The PONI file an HDF5 image file names, found as given, beside the file, or an error asking for one."""
+    if poni is None:
+        raise ValueError(f"{path}: no detector geometry; give one (detector=Detector or a PONI file, --detector)")
+    for candidate in (Path(poni), path.parent / poni, path.parent / Path(poni).name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} names the PONI file {poni}, which is not there; give the geometry (--detector)")
+
+
+def _detector_of(poni: Path, shape: tuple[int, int], polarization: float) -> Detector:
+    """The PONI file's detector, with the images' shape where the file gives none."""
+    try:
+        return Detector.from_poni(poni, polarization=polarization)
+    except ValueError as error:
+        if "no detector shape" not in str(error):
+            raise
+        return Detector.from_poni(poni, shape=shape, polarization=polarization)
