@@ -249,4 +249,4 @@ def test_retrieve_image_errors(tmp_path, capsys, extra, message):
 def test_image_options_without_a_detector_are_an_error(capsys):
     argv = ["retrieve", str(DATA / "chd_traj001_t12.txt"), "--atoms", str(DATA / "chd.xyz"), "--mask", "m.npy"]
     assert main(argv) == 2
-    assert "--mask are for detector images: give --detector GEOMETRY.poni" in capsys.readouterr().err
+    assert "--mask: for detector images only; give --detector GEOMETRY.poni" in capsys.readouterr().err

@@ -6,7 +6,9 @@ A file is taken once its writer is done: names starting with "." or ending in .p
 power of two so the compiled function is reused); each result is appended to RESULTS.h5 and flushed. Sources already
 complete there (ok or failed) are skipped, so a killed watcher restarted with the same command redoes only what is
 missing: every file ends up in the results exactly once. A file that cannot be read or fitted is recorded as failed
-with its error and never retried.
+with its error and never retried. With --detector GEOMETRY.poni the files are detector images (``xfit.load_images``:
+one frame or a stack per file), fitted pixel by pixel; all images of one detector share one compiled program,
+however their invalid pixels differ.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ def _candidate(path: Path, output: Path) -> bool:
 class _Watcher:
     """State of one ``xfit live`` run: what is done, what waits, the fit options, the throughput so far."""
 
-    def __init__(self, args, atoms):
+    def __init__(self, args, atoms, detector=None):
         from xfit.data._results import read_index
 
-        self.args, self.atoms = args, atoms
+        self.args, self.atoms, self.detector = args, atoms, detector
         self.output = args.output.resolve()
         self.done = {i["source"] for i in read_index(self.output)} if self.output.exists() else set()
         self.seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, first time seen so)
@@ -83,7 +85,11 @@ class _Watcher:
         loaded: list[tuple[Path, list]] = []
         for path in files:
             try:
-                patterns = xfit.load_patterns(path, kind=self.args.kind, probe=self.args.probe)
+                if self.detector is not None:
+                    kind = self.args.kind or "total"
+                    patterns = xfit.load_images(path, self.detector, mask=self.args.mask, kind=kind)
+                else:
+                    patterns = xfit.load_patterns(path, kind=self.args.kind, probe=self.args.probe)
                 loaded.append((path, patterns))
             except Exception as error:  # any unreadable file is recorded, never fatal
                 self._failed(path, error, append_failure)
@@ -91,7 +97,8 @@ class _Watcher:
         groups: dict[tuple, list[tuple[Path, list]]] = {}
         for path, patterns in loaded:
             p = patterns[0]
-            groups.setdefault((p.kind, p.q.tobytes()), []).append((path, patterns))
+            key = (p.kind, p.shape) if self.detector is not None else (p.kind, p.q.tobytes())
+            groups.setdefault(key, []).append((path, patterns))
         for group in groups.values():
             self._retrieve_group(group, t_start)
 
@@ -174,11 +181,19 @@ def run(args) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if args.fraction == "shared":
         raise ValueError("--fraction shared needs the whole series at once (xfit retrieve); live mode takes F or F+-SD")
+    if args.detector is None and args.mask is not None:
+        raise ValueError("--mask is for detector images: give --detector GEOMETRY.poni")
+    if args.detector is not None and args.probe is not None:
+        raise ValueError("--probe cannot be used with detector images (X-ray frames)")
     atoms = xfit.read_structures(args.atoms)[0]
-    watcher = _Watcher(args, atoms)
+    detector = None
+    if args.detector is not None:
+        detector = xfit.Detector.from_poni(args.detector, polarization=args.polarization)
+    watcher = _Watcher(args, atoms, detector)
+    images = "" if detector is None else f"; images of a {detector.shape[0]} x {detector.shape[1]} detector"
     print(
         f"watching {folder} -> {args.output} ({len(watcher.done)} source(s) already done); start {args.atoms} "
-        f"({atoms.get_chemical_formula()}); batch {args.batch}",
+        f"({atoms.get_chemical_formula()}); batch {args.batch}{images}",
         flush=True,
     )
     server = None
@@ -223,11 +238,13 @@ def add_parser(sub) -> None:
     """Register the subcommand on the ``xfit`` parser's subparsers."""
     r = sub.add_parser(
         "live",
-        help="follow a folder of pattern files, retrieving each as it arrives, into an HDF5 results file",
+        help="follow a folder of pattern files (or detector images), retrieving each as it arrives, into an HDF5 "
+        "results file",
         description=textwrap.fill((__doc__ or "").split("\n\n", 1)[1].replace("\n", " "), width=100),
         epilog=(
             "example:\n"
             "  xfit live incoming/ --atoms examples/data/chd.xyz -o results.h5 --batch 16 --serve 8050\n"
+            "  xfit live frames/ --detector geometry.poni --mask mask.npy --atoms examples/data/chd.xyz -o results.h5\n"
             "  python -c \"import xfit; print(xfit.load_results('results.h5')[-1])\""
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -237,6 +254,17 @@ def add_parser(sub) -> None:
     r.add_argument("-o", "--output", type=Path, required=True, metavar="RESULTS.h5", help="results file (appended)")
     r.add_argument("--kind", choices=PATTERN_KINDS, help="override the pattern kind the files declare")
     r.add_argument("--probe", choices=("xray", "electron"), help="override the probe the files declare")
+    r.add_argument(
+        "--detector",
+        type=Path,
+        metavar="GEOMETRY.poni",
+        help="the files are 2D detector images (one frame or a stack each; formats as xfit retrieve --detector) "
+        "taken with this pyFAI geometry (the PONI file must give the detector's shape): fitted pixel by pixel",
+    )
+    r.add_argument("--mask", type=Path, metavar="FILE", help="images: pixels to exclude (nonzero = excluded, pyFAI)")
+    r.add_argument(
+        "--polarization", type=float, default=0.99, help="images: the beam's degree of linear polarisation (0.99)"
+    )
     r.add_argument("--batch", type=int, default=32, help="most files retrieved in one call (default 32)")
     r.add_argument("--once", action="store_true", help="process the files there now, then exit")
     r.add_argument("--serve", type=int, metavar="PORT", help="serve a dashboard at http://127.0.0.1:PORT/")

@@ -115,7 +115,7 @@ def _reads_images(args) -> bool:
     if args.detector is None:
         given = [f"--{name.replace('_', '-')}" for name in IMAGE_ONLY if getattr(args, name) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} are for detector images: give --detector GEOMETRY.poni")
+            raise ValueError(f"{', '.join(given)}: for detector images only; give --detector GEOMETRY.poni")
         return False
     return True
 
