@@ -233,7 +233,8 @@ def test_retrieve_detector_images(tmp_path, capsys):
     ("extra", "message"),
     [
         (["--kind", "sm"], "unknown image kind 'sm'"),
-        (["--probe", "electron"], "--probe cannot be used with detector images"),
+        (["--energy-kev", "90"], "--energy-kev cannot be used with detector images"),
+        (["--probe", "electron", "--kind", "total"], "an electron image measures elastic scattering"),
         (["--dataset", "frames"], "has no array 'frames'"),
     ],
 )
@@ -250,3 +251,29 @@ def test_image_options_without_a_detector_are_an_error(capsys):
     argv = ["retrieve", str(DATA / "chd_traj001_t12.txt"), "--atoms", str(DATA / "chd.xyz"), "--mask", "m.npy"]
     assert main(argv) == 2
     assert "--mask: for detector images only; give --detector GEOMETRY.poni" in capsys.readouterr().err
+
+
+def test_electron_detector_image_from_the_command_line(tmp_path, capsys):
+    # An electron instrument's PONI file holds the electrons' wavelength: `xfit pattern --probe electron` simulates
+    # the image there, records kind and probe in the file, and `xfit retrieve` reads all of it back.
+    import h5py
+    from ase.io import read, write
+
+    truth = read(DATA / "chd.xyz")
+    truth.positions += 0.02 * np.random.default_rng(1).standard_normal(truth.positions.shape)
+    write(tmp_path / "truth.xyz", truth)
+    ued = xfit.Detector.from_beam_center(distance_m=3.0, pixel_m=0.9e-3, shape=(40, 40), electron_energy_kev=3000.0)
+    poni = ued.to_poni(tmp_path / "ued.poni")
+    image = tmp_path / "ued.h5"
+    simulate = ["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), "--probe", "electron"]
+    assert main([*simulate, "--photons", "1e9", "-o", str(image)]) == 0
+    assert "(electrons of 3000 keV)" in capsys.readouterr().out
+    with h5py.File(image) as f:
+        assert (f.attrs["kind"], f.attrs["probe"]) == ("elastic", "electron")
+    fast = ["--atoms", str(DATA / "chd.xyz"), "--no-prior", "--starts", "2", "--steps", "200"]
+    assert main(["retrieve", str(image), *fast, "-o", str(tmp_path / "ued.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "DetectorImage(40x40, elastic, electrons at 3000 keV, 1600 valid pixels" in out
+    assert 0.5 < read(tmp_path / "ued.xyz").info["chi2_reduced"] < 1.5
+    assert main([*simulate, "--energy-kev", "90", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "does not match" in capsys.readouterr().err

@@ -276,3 +276,61 @@ def test_load_images_errors_name_the_file_and_the_problem(chd, detector, tmp_pat
         xfit.load_images(tmp_path / "curve.npy", detector)
     with pytest.raises(FileNotFoundError, match="image file not found"):
         xfit.load_images(tmp_path / "missing.h5", detector)
+
+
+@pytest.fixture(scope="module")
+def ued():
+    # MeV UED: 3 MeV electrons (lambda 0.0036 A), 40 x 40 pixels of 0.9 mm at 3 m: |q| up to 14.6 1/A
+    return xfit.Detector.from_beam_center(distance_m=3.0, pixel_m=0.9e-3, shape=(40, 40), electron_energy_kev=3000.0)
+
+
+def test_electron_image_is_the_solid_angle_times_the_electron_iam(chd, ued):
+    from xfit.physics._elements import electron_wavelength
+
+    assert ued.wavelength_angstrom == pytest.approx(electron_wavelength(3000.0), rel=1e-12)
+    assert ued.electron_energy_kev == pytest.approx(3000.0, rel=1e-12)
+    image = xfit.simulate_image(chd, ued, probe="electron", electron_model="kirkland")
+    exact = xfit.scattering(chd, ued.q().ravel(), probe="electron", energy_kev=3000.0, electron_model="kirkland")
+    expected = exact.reshape(ued.shape) * ued.solid_angle()  # no polarisation factor for electrons
+    np.testing.assert_allclose(image, expected, rtol=2e-5)  # the 4096-point grid's linear interpolation
+    pattern = xfit.radial_average(image, ued, kind="elastic", probe="electron")
+    assert pattern.probe == "electron" and pattern.energy_kev == pytest.approx(3000.0)
+    inner = pattern.q < 8
+    exact_bins = xfit.scattering(chd, pattern.q[inner], probe="electron", energy_kev=3000.0, electron_model="kirkland")
+    assert np.max(np.abs(pattern.values[inner] / exact_bins - 1)) < 0.02  # bin averages of a curved I(q)
+
+
+@pytest.mark.parametrize("model", ["mott-bethe", "kirkland"])
+def test_electron_pixel_model_is_simulate_image(chd, ued, model):
+    truth = xfit.simulate_image(chd, ued, probe="electron", electron_model=model, n_grid=IMAGE_GRID)
+    image = xfit.DetectorImage(truth, ued, sigma=1e-3 * truth, probe="electron")
+    assert image.kind == "elastic"
+    like = build_image_likelihood([image], chd.numbers, background=False, dipole=None, electron_model=model)
+    y, w, i_ref, pixels = like.row(0)
+    fit, params = model_and_parameters(like.spec, jnp.asarray(chd.positions), y, w, i_ref, pixels, like.grid)
+    np.testing.assert_allclose(np.asarray(fit)[: image.n_valid], truth.ravel(), rtol=1e-6)
+    # gamma^2 of 3 MeV electrons goes into the fitted scale (the likelihood computes at gamma = 1)
+    from xfit.physics._elements import relativistic_factor
+
+    assert float(params["scale"]) == pytest.approx(relativistic_factor(3000.0) ** 2, rel=1e-6)
+
+
+def test_electron_image_round_trip_and_bad_input(chd, ued):
+    truth = chd.copy()
+    truth.positions += 0.02 * np.random.default_rng(5).standard_normal(truth.positions.shape)
+    counts = xfit.simulate_image(truth, ued, photons=1e9, key=jax.random.key(0), probe="electron")
+    counts[3, 4] = np.nan
+    image = xfit.DetectorImage(counts, ued, probe="electron")
+    assert "electrons at 3000 keV" in repr(image)
+    result = xfit.retrieve(image, chd, prior=None, n_starts=2, steps=200, seed=0)
+    assert result.pattern.probe == "electron" and result.info["n_invalid"] == 1
+    assert 0.5 < result.chi2_reduced < 1.5
+    assert xfit.rmsd(result.atoms, truth, heavy_only=True) < xfit.rmsd(chd, truth, heavy_only=True)
+    with pytest.raises(ValueError, match="an electron image measures elastic scattering"):
+        xfit.DetectorImage(counts, ued, probe="electron", kind="total")
+    with pytest.raises(ValueError, match="unknown probe 'neutron'"):
+        xfit.DetectorImage(counts, ued, probe="neutron")
+    with pytest.raises(ValueError, match="share kind, probe and dipole"):
+        xfit.retrieve([image, xfit.DetectorImage(counts, ued)], chd, prior=None)
+    with pytest.raises(ValueError, match="exactly one of energy_kev=, wavelength_angstrom= or electron_energy_kev="):
+        xfit.Detector.from_beam_center(distance_m=3.0, pixel_m=1e-3, shape=(4, 4), energy_kev=9, electron_energy_kev=90)

@@ -307,5 +307,6 @@ def plot_image(image, detector, pattern, path) -> Path:
     right.errorbar(pattern.q, pattern.values, pattern.sigma, fmt=".", ms=2, lw=0.6)
     right.set_yscale("log")
     right.set_xlabel(r"q = 4$\pi$ sin($\theta$)/$\lambda$ (1/$\AA$)")
-    right.set_ylabel("radial average / (polarisation x solid angle)")
+    weight = "solid angle" if getattr(pattern, "probe", "xray") == "electron" else "polarisation x solid angle"
+    right.set_ylabel(f"radial average / ({weight})")
     return save_figure(fig, path)

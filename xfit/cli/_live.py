@@ -86,8 +86,8 @@ class _Watcher:
         for path in files:
             try:
                 if self.detector is not None:
-                    kind = self.args.kind or "total"
-                    patterns = xfit.load_images(path, self.detector, mask=self.args.mask, kind=kind)
+                    options = {"mask": self.args.mask, "kind": self.args.kind, "probe": self.args.probe}
+                    patterns = xfit.load_images(path, self.detector, **options)
                 else:
                     patterns = xfit.load_patterns(path, kind=self.args.kind, probe=self.args.probe)
                 loaded.append((path, patterns))
@@ -183,8 +183,6 @@ def run(args) -> int:
         raise ValueError("--fraction shared needs the whole series at once (xfit retrieve); live mode takes F or F+-SD")
     if args.detector is None and args.mask is not None:
         raise ValueError("--mask is for detector images: give --detector GEOMETRY.poni")
-    if args.detector is not None and args.probe is not None:
-        raise ValueError("--probe cannot be used with detector images (X-ray frames)")
     atoms = xfit.read_structures(args.atoms)[0]
     detector = None
     if args.detector is not None:

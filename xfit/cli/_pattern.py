@@ -264,16 +264,32 @@ def _pattern_image(args, frames) -> int:
     from xfit import _plot
     from xfit.physics import _detector
 
-    if args.probe != "xray":
-        raise ValueError("--detector images are X-ray images; drop --probe electron")
+    if args.probe == "xray" and args.energy_kev is not None:
+        raise ValueError("--energy-kev is for --probe electron")
     detector = _detector.Detector.from_poni(args.detector, polarization=args.polarization)
+    kind = args.kind
+    if args.probe == "electron":
+        # The PONI file's wavelength is the electrons' (an electron instrument's calibration): it gives the energy.
+        energy = detector.electron_energy_kev
+        if args.energy_kev is not None and abs(args.energy_kev - energy) > 1e-3 * energy:
+            raise ValueError(
+                f"--energy-kev {args.energy_kev:g} does not match {args.detector}'s wavelength "
+                f"({detector.wavelength_angstrom:.5g} A: electrons of {energy:.5g} keV); drop it or fix the PONI file"
+            )
+        kind = "elastic" if kind == "total" else kind
+    if kind not in ("total", "elastic") or (args.probe == "electron" and kind != "elastic"):
+        allowed = "elastic" if args.probe == "electron" else "total or elastic"
+        raise ValueError(f"--detector images are {allowed} scattering, not --kind {args.kind}")
     dipole = None if args.dipole is None else _dipole_vectors(_parse_dipole(args.dipole, frames[0]), frames[:1])[0]
     key = jax.random.key(args.seed) if args.photons is not None else None
-    image = _detector.simulate_image(frames[0], detector, dipole=dipole, photons=args.photons, key=key)
-    pattern = _detector.radial_average(image, detector, n_bins=args.bins)
+    image = _detector.simulate_image(
+        frames[0], detector, kind=kind, dipole=dipole, photons=args.photons, key=key, probe=args.probe
+    )
+    pattern = _detector.radial_average(image, detector, n_bins=args.bins, kind=kind, probe=args.probe)
+    beam = "" if args.probe == "xray" else f" (electrons of {detector.electron_energy_kev:.4g} keV)"
     print(
         f"{args.structure}: {frames[0].get_chemical_formula()} on a {detector.shape[0]} x {detector.shape[1]} "
-        f"detector at {detector.distance * 1e3:g} mm, lambda = {detector.wavelength_angstrom:.4g} A, "
+        f"detector at {detector.distance * 1e3:g} mm, lambda = {detector.wavelength_angstrom:.4g} A{beam}, "
         f"q = {detector.q().min():.3g}..{detector.q().max():.3g} 1/A"
         + ("" if dipole is None else f", photoselected along dipole {args.dipole}")
     )
@@ -293,6 +309,7 @@ def _pattern_image(args, frames) -> int:
                 f["image"] = image
                 f["q"] = detector.q()
                 f.attrs["poni"] = str(args.detector)
+                f.attrs["kind"], f.attrs["probe"] = kind, args.probe
         print(f"wrote {path}")
     if args.plot:
         _plot.plot_image(image, detector, pattern, args.plot)
@@ -332,7 +349,8 @@ def add_parser(sub) -> None:
         "--detector",
         type=Path,
         metavar="GEOMETRY.poni",
-        help="simulate a 2D detector image for this pyFAI PONI geometry, and plot it with its radial average",
+        help="simulate a 2D detector image for this pyFAI PONI geometry, and plot it with its radial average (with "
+        "--probe electron: an electron diffraction image, the PONI file's wavelength the electrons')",
     )
     p.add_argument(
         "--dipole",

@@ -98,8 +98,9 @@ def _retrieve(args, patterns, atoms, reference, client, results_file, fraction):
 
 IMAGE_ONLY = ("mask", "dataset", "pump_polarization")
 """Options that only an image retrieval takes."""
-CURVE_ONLY = {"p2": "--p2", "probe": "--probe", "energy_kev": "--energy-kev", "delays": "--delays"}
-"""Options that an image retrieval does not take (an image is an X-ray frame without a delay axis)."""
+CURVE_ONLY = {"p2": "--p2", "energy_kev": "--energy-kev", "delays": "--delays"}
+"""Options that an image retrieval does not take (an image has no delay axis, carries its P2 in its pixels, and an
+electron image's energy is its detector's wavelength)."""
 
 
 def _reads_images(args) -> bool:
@@ -126,17 +127,21 @@ def _selected_images(args) -> list:
 
     given = [flag for name, flag in CURVE_ONLY.items() if getattr(args, name) is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} cannot be used with detector images (X-ray frames without delays)")
+        raise ValueError(
+            f"{', '.join(given)} cannot be used with detector images (frames without delays, their P2 in their "
+            "pixels, an electron image's energy given by the PONI file's wavelength)"
+        )
     pump = (0.0, 1.0, 0.0) if args.pump_polarization is None else args.pump_polarization
     images = xfit.load_images(
         args.pattern,
         args.detector,
         mask=args.mask,
         dataset=args.dataset,
-        kind=args.kind or "total",
+        kind=args.kind,
         dipole=args.dipole,
         pump_polarization=pump,
         polarization=args.polarization,
+        probe=args.probe,
     )
     if args.index is not None:
         if not -len(images) <= args.index < len(images):

@@ -26,7 +26,7 @@ from xfit.physics._detector import Detector, radial_average
 __all__ = ["IMAGE_KINDS", "DetectorImage", "load_images"]
 
 IMAGE_KINDS = ("total", "elastic")
-"""What an image's pixels measure (the kinds ``simulate_image`` makes)."""
+"""What an image's pixels measure (the kinds ``simulate_image`` makes); electron images are "elastic"."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,8 +45,12 @@ class DetectorImage:
             ``retrieve``): the sample is cos^2-photoselected along it.
         pump_polarization: the pump's linear polarisation in the lab frame (z along the X-ray beam, x along the
             detector's fast axis, y along its slow axis, as ``xfit.Detector``); only used with ``dipole``.
-        kind: "total" (with Compton scattering) or "elastic".
+        kind: "total" (with Compton scattering) or "elastic"; None (default): "total" for X-rays, "elastic" for
+            electrons (the only kind an electron image has).
         metadata: free-form (e.g. {"source": path}).
+        probe: "xray", or "electron" (ultrafast electron diffraction): the detector's wavelength is then the
+            electrons' (``Detector.from_beam_center(..., electron_energy_kev=E)``, or a PONI file calibrated with
+            electrons), the pixels carry no polarisation factor, and the model uses electron scattering factors.
 
     Derived: ``valid`` (n1, n2) the pixels fitted (not masked, finite, non-negative, sigma finite and positive),
     ``n_invalid`` how many pixels were dropped for bad values (NaN, inf, negative, bad sigma; masked pixels are not
@@ -59,8 +63,9 @@ class DetectorImage:
     mask: np.ndarray | None = None
     dipole: tuple | None = None
     pump_polarization: tuple[float, float, float] = (0.0, 1.0, 0.0)
-    kind: str = "total"
+    kind: str | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
+    probe: str = "xray"
 
     def __post_init__(self):
         if not isinstance(self.detector, Detector):
@@ -80,8 +85,17 @@ class DetectorImage:
             if mask.shape != shape:
                 raise ValueError(f"mask shape {mask.shape} does not match the image's {shape}")
             object.__setattr__(self, "mask", mask.astype(bool))
+        if self.probe not in ("xray", "electron"):
+            raise ValueError(f"unknown probe {self.probe!r}; choose 'xray' or 'electron'")
+        if self.kind is None:
+            object.__setattr__(self, "kind", "total" if self.probe == "xray" else "elastic")
         if self.kind not in IMAGE_KINDS:
             raise ValueError(f"unknown image kind {self.kind!r}; choose one of {IMAGE_KINDS}")
+        if self.probe == "electron" and self.kind != "elastic":
+            raise ValueError(
+                f"an electron image measures elastic scattering (kind='elastic'), not {self.kind!r}: inelastic "
+                "electron scattering is not modelled"
+            )
         if self.dipole is not None:  # the form only: the molecule (and so the index range) is retrieve's
             object.__setattr__(self, "dipole", check_dipole(self.dipole, sys.maxsize))
         eps = np.asarray(self.pump_polarization, np.float64)
@@ -145,7 +159,7 @@ class DetectorImage:
         polarisation x solid angle weight, and P2(q_hat . epsilon) of the pump (zero without a dipole)."""
         d = self.detector
         valid = self.valid
-        weight = (d.polarization_factor() * d.solid_angle())[valid]
+        weight = d.pixel_weight(self.probe)[valid]
         if self.dipole is None:
             p2 = np.zeros_like(weight)
         else:
@@ -158,7 +172,9 @@ class DetectorImage:
 
     def radial_average(self, n_bins: int = 100):
         """The valid pixels' radial average (``xfit.radial_average``) as an ``xfit.Pattern`` of this image's kind."""
-        pattern = radial_average(self.data, self.detector, n_bins=n_bins, mask=~self.valid, kind=self.kind)
+        pattern = radial_average(
+            self.data, self.detector, n_bins=n_bins, mask=~self.valid, kind=self.kind, probe=self.probe
+        )
         source = self.metadata.get("source")
         return dataclasses.replace(pattern, metadata={**pattern.metadata, **({"source": source} if source else {})})
 
@@ -167,13 +183,15 @@ class DetectorImage:
         (values only: a model has no sigma)."""
         image = np.zeros(self.shape)
         image[self.valid] = values
-        pattern = radial_average(image, self.detector, n_bins=n_bins, mask=~self.valid, kind=self.kind)
+        options = {"n_bins": n_bins, "mask": ~self.valid, "kind": self.kind, "probe": self.probe}
+        pattern = radial_average(image, self.detector, **options)
         return dataclasses.replace(pattern, sigma=None, metadata={"model": "IAM", "source": "radial_average"})
 
     def __repr__(self) -> str:
         photo = "" if self.dipole is None else f", dipole={self.dipole}"
+        probe = "" if self.probe == "xray" else f", electrons at {self.detector.electron_energy_kev:.4g} keV"
         return (
-            f"DetectorImage({self.shape[0]}x{self.shape[1]}, {self.kind}, {self.n_valid} valid pixels, "
+            f"DetectorImage({self.shape[0]}x{self.shape[1]}, {self.kind}{probe}, {self.n_valid} valid pixels, "
             f"{self.n_invalid} invalid, {self.n_masked} masked{photo})"
         )
 
@@ -192,10 +210,11 @@ def load_images(
     *,
     mask: np.ndarray | str | os.PathLike | None = None,
     dataset: str | None = None,
-    kind: str = "total",
+    kind: str | None = None,
     dipole: tuple | None = None,
     pump_polarization: tuple[float, float, float] = (0.0, 1.0, 0.0),
     polarization: float = 0.99,
+    probe: str | None = None,
 ) -> list[DetectorImage]:
     """Read detector images from a file: one image (n1, n2) or a stack (n_images, n1, n2), as ``DetectorImage``s.
 
@@ -219,7 +238,9 @@ def load_images(
         mask: (n1, n2) booleans or a file holding them (any format above), pyFAI's convention (True, nonzero =
             pixel excluded); or-ed with a mask stored in the file.
         dataset: the array's name (.npz) or path (HDF5) when the file holds several.
-        kind, dipole, pump_polarization: as for :class:`DetectorImage`, the same for every image.
+        kind, dipole, pump_polarization, probe: as for :class:`DetectorImage`, the same for every image (kind and
+            probe default to the HDF5 file's ``kind`` and ``probe`` attributes, which ``xfit pattern`` writes, else
+            to DetectorImage's).
         polarization: the beam's degree of linear polarisation, for a detector read from a PONI file.
 
     Returns:
@@ -233,7 +254,10 @@ def load_images(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    frames, extras, poni = _read_image_arrays(path, dataset)
+    frames, extras, attrs = _read_image_arrays(path, dataset)
+    poni = attrs.get("poni")
+    kind = attrs.get("kind") if kind is None else kind
+    probe = attrs.get("probe", "xray") if probe is None else probe
     if np.issubdtype(frames.dtype, np.unsignedinteger):  # the largest value marks gaps and dead pixels
         frames = np.where(frames == np.iinfo(frames.dtype).max, np.nan, frames.astype(np.float64))
     if frames.ndim == 2:
@@ -271,23 +295,25 @@ def load_images(
             pump_polarization=pump_polarization,
             kind=kind,
             metadata={"source": str(path), "frame": k},
+            probe=probe,
         )
         for k, frame in enumerate(frames)
     ]
 
 
-def _read_image_arrays(path: Path, dataset: str | None) -> tuple[np.ndarray, dict, str | None]:
-    """(the image array, {"sigma", "mask"} beside it where present, the HDF5 file's ``poni`` attribute or None)."""
+def _read_image_arrays(path: Path, dataset: str | None) -> tuple[np.ndarray, dict, dict]:
+    """(the image array, {"sigma", "mask"} beside it where present, the HDF5 file's ``poni``, ``kind`` and ``probe``
+    attributes where present)."""
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path), {}, None
+        return np.load(path), {}, {}
     if suffix == ".npz":
         with np.load(path) as f:
             name = _pick(path, dataset, list(f.files), lambda n: f[n].ndim in (2, 3))
             extras = {k: f[k] for k in ("sigma", "mask") if k in f.files and k != name}
-            return f[name], extras, None
+            return f[name], extras, {}
     if suffix in HDF5_SUFFIXES:
         import h5py
 
@@ -297,13 +323,13 @@ def _read_image_arrays(path: Path, dataset: str | None) -> tuple[np.ndarray, dic
             name = _pick(path, dataset, found, lambda n: f[n].ndim in (2, 3))
             group = f[name].parent
             extras = {k: group[k][()] for k in ("sigma", "mask") if k in group and group[k].name != f[name].name}
-            poni = f.attrs.get("poni")
-            return f[name][()], extras, None if poni is None else str(poni)
+            attrs = {k: str(f.attrs[k]) for k in ("poni", "kind", "probe") if k in f.attrs}
+            return f[name][()], extras, attrs
     if suffix in TEXT_SUFFIXES:
         with open(path) as handle:
             rows = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
         delimiter = "," if any("," in row for row in rows) else None
-        return np.loadtxt(path, delimiter=delimiter, ndmin=2), {}, None
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2), {}, {}
     try:
         import fabio
     except ImportError as error:
@@ -313,7 +339,7 @@ def _read_image_arrays(path: Path, dataset: str | None) -> tuple[np.ndarray, dic
         ) from error
     with fabio.open(str(path)) as image:
         frames = [np.asarray(image.getframe(k).data) for k in range(image.nframes)] if image.nframes > 1 else []
-        return (np.stack(frames) if frames else np.asarray(image.data)), {}, None
+        return (np.stack(frames) if frames else np.asarray(image.data)), {}, {}
 
 
 def _pick(path: Path, dataset: str | None, names: list[str], is_image) -> str:

@@ -646,12 +646,15 @@ def build_image_likelihood(
     dipole: tuple | None,
     dtype=jnp.float64,
     n_grid: int = IMAGE_GRID,
+    electron_model: str = "mott-bethe",
 ) -> Likelihood:
-    """The pixel likelihood of validated ``xfit.DetectorImage``s sharing kind and dipole (see module notes).
+    """The pixel likelihood of validated ``xfit.DetectorImage``s sharing kind, probe and dipole (see module notes).
 
     Args:
         images: the images. numbers: atomic numbers (n_atoms,).
         background: fit a flat background per pixel. dipole: the validated dipole (``check_dipole``) or None.
+        electron_model: the electron scattering factors of electron images ("mott-bethe" or "kirkland"), their
+            energy left to the fitted scale (gamma^2, as for electron patterns without one).
         dtype: float32 or float64. n_grid: points of the model's |q| grid, 1 + a multiple of ``IMAGE_STRIDE`` (the
             IAM is computed on every IMAGE_STRIDE-th point, the last one included).
     """
@@ -669,6 +672,8 @@ def build_image_likelihood(
         model_kind=images[0].kind,
         fraction=None,
         background=background,
+        probe=images[0].probe,
+        electron_model=electron_model,
         dipole=None if dipole is None else tuple(dipole),
         image=True,
     )

@@ -194,10 +194,10 @@ def _split_images(items: list, dipole) -> tuple[list[DetectorImage], list[Patter
         )
     first = items[0]
     for k, image in enumerate(items):
-        if image.kind != first.kind or image.dipole != first.dipole:
+        if image.kind != first.kind or image.dipole != first.dipole or image.probe != first.probe:
             raise ValueError(
-                f"image {k} ({image.kind}, dipole {image.dipole}) differs from image 0 ({first.kind}, dipole "
-                f"{first.dipole}); images retrieved in one call share kind and dipole"
+                f"image {k} ({image.kind}, {image.probe}, dipole {image.dipole}) differs from image 0 ({first.kind}, "
+                f"{first.probe}, dipole {first.dipole}); images retrieved in one call share kind, probe and dipole"
             )
     return items, [image.radial_average() for image in items]
 
@@ -494,7 +494,9 @@ def retrieve(
 
     graph = MoleculeGraph.from_atoms(reference)
     if images is not None:
-        likelihood = build_image_likelihood(images, numbers, background=background, dipole=dipole, dtype=dtype)
+        likelihood = build_image_likelihood(
+            images, numbers, background=background, dipole=dipole, dtype=dtype, electron_model=electron_model
+        )
     else:
         likelihood = build_likelihood(
             patterns,

@@ -172,19 +172,21 @@ def anisotropic_intensity(
     return i0, i2
 
 
-def anisotropic_scattering(atoms, q, dipole, *, kind: str = "elastic") -> tuple[np.ndarray, np.ndarray]:
+def anisotropic_scattering(atoms, q, dipole, *, kind: str = "elastic", **probe) -> tuple[np.ndarray, np.ndarray]:
     """(I0, I2) as NumPy float64 arrays over q for an ``ase.Atoms`` excited with probability ~ cos^2(mu, epsilon).
 
     The default kind is "elastic" (the anisotropic part is purely elastic); kind="total" adds the isotropic Compton
     scattering to I0. The pattern at a q vector making angle theta_q with the pump polarisation is
-    I0 + I2 P2(cos theta_q). q = 4 pi sin(theta)/lambda in 1/A; dipole (3,) in the frame of ``atoms``.
+    I0 + I2 P2(cos theta_q). q = 4 pi sin(theta)/lambda in 1/A; dipole (3,) in the frame of ``atoms``. ``probe``:
+    ``probe="electron", energy_kev=..., electron_model=...`` as for :func:`anisotropic_intensity`.
     """
     from xfit.chem._structures import as_arrays
 
     numbers, positions, single = as_arrays(atoms)
     q = _iam.check_q(q)
     with jax.enable_x64(True):
-        i0, i2 = anisotropic_intensity(numbers, jnp.asarray(positions), q, np.asarray(dipole, float), kind=kind)
+        mu = np.asarray(dipole, float)
+        i0, i2 = anisotropic_intensity(numbers, jnp.asarray(positions), q, mu, kind=kind, **probe)
         i0, i2 = np.asarray(i0), np.asarray(i2)
     return (i0[0], i2[0]) if single else (i0, i2)
 

@@ -10,6 +10,12 @@ z along the incident beam, x along t2, y along t1 of pyFAI's positions, so that 
 Every pixel gets its outgoing direction k_hat, hence the scattering angle 2 theta, the azimuth chi, the q vector
 q = (2 pi / lambda) (k_hat - z_hat) (on the Ewald sphere, not the flat approximation), |q| = 4 pi sin(theta)/lambda
 in 1/A, the solid angle it subtends and the polarisation factor.
+
+Electrons (ultrafast electron diffraction) use the same geometry with the electrons' relativistic de Broglie
+wavelength (a PONI file calibrated on an electron instrument holds it; ``Detector.from_beam_center(...,
+electron_energy_kev=E)`` computes it): their pixels carry the solid angle only, no polarisation factor
+(:meth:`Detector.pixel_weight`), and their scattering is the elastic IAM with electron scattering factors, the
+energy read from the wavelength.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ class Detector:
         pixel1, pixel2: pixel sizes along the slow and fast axes, m.
         poni1, poni2: point of normal incidence on the detector, m from its corner.
         rot1, rot2, rot3: detector rotations, rad (pyFAI's).
-        wavelength: X-ray wavelength, m.
+        wavelength: X-ray (or electron) wavelength, m.
         polarization: degree of linear polarisation of the beam, -1..1 (pyFAI's polarization_factor: 1 is fully
             polarised along x, the fast axis for an untilted detector; 0 is unpolarised).
     """
@@ -58,6 +64,11 @@ class Detector:
     polarization: float = 0.99
 
     def __post_init__(self):
+        # Plain Python numbers (not NumPy scalars): the PONI file writes their repr.
+        for name in ("distance", "pixel1", "pixel2", "poni1", "poni2", "wavelength", "rot1", "rot2", "rot3"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "polarization", float(self.polarization))
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         for name in ("distance", "pixel1", "pixel2", "wavelength"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -78,11 +89,15 @@ class Detector:
         wavelength_angstrom: float | None = None,
         tilt_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
         polarization: float = 0.99,
+        electron_energy_kev: float | None = None,
     ) -> Detector:
         """An untilted (or tilted) detector from the beam centre in pixels (row, column; default the middle) and the
-        photon energy (keV) or wavelength (A). For an untilted detector the beam centre is the PONI."""
-        if (energy_kev is None) == (wavelength_angstrom is None):
-            raise ValueError("give exactly one of energy_kev= or wavelength_angstrom=")
+        photon energy (keV), the wavelength (A), or, for electron diffraction, the electrons' kinetic energy (keV,
+        their relativistic de Broglie wavelength). For an untilted detector the beam centre is the PONI."""
+        if sum(v is not None for v in (energy_kev, wavelength_angstrom, electron_energy_kev)) != 1:
+            raise ValueError("give exactly one of energy_kev=, wavelength_angstrom= or electron_energy_kev=")
+        if electron_energy_kev is not None:
+            wavelength_angstrom = _elements.electron_wavelength(electron_energy_kev)
         if energy_kev is not None:
             if not energy_kev > 0:
                 raise ValueError(f"photon energy must be positive (keV), got {energy_kev}")
@@ -108,6 +123,11 @@ class Detector:
     @property
     def wavelength_angstrom(self) -> float:
         return self.wavelength * 1e10
+
+    @property
+    def electron_energy_kev(self) -> float:
+        """Kinetic energy (keV) of electrons of this wavelength (for electron diffraction)."""
+        return _elements.electron_energy_kev(self.wavelength_angstrom)
 
     @functools.cached_property
     def _pixel_positions(self) -> np.ndarray:
@@ -174,6 +194,15 @@ class Detector:
         tth, chi = self.two_theta(), self.chi()
         cos2 = np.cos(tth) ** 2
         return 0.5 * (1 + cos2) - 0.5 * self.polarization * (1 - cos2) * np.cos(2 * chi)
+
+    def pixel_weight(self, probe: str = "xray") -> np.ndarray:
+        """What multiplies I(q) in each pixel (n1, n2): polarisation factor x solid angle for X-rays, the solid angle
+        alone for electrons (sr)."""
+        if probe == "xray":
+            return self.polarization_factor() * self.solid_angle()
+        if probe == "electron":
+            return self.solid_angle()
+        raise ValueError(f"unknown probe {probe!r}; choose 'xray' or 'electron'")
 
     def check_q_range(self) -> float:
         """Largest |q| on the detector (1/A); raises if it is beyond the form-factor tables."""
@@ -275,8 +304,11 @@ def simulate_image(
     photons: float | None = None,
     key: jax.Array | None = None,
     n_grid: int = 4096,
+    probe: str = "xray",
+    electron_model: str = "mott-bethe",
 ) -> np.ndarray:
-    """Detector image of a gas sample: polarisation x solid angle x I(pixel), optionally with photon noise.
+    """Detector image of a gas sample: polarisation x solid angle x I(pixel) (electrons: solid angle x I(pixel)),
+    optionally with counting noise.
 
     Isotropic sample: I(pixel) = I(|q|). With ``dipole`` (the transition dipole in the molecule's frame), a
     cos^2-photoselected sample: I = I0(|q|) + I2(|q|) P2(q_hat . epsilon), with epsilon = ``pump_polarization``
@@ -285,26 +317,33 @@ def simulate_image(
     error < 1e-6 for molecules below 10 A across at 4096 points).
 
     Args:
-        atoms: ``ase.Atoms``. detector: :class:`Detector`. kind: "total" or "elastic".
-        photons: expected photon count over the whole image; with ``key``, Poisson counts are returned.
+        atoms: ``ase.Atoms``. detector: :class:`Detector`. kind: "total" or "elastic" (electrons: elastic, the
+            same as "total").
+        photons: expected photon (or electron) count over the whole image; with ``key``, Poisson counts are
+            returned.
+        probe: "xray", or "electron": electron scattering factors (``electron_model``, "mott-bethe" or "kirkland")
+            at the energy of the detector's wavelength (:attr:`Detector.electron_energy_kev`), no polarisation.
 
     Returns:
-        (n1, n2) float64 image in electron units x sr (or photon counts when ``photons`` is given).
+        (n1, n2) float64 image in electron units x sr (electrons: A^2 x sr), or counts when ``photons`` is given.
     """
     from xfit.physics._anisotropy import anisotropic_scattering
 
     q_max = detector.check_q_range()
     grid = np.linspace(0.0, q_max * (1 + 1e-9), n_grid)
     q_pix = detector.q()
-    weight = detector.polarization_factor() * detector.solid_angle()
+    weight = detector.pixel_weight(probe)
+    electron = {}
+    if probe == "electron":
+        electron = {"probe": probe, "energy_kev": detector.electron_energy_kev, "electron_model": electron_model}
     if dipole is None:
-        image = np.interp(q_pix, grid, _iam.scattering(atoms, grid, kind=kind)) * weight
+        image = np.interp(q_pix, grid, _iam.scattering(atoms, grid, kind=kind, **electron)) * weight
     else:
         eps = np.asarray(pump_polarization, float)
         if np.linalg.norm(eps) == 0:
             raise ValueError("pump_polarization has zero length")
         eps = eps / np.linalg.norm(eps)
-        i0, i2 = anisotropic_scattering(atoms, grid, dipole, kind=kind)
+        i0, i2 = anisotropic_scattering(atoms, grid, dipole, kind=kind, **electron)
         qv = detector.q_vectors()
         cos = (qv @ eps) / np.maximum(np.linalg.norm(qv, axis=-1), 1e-300)
         p2 = 0.5 * (3 * cos**2 - 1)
@@ -325,30 +364,34 @@ def radial_average(
     mask: np.ndarray | None = None,
     kind: str = "total",
     method: str = "xfit",
+    probe: str = "xray",
 ):
     """Azimuthal (radial) average of an image to an ``xfit.Pattern`` over q, with standard errors.
 
-    Each pixel is divided by its polarisation factor and solid angle, then pixels are binned in |q| (uniform bins
-    over the detector's range); a bin's value is the mean and its sigma the standard error of the mean (bins with
-    fewer than two pixels are dropped). ``method="pyfai"`` lets pyFAI's ``integrate1d`` do the same (histogram,
-    azimuthal error model), scaled to the same absolute solid angle.
+    Each pixel is divided by its polarisation factor and solid angle (electrons: the solid angle), then pixels are
+    binned in |q| (uniform bins over the detector's range); a bin's value is the mean and its sigma the standard
+    error of the mean (bins with fewer than two pixels are dropped). ``method="pyfai"`` lets pyFAI's
+    ``integrate1d`` do the same (histogram, azimuthal error model), scaled to the same absolute solid angle.
 
     Args:
         image: (n1, n2). detector: its geometry. n_bins: number of q bins. mask: True where pixels are bad.
         kind: the kind of the returned Pattern. method: "xfit" or "pyfai" (needs pyFAI).
+        probe: "xray" or "electron" (the Pattern's probe, with the energy of the detector's wavelength).
     """
     from xfit.data._pattern import Pattern
 
     image = np.asarray(image, float)
     if image.shape != tuple(detector.shape):
         raise ValueError(f"image shape {image.shape} does not match the detector's {detector.shape}")
+    weight = detector.pixel_weight(probe)  # also checks the probe
+    beam = {"probe": probe, "energy_kev": detector.electron_energy_kev} if probe == "electron" else {}
     if method == "pyfai":
         result = detector.to_pyfai().integrate1d(
             image,
             n_bins,
             unit="q_A^-1",
             correctSolidAngle=True,
-            polarization_factor=detector.polarization,
+            polarization_factor=detector.polarization if probe == "xray" else None,
             mask=mask,
             error_model="azimuthal",
             method=("no", "histogram", "cython"),
@@ -356,10 +399,11 @@ def radial_average(
         omega_poni = detector.pixel1 * detector.pixel2 / detector.distance**2  # pyFAI's solid angles are relative
         keep = np.isfinite(result.intensity) & (result.sigma > 0)
         values, sigma = result.intensity[keep] / omega_poni, result.sigma[keep] / omega_poni
-        return Pattern(result.radial[keep], values, sigma, kind=kind, metadata={"source": "pyFAI integrate1d"})
+        source = {"source": "pyFAI integrate1d"}
+        return Pattern(result.radial[keep], values, sigma, kind=kind, metadata=source, **beam)
     if method != "xfit":
         raise ValueError(f"unknown method {method!r}; choose 'xfit' or 'pyfai'")
-    corrected = image / (detector.polarization_factor() * detector.solid_angle())
+    corrected = image / weight
     q = detector.q()
     good = np.isfinite(corrected) if mask is None else (~np.asarray(mask, bool) & np.isfinite(corrected))
     edges = np.linspace(q[good].min(), q[good].max() * (1 + 1e-12), n_bins + 1)
@@ -373,4 +417,5 @@ def radial_average(
     variance = np.maximum(squares[keep] / counts[keep] - mean**2, 0) * counts[keep] / (counts[keep] - 1)
     sigma = np.sqrt(variance / counts[keep])
     sigma = np.where(sigma > 0, sigma, np.abs(mean) * 1e-12 + 1e-300)
-    return Pattern(q_sum[keep] / counts[keep], mean, sigma, kind=kind, metadata={"source": "radial_average"})
+    q_mean = q_sum[keep] / counts[keep]
+    return Pattern(q_mean, mean, sigma, kind=kind, metadata={"source": "radial_average"}, **beam)

@@ -32,6 +32,7 @@ __all__ = [
     "S_MAX",
     "as_numbers",
     "compton_function",
+    "electron_energy_kev",
     "electron_form_factor",
     "electron_wavelength",
     "form_factor",
@@ -199,6 +200,18 @@ def electron_wavelength(energy_kev: float) -> float:
         raise ValueError(f"electron energy must be positive (keV), got {energy_kev}")
     hc_kev_angstrom = h * speed_of_light / electron_volt / 1e3 * 1e10
     return hc_kev_angstrom / np.sqrt(energy_kev * (energy_kev + 2 * _electron_rest_energy_kev()))
+
+
+def electron_energy_kev(wavelength_angstrom: float) -> float:
+    """Kinetic energy (keV) of electrons of relativistic de Broglie wavelength ``wavelength_angstrom`` (A), the inverse
+    of :func:`electron_wavelength`: E = sqrt((h c / lambda)^2 + (m c^2)^2) - m c^2."""
+    from scipy.constants import electron_volt, h, speed_of_light
+
+    if not wavelength_angstrom > 0:
+        raise ValueError(f"wavelength must be positive (A), got {wavelength_angstrom}")
+    pc = h * speed_of_light / electron_volt / 1e3 * 1e10 / wavelength_angstrom  # keV
+    rest = _electron_rest_energy_kev()
+    return float(pc**2 / (np.sqrt(pc**2 + rest**2) + rest))  # sqrt(pc^2 + mc^2^2) - mc^2, without cancellation
 
 
 def relativistic_factor(energy_kev: float) -> float:
