@@ -190,23 +190,29 @@ def test_pool_prepare_train_and_retrieve_with_priors(tmp_path, capsys):
     assert "not a prior" in capsys.readouterr().err
 
 
-def test_retrieve_detector_images(tmp_path, capsys):
-    # `xfit pattern --detector` writes an image that names its geometry and `xfit retrieve` reads it back as is; a
-    # stack with a mask file goes through --detector, --index and --q-max. The refinement path (--no-prior): the
-    # command line's plumbing, at a test's cost.
-    import jax
+def _image_of_perturbed_chd(tmp_path, detector, *extra) -> tuple:
+    """CHD 0.02 A per coordinate off the shipped structure, its image simulated by `xfit pattern --detector` on
+    ``detector`` (written as a PONI file) into image.h5: (the structure, the PONI path, the image path)."""
     from ase.io import read, write
 
     truth = read(DATA / "chd.xyz")
     truth.positions += 0.02 * np.random.default_rng(1).standard_normal(truth.positions.shape)
     write(tmp_path / "truth.xyz", truth)
-    detector = xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
     poni = detector.to_poni(tmp_path / "geometry.poni")
     image = tmp_path / "image.h5"
-    assert (
-        main(["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), "--photons", "1e10", "-o", str(image)])
-        == 0
-    )
+    assert main(["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), *extra, "-o", str(image)]) == 0
+    return truth, poni, image
+
+
+def test_retrieve_detector_images(tmp_path, capsys):
+    # `xfit pattern --detector` writes an image that names its geometry and `xfit retrieve` reads it back as is; a
+    # stack with a mask file goes through --detector, --index and --q-max. The refinement path (--no-prior): the
+    # command line's plumbing, at a test's cost.
+    import jax
+    from ase.io import read
+
+    detector = xfit.Detector.from_beam_center(distance_m=0.05, pixel_m=2.4e-3, shape=(40, 40), energy_kev=20.0)
+    truth, poni, image = _image_of_perturbed_chd(tmp_path, detector, "--photons", "1e10")
     fast = ["--atoms", str(DATA / "chd.xyz"), "--no-prior", "--starts", "2", "--steps", "200"]
     assert main(["retrieve", str(image), *fast, "-o", str(tmp_path / "one.xyz")]) == 0
     out = capsys.readouterr().out
@@ -257,16 +263,10 @@ def test_electron_detector_image_from_the_command_line(tmp_path, capsys):
     # An electron instrument's PONI file holds the electrons' wavelength: `xfit pattern --probe electron` simulates
     # the image there, records kind and probe in the file, and `xfit retrieve` reads all of it back.
     import h5py
-    from ase.io import read, write
+    from ase.io import read
 
-    truth = read(DATA / "chd.xyz")
-    truth.positions += 0.02 * np.random.default_rng(1).standard_normal(truth.positions.shape)
-    write(tmp_path / "truth.xyz", truth)
     ued = xfit.Detector.from_beam_center(distance_m=3.0, pixel_m=0.9e-3, shape=(40, 40), electron_energy_kev=3000.0)
-    poni = ued.to_poni(tmp_path / "ued.poni")
-    image = tmp_path / "ued.h5"
-    simulate = ["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), "--probe", "electron"]
-    assert main([*simulate, "--photons", "1e9", "-o", str(image)]) == 0
+    _, poni, image = _image_of_perturbed_chd(tmp_path, ued, "--probe", "electron", "--photons", "1e9")
     assert "(electrons of 3000 keV)" in capsys.readouterr().out
     with h5py.File(image) as f:
         assert (f.attrs["kind"], f.attrs["probe"]) == ("elastic", "electron")
@@ -275,5 +275,6 @@ def test_electron_detector_image_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "DetectorImage(40x40, elastic, electrons at 3000 keV, 1600 valid pixels" in out
     assert 0.5 < read(tmp_path / "ued.xyz").info["chi2_reduced"] < 1.5
+    simulate = ["pattern", str(tmp_path / "truth.xyz"), "--detector", str(poni), "--probe", "electron"]
     assert main([*simulate, "--energy-kev", "90", "-o", str(tmp_path / "x.h5")]) == 2
     assert "does not match" in capsys.readouterr().err
