@@ -111,13 +111,11 @@ _NOMINAL_KEV = 100.0
 
 @dataclasses.dataclass(frozen=True)
 class LikelihoodSpec:
-    """Everything static about the fit of a batch of patterns on one q grid (hashable: a jit static argument).
+    """Everything static about the fit of a batch of patterns (hashable: a jit static argument). Not the q grid: it
+    is the likelihood's run-time ``grid``, so that one compiled program serves every grid of the same length.
 
     Attributes:
         numbers: atomic numbers (n_atoms,).
-        q: momentum transfer q = 4 pi sin(theta)/lambda in 1/A, (n_q,), or None (what ``build_likelihood`` and
-            ``build_image_likelihood`` make): the grid is then the likelihood's ``grid``, run-time arrays, so that
-            one compiled program serves every grid of the same length (see :class:`Likelihood`).
         kind: the patterns' kind (one of Pattern's kinds).
         model_kind: the intensity the model computes ("total", "elastic", ...).
         fraction: fixed excitation fraction (difference kinds), or None to solve it.
@@ -136,7 +134,6 @@ class LikelihoodSpec:
     """
 
     numbers: tuple[int, ...]
-    q: tuple[float, ...] | None
     kind: str
     model_kind: str
     fraction: float | None
@@ -155,43 +152,42 @@ class LikelihoodSpec:
             return 1 + int(self.background)
         return 0 if self.fraction is not None else 1
 
-    def intensity(self, x, kind: str, grid: GridArrays | None = None):
+    def intensity(self, x, kind: str, grid: GridArrays):
         """IAM intensity (..., n_q) of ``kind`` for structures x (..., n_atoms, 3) in A, for this spec's probe, on
-        ``grid`` (q = 4 pi sin(theta)/lambda in 1/A), or on ``self.q`` without one.
+        ``grid`` (q = 4 pi sin(theta)/lambda in 1/A).
 
         Electrons without an energy: gamma = 1, i.e. the kernel at a nominal energy divided by its gamma^2 (both
         electron models carry the energy only in that factor; see module notes).
         """
-        numbers, q = np.asarray(self.numbers), np.asarray(self.q) if grid is None else grid
+        numbers = np.asarray(self.numbers)
         if self.probe == "xray":
-            return _iam.intensity(numbers, x, q, kind=kind)
+            return _iam.intensity(numbers, x, grid, kind=kind)
         energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
         out = _iam.intensity(
-            numbers, x, q, kind=kind, probe="electron", energy_kev=energy, electron_model=self.electron_model
+            numbers, x, grid, kind=kind, probe="electron", energy_kev=energy, electron_model=self.electron_model
         )
         if self.energy_kev is None:
             out = out / relativistic_factor(_NOMINAL_KEV) ** 2
         return out
 
-    def intensity_p2(self, x, grid: GridArrays | None = None):
+    def intensity_p2(self, x, grid: GridArrays):
         """P2 component I2 (..., n_q) of structures x (..., n_atoms, 3) in A photoselected along their own dipole
         (``xfit.physics._anisotropy``), for this spec's probe (electrons without an energy: gamma = 1, as in
-        ``intensity``), on ``grid`` or ``self.q``."""
-        numbers, q = np.asarray(self.numbers), np.asarray(self.q) if grid is None else grid
+        ``intensity``), on ``grid``."""
+        numbers = np.asarray(self.numbers)
         mu = _anisotropy.dipole_vector(self.dipole, x)
         if self.probe == "xray":
-            return _anisotropy.anisotropic_intensity(numbers, x, q, mu, kind="elastic")[1]
+            return _anisotropy.anisotropic_intensity(numbers, x, grid, mu, kind="elastic")[1]
         energy = _NOMINAL_KEV if self.energy_kev is None else self.energy_kev
         electron = {"probe": "electron", "energy_kev": energy, "electron_model": self.electron_model}
-        out = _anisotropy.anisotropic_intensity(numbers, x, q, mu, **electron)[1]
+        out = _anisotropy.anisotropic_intensity(numbers, x, grid, mu, **electron)[1]
         if self.energy_kev is None:
             out = out / relativistic_factor(_NOMINAL_KEV) ** 2
         return out
 
-    def modified(self, i_molecular, i_atomic, grid: GridArrays | None = None):
-        """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda (``grid``'s, or ``self.q``)."""
-        q = np.asarray(self.q) if grid is None else grid.q
-        return jnp.asarray(q, i_molecular.dtype) * i_molecular / i_atomic
+    def modified(self, i_molecular, i_atomic, grid: GridArrays):
+        """sM = q I_mol / I_at (..., n_q) in 1/A, q = 4 pi sin(theta)/lambda (``grid``'s)."""
+        return jnp.asarray(grid.q, i_molecular.dtype) * i_molecular / i_atomic
 
 
 def _weighted_lstsq(columns, y, w):
@@ -222,10 +218,10 @@ def _scaled_fit(columns, y, w, background: bool):
     return jnp.einsum("...k,...kq->...q", coef, columns), params
 
 
-def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels=None, grid: GridArrays | None = None):
+def model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, pixels, grid: GridArrays):
     """Model pattern and nuisance parameters for structures x (..., n_atoms, 3) against y, w = 1/sigma^2 (n_q,).
     grid: the q grid as run-time arrays (``Likelihood.grid``): patterns' grid, or for images every
-        ``IMAGE_STRIDE``-th point of their model's grid; None: ``spec.q``.
+        ``IMAGE_STRIDE``-th point of their model's grid.
 
     i_ref: the reference structure's ``spec.model_kind`` intensity (difference kinds; for "delta_sm", its molecular
     intensity), broadcastable to the model. pixels: for images (``spec.image``), the per-pixel factors (..., 3, N)
@@ -329,7 +325,7 @@ def _cubic(values, u):
     return sum(jnp.asarray(w, values.dtype) * values[..., k + (i - 1)] for i, w in enumerate(weights))
 
 
-def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, grid: GridArrays | None = None):
+def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, grid: GridArrays):
     """The anisotropic model [m0, m2] (..., 2 n_q) with one shared nuisance parameter (see module notes)."""
     i0 = spec.intensity(x, spec.model_kind, grid)
     i2 = spec.intensity_p2(x, grid)
@@ -337,7 +333,7 @@ def _joint_model_and_parameters(spec: LikelihoodSpec, x, y, w, i_ref, grid: Grid
     if spec.kind in ("sm", "delta_sm"):
         i_atomic = spec.intensity(x, "atomic", grid)
         i_atomic = jnp.concatenate([i_atomic, i_atomic], axis=-1)
-        q = jnp.asarray(np.asarray(spec.q) if grid is None else grid.q, both.dtype)
+        q = jnp.asarray(grid.q, both.dtype)
         q2 = jnp.concatenate([q, q])
         if spec.kind == "sm":
             both = q2 * both / i_atomic
@@ -370,7 +366,7 @@ class Likelihood:
             ``spec.model_kind`` (T, n_q), used by difference kinds.
         has_sigma: per pattern, whether sigma came with the data (else it was assumed, see ``weights``).
         pixels: detector images only, the per-pixel factors (T, 3, N) (see module notes); None for patterns.
-        grid: the q grid as run-time arrays (``GridArrays``; ``spec.q`` is then None). Patterns: their grid,
+        grid: the q grid as run-time arrays (``GridArrays``). Patterns: their grid,
             extended to a multiple of 16 points (``padded_grid``; each half of an I0 + P2 pair) whose extra points
             have y = 0 and w = 0. Images: every ``IMAGE_STRIDE``-th point of their model's uniform grid 0..q_max
             (module notes), whose values follow the detector while its length is fixed. Through ``jax.jit`` only the
@@ -386,8 +382,8 @@ class Likelihood:
     y: jax.Array
     w: jax.Array
     i_ref: jax.Array
+    grid: GridArrays
     pixels: jax.Array | None = None
-    grid: GridArrays | None = None
 
     @property
     def n_patterns(self) -> int:
@@ -397,8 +393,7 @@ class Likelihood:
     def n_model_q(self) -> int:
         """Points of the q grid the model is computed on per pattern (twice over for an I0 + P2 pair; for images,
         the grid the IAM is computed on, before the cubics fill in the rest)."""
-        n = len(self.grid) if self.grid is not None else np.size(self.spec.q)
-        return n * (1 if self.spec.dipole is None else 2)
+        return len(self.grid) * (1 if self.spec.dipole is None else 2)
 
     @property
     def dof(self) -> int:
@@ -433,13 +428,8 @@ class Likelihood:
         if self.spec.image:  # pixels hold |q_p| in units of the model grid's step, a 1/IMAGE_STRIDE of the grid's
             step = (self.grid.q[1] - self.grid.q[0]) / IMAGE_STRIDE
             return self.pixels[:, 0, :] * jnp.asarray(step, self.y.dtype)
-        if self.grid is not None:
-            q = jnp.asarray(self.grid.q, self.y.dtype)
-            return jnp.broadcast_to(q if self.spec.dipole is None else jnp.concatenate([q, q]), self.y.shape)
-        q = np.asarray(self.spec.q)
-        if self.spec.dipole is not None:
-            q = np.concatenate([q, q])
-        return jnp.broadcast_to(jnp.asarray(q, self.y.dtype), self.y.shape)
+        q = jnp.asarray(self.grid.q, self.y.dtype)
+        return jnp.broadcast_to(q if self.spec.dipole is None else jnp.concatenate([q, q]), self.y.shape)
 
     def tempered(self, blur, sensitivity=None):
         """The likelihood as seen by a structure whose every atom is uncertain by ``blur`` A per coordinate (a
@@ -481,7 +471,7 @@ class Likelihood:
         index = np.arange(self.n_patterns)[index].reshape(-1)
         has = tuple(self.has_sigma[k] for k in index)
         pixels = None if self.pixels is None else self.pixels[index]
-        return Likelihood(self.spec, has, self.y[index], self.w[index], self.i_ref[index], pixels, self.grid)
+        return Likelihood(self.spec, has, self.y[index], self.w[index], self.i_ref[index], self.grid, pixels)
 
     def row(self, t: int) -> tuple:
         """(y, w, i_ref, pixels) of pattern t, the arguments of ``model_and_parameters`` after the structure (then
@@ -491,8 +481,8 @@ class Likelihood:
     def astype(self, dtype) -> Likelihood:
         pixels = None if self.pixels is None else jnp.asarray(self.pixels, dtype)
         arrays = (jnp.asarray(a, dtype) for a in (self.y, self.w, self.i_ref))
-        grid = None if self.grid is None else jax.tree.map(lambda a: jnp.asarray(a, dtype), self.grid)
-        return Likelihood(self.spec, self.has_sigma, *arrays, pixels, grid)
+        grid = jax.tree.map(lambda a: jnp.asarray(a, dtype), self.grid)
+        return Likelihood(self.spec, self.has_sigma, *arrays, grid, pixels)
 
 
 def weights(pattern: Pattern, relative_sigma: float, sm_scale: float = 1.0) -> tuple[np.ndarray, bool]:
@@ -571,7 +561,6 @@ def build_likelihood(
     kind = first.kind
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=None,
         kind=kind,
         model_kind=model_kind_for(kind, model_kind, first.probe),
         fraction=None if isinstance(fraction, tuple) else fraction,
@@ -662,12 +651,11 @@ def build_image_likelihood(
         raise ValueError(
             f"n_grid must be 1 + a multiple of {IMAGE_STRIDE} and at least {4 * IMAGE_STRIDE}, not {n_grid}"
         )
-    grid = image_grid(images, n_grid)
-    dq = grid[1] - grid[0]
-    coarse = grid[::IMAGE_STRIDE]  # where the IAM is computed (the last point included: see n_grid)
+    model_grid = image_grid(images, n_grid)
+    dq = model_grid[1] - model_grid[0]
+    coarse = model_grid[::IMAGE_STRIDE]  # where the IAM is computed (the last point included: see n_grid)
     spec = LikelihoodSpec(
         numbers=tuple(int(z) for z in numbers),
-        q=None,
         kind=images[0].kind,
         model_kind=images[0].kind,
         fraction=None,
@@ -689,6 +677,6 @@ def build_image_likelihood(
         pixels[t, :, :m] = factors["q"] / dq, factors["weight"], factors["p2"]
         has.append(bool(given))
     with jax.enable_x64(dtype == jnp.float64):
-        arrays = [jnp.asarray(a, dtype) for a in (y, w, np.zeros_like(y), pixels)]
-        grid_arrays = GridArrays(*(jnp.asarray(a, dtype) for a in (coarse, *blocks_of(coarse))))
-        return Likelihood(spec, tuple(has), *arrays, grid=grid_arrays)
+        y, w, i_ref, pixels = (jnp.asarray(a, dtype) for a in (y, w, np.zeros_like(y), pixels))
+        grid = GridArrays(*(jnp.asarray(a, dtype) for a in (coarse, *blocks_of(coarse))))
+        return Likelihood(spec, tuple(has), y, w, i_ref, grid, pixels)
