@@ -252,9 +252,7 @@ def load_images(
         that is not the detector's, a mask of another shape, no geometry).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    frames, extras, attrs = _read_image_arrays(path, dataset)
+    frames, extras, attrs = _read_image_arrays(path, dataset)  # FileNotFoundError when it is not there
     poni = attrs.get("poni")
     kind = attrs.get("kind") if kind is None else kind
     probe = attrs.get("probe", "xray") if probe is None else probe

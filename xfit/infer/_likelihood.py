@@ -73,7 +73,7 @@ import numpy as np
 from xfit.data._pattern import Pattern
 from xfit.physics import _anisotropy, _iam
 from xfit.physics._elements import relativistic_factor
-from xfit.physics._qgrid import GridArrays, blocks_of, padded_grid
+from xfit.physics._qgrid import GridArrays, padded_grid
 
 __all__ = [
     "DIFFERENCE_KINDS",
@@ -678,5 +678,4 @@ def build_image_likelihood(
         has.append(bool(given))
     with jax.enable_x64(dtype == jnp.float64):
         y, w, i_ref, pixels = (jnp.asarray(a, dtype) for a in (y, w, np.zeros_like(y), pixels))
-        grid = GridArrays(*(jnp.asarray(a, dtype) for a in (coarse, *blocks_of(coarse))))
-        return Likelihood(spec, tuple(has), y, w, i_ref, grid, pixels)
+        return Likelihood(spec, tuple(has), y, w, i_ref, GridArrays.of(coarse), pixels)

@@ -106,6 +106,12 @@ class GridArrays:
     def __len__(self) -> int:
         return self.q.shape[0]
 
+    @classmethod
+    def of(cls, q: np.ndarray) -> GridArrays:
+        """The concrete grid q (n,) in 1/A with its blocks read on the host (:func:`blocks_of`), float64."""
+        values = np.asarray(q, np.float64)
+        return cls(values, *blocks_of(values))
+
 
 def padded_grid(q: np.ndarray, multiple: int = GRID_MULTIPLE) -> tuple[GridArrays, int]:
     """The grid q (n,) in 1/A (q = 4 pi sin(theta)/lambda) as :class:`GridArrays` of n_pad >= n points, n_pad the
@@ -121,7 +127,7 @@ def padded_grid(q: np.ndarray, multiple: int = GRID_MULTIPLE) -> tuple[GridArray
         padded = np.concatenate([values, values[0] + step * np.arange(n, n_pad)])
     else:
         padded = np.concatenate([values, np.full(n_pad - n, values[-1])])
-    return GridArrays(padded, *blocks_of(padded)), n
+    return GridArrays.of(padded), n
 
 
 @jax.tree_util.register_static
