@@ -35,7 +35,10 @@ def test_rmsd_is_zero_under_rigid_motion_and_reflection(nmm):
     mirror = nmm.copy()
     mirror.positions = nmm.positions * [1, 1, -1]
     assert xfit.rmsd(nmm, mirror) == pytest.approx(0.0, abs=1e-10)
-    assert xfit.rmsd(nmm, mirror, allow_reflection=False) > 0.1  # NMM is not planar: its mirror image differs
+    # NMM is not planar, so its mirror image differs as labelled; it is mirror-symmetric, so the mirror image is NMM
+    # with its ring read the other way round, which the graph symmetry allows.
+    assert xfit.rmsd(nmm, mirror, allow_reflection=False, permute_equivalent=False) > 0.1
+    assert xfit.rmsd(nmm, mirror, allow_reflection=False) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_rmsd_permutes_equivalent_hydrogens(nmm):
@@ -48,6 +51,52 @@ def test_rmsd_permutes_equivalent_hydrogens(nmm):
     swapped.positions = nmm.positions[order]
     assert xfit.rmsd(nmm, swapped) == pytest.approx(0.0, abs=1e-8)
     assert xfit.rmsd(nmm, swapped, permute_equivalent=False) > 0.5
+
+
+def test_rmsd_allows_the_ring_read_the_other_way_round(chd):
+    """A distorted CHD relabelled by its ring reversal (C1 <-> C6, C2 <-> C5, C3 <-> C4, the hydrogens with their
+    carbons) scatters alike and is the same structure; as labelled it is not. ``relabelled`` finds the labels back."""
+    from xfit.chem._graph import MoleculeGraph
+
+    skeleton = MoleculeGraph.from_atoms(chd).skeleton_automorphisms
+    assert skeleton.shape == (2, 14)
+    np.testing.assert_array_equal(skeleton[1, :6], [5, 4, 3, 2, 1, 0])
+    distorted = chd.copy()
+    distorted.positions += 0.08 * np.random.default_rng(3).standard_normal(chd.positions.shape)
+    reversed_ = distorted[skeleton[1].tolist()]
+    q = np.linspace(0.5, 8.0, 40)
+    np.testing.assert_allclose(xfit.scattering(reversed_, q), xfit.scattering(distorted, q), rtol=1e-12)
+    assert xfit.rmsd(distorted, reversed_, heavy_only=True, permute_equivalent=False) > 0.05
+    assert xfit.rmsd(distorted, reversed_, heavy_only=True) == pytest.approx(0.0, abs=1e-10)
+    assert xfit.rmsd(distorted, reversed_) == pytest.approx(0.0, abs=1e-10)
+    np.testing.assert_allclose(xfit.relabelled(reversed_, distorted).positions, distorted.positions)
+
+
+def test_skeleton_automorphisms_stay_few_where_methyl_groups_multiply_the_automorphisms():
+    """Neopentane, C(CH3)4: 24 x 6^4 = 31,104 automorphisms, far past ``automorphisms``' limit of 256; its 24
+    skeleton automorphisms (the methyl groups permuted) are each a graph automorphism, and two methyl groups swapped,
+    with a methyl's hydrogens turned, are found again."""
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.chem._molecules import molecule
+
+    atoms = molecule("CC(C)(C)C", forcefield="mmff")
+    graph = MoleculeGraph.from_atoms(atoms)
+    skeleton = graph.skeleton_automorphisms
+    assert len(skeleton) == 24 and len(np.unique(skeleton, axis=0)) == 24
+    bonded = {tuple(sorted(b)) for b in graph.bonds.tolist()}
+    for perm in skeleton:
+        assert np.array_equal(graph.numbers[perm], graph.numbers)
+        assert {tuple(sorted((int(perm[i]), int(perm[j])))) for i, j in bonded} == bonded
+    distorted = atoms.copy()
+    distorted.positions += 0.05 * np.random.default_rng(0).standard_normal(atoms.positions.shape)
+    methyls = [g for g in graph.equivalent_groups if len(g) == 3]
+    carbons = [next(iter(graph.neighbours()[g[0]])) for g in methyls[:2]]
+    order = np.arange(len(atoms))
+    order[carbons] = carbons[::-1]
+    order[methyls[0]], order[methyls[1]] = np.roll(methyls[1], 1), methyls[0]
+    swapped = distorted[order.tolist()]
+    assert xfit.rmsd(distorted, swapped, permute_equivalent=False) > 0.5
+    assert xfit.rmsd(distorted, swapped) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_rmsd_heavy_only_and_known_value(chd):
@@ -306,6 +355,42 @@ def test_default_call_samples_the_posterior_where_the_shipped_prior_fits(chd):
     assert result.samples.shape[1:] == (len(chd), 3) and np.isclose(result.modes.sum(), 1.0)
     assert xfit.rmsd(result.atoms, chd, heavy_only=True) < 0.1
     assert 0 < result.uncertainty.distance(0, 5) < 0.15
+
+
+def test_posterior_result_carries_the_labels_of_the_starting_structure():
+    """The pattern and the prior cannot tell CHD's ring read one way from the other, so the result's labels are the
+    retrieval's choice: of the two, the one closer to the starting structure, whichever way round that is given,
+    with the chosen mode's samples under the same labels."""
+    from xfit.chem import _sampling
+    from xfit.chem._forcefield import calculator, hessian
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.chem._molecules import molecule
+
+    chd = molecule("CHD", forcefield="mmff")
+    graph = MoleculeGraph.from_atoms(chd)
+    reverse = graph.skeleton_automorphisms[1].tolist()
+    # A hot (1000 K Wigner) CHD, bonded as CHD, whose two labellings lie > 0.15 A apart: its ends differ.
+    modes = _sampling.normal_modes(chd, hessian(chd, calculator(chd, "mmff")))
+    draws = np.asarray(_sampling.wigner(jax.random.key(1), modes, 64, temperature=1000.0))
+    truth = next(
+        a
+        for a in (Atoms(chd.numbers, x) for x in draws)
+        if np.array_equal(MoleculeGraph.from_atoms(a).bonds, graph.bonds)
+        and xfit.rmsd(a, a[reverse], heavy_only=True, permute_equivalent=False) > 0.15
+    )
+    pattern = xfit.Pattern(Q, xfit.scattering(truth, Q)).with_noise(jax.random.key(6), relative=1e-3)
+    # No particle grows from the start (n_local=0): every one is a prior draw, of either labelling.
+    strategy = xfit.Posterior(xfit.load_conformer_prior(), n_local=0)
+    for start in (truth, truth[reverse]):
+        result = xfit.retrieve(pattern, start, strategy=strategy)
+        assert result.info["method"] == "posterior"
+        assert xfit.rmsd(result.atoms, truth, heavy_only=True) < 0.15
+        as_given = xfit.rmsd(result.atoms, start, heavy_only=True, permute_equivalent=False)
+        assert as_given <= xfit.rmsd(result.atoms[reverse], start, heavy_only=True, permute_equivalent=False)
+        chosen = result.sample_modes == 0
+        w = result.sample_weights[chosen] / result.sample_weights[chosen].sum()
+        mean = Atoms(chd.numbers, np.einsum("s,sij->ij", w, result.samples[chosen]))
+        assert xfit.rmsd(mean, result.atoms, heavy_only=True, permute_equivalent=False) < 0.05
 
 
 def test_default_call_falls_back_to_refinement_with_a_warning_elsewhere():

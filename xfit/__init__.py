@@ -7,6 +7,7 @@ positions in A, structures as ``ase.Atoms``.
 from xfit.chem._graph import MoleculeGraph as MoleculeGraph
 from xfit.chem._metrics import dihedral as dihedral
 from xfit.chem._metrics import puckering_amplitude as puckering_amplitude
+from xfit.chem._metrics import relabelled as relabelled
 from xfit.chem._metrics import rmsd as rmsd
 from xfit.chem._molecules import bonds as bonds
 from xfit.chem._molecules import molecule as molecule
@@ -126,6 +127,7 @@ __all__ = [
     "puckering_amplitude",
     "radial_average",
     "read_structures",
+    "relabelled",
     "retrieve",
     "rmsd",
     "save_patterns",

@@ -135,6 +135,15 @@ class MoleculeGraph:
                 groups.setdefault((next(iter(nb)), int(self.numbers[k])), []).append(k)
         return [sorted(g) for g in groups.values() if len(g) > 1]
 
+    @functools.cached_property
+    def skeleton_automorphisms(self) -> np.ndarray:
+        """The automorphisms up to relabelling within ``equivalent_groups``: permutations (n_perm, n_atoms), the
+        identity first, one for each distinct map of the other atoms (the skeleton) onto itself, each carrying the
+        terminal atoms of a group along with their neighbour (in index order). CHD, NMM and DT have two each: the
+        ring read the other way round. Unlike ``automorphisms`` this stays small for molecules of many methyl
+        groups, so that :func:`xfit.rmsd` can try every one and settle each group's labels by assignment."""
+        return _skeleton_automorphisms(self)
+
     def _rdkit(self):
         """An RDKit molecule of elements and single bonds only: the bond graph, whatever the bond orders."""
         from rdkit import Chem
@@ -172,5 +181,52 @@ def _automorphisms(graph: MoleculeGraph, limit: int) -> np.ndarray:
     identity = tuple(range(len(graph)))
     perms = [identity] + [m for m in matches if m != identity]
     out = np.asarray(perms[:limit], np.int32)
+    out.setflags(write=False)
+    return out
+
+
+SKELETON_LIMIT = 1024
+"""At most this many skeleton automorphisms are enumerated (RDKit's order)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton_automorphisms(graph: MoleculeGraph) -> np.ndarray:
+    from rdkit import Chem
+
+    grouped = {k: (group, int(graph.numbers[k])) for group in graph.equivalent_groups for k in group}
+    neighbours = graph.neighbours()
+    core = [k for k in range(len(graph)) if k not in grouped]
+    # Each skeleton atom labelled by the groups it carries (elements and sizes), through the isotope field, which
+    # RDKit's substructure match compares: a CH2 may then map only onto a CH2, never onto a CH.
+    carried: dict[int, list[list[int]]] = {k: [] for k in core}
+    for group in graph.equivalent_groups:
+        carried[next(iter(neighbours[group[0]]))].append(group)
+    signature = {k: tuple(sorted((int(graph.numbers[g[0]]), len(g)) for g in carried[k])) for k in core}
+    label = {sig: i + 1 for i, sig in enumerate(sorted(set(signature.values())))}
+    index = {k: i for i, k in enumerate(core)}
+    mol = Chem.RWMol()
+    for k in core:
+        atom = Chem.Atom(int(graph.numbers[k]))
+        atom.SetNoImplicit(True)
+        atom.SetIsotope(label[signature[k]])
+        mol.AddAtom(atom)
+    for a, b in graph.bonds:
+        if int(a) in index and int(b) in index:
+            mol.AddBond(index[int(a)], index[int(b)], Chem.BondType.SINGLE)
+    mol = mol.GetMol()
+    mol.UpdatePropertyCache(strict=False)
+    matches = mol.GetSubstructMatches(mol, uniquify=False, useChirality=False, maxMatches=SKELETON_LIMIT)
+    identity = tuple(range(len(core)))
+    perms = []
+    for match in [identity] + [m for m in matches if m != identity]:
+        perm = np.arange(len(graph))
+        for i, k in enumerate(core):
+            image = core[match[i]]
+            perm[k] = image
+            by_element = {int(graph.numbers[g[0]]): g for g in carried[image]}
+            for group in carried[k]:  # onto the image's group of the same element (and so the same size)
+                perm[group] = by_element[int(graph.numbers[group[0]])]
+        perms.append(perm)
+    out = np.asarray(perms, np.int32)
     out.setflags(write=False)
     return out

@@ -1,8 +1,10 @@
-"""Structure comparison: RMSD after optimal superposition, with reflection and equivalent-atom permutations.
+"""Structure comparison: RMSD after optimal superposition, with reflection and the molecule's graph symmetry.
 
-An isotropic scattering pattern is the same for a structure and its mirror image and cannot tell chemically
-equivalent atoms apart (the hydrogens of one methyl group, say), so accuracy is judged after the best rotation,
-translation, optional reflection and the best relabelling of equivalent atoms.
+An isotropic scattering pattern is the same for a structure and its mirror image, and the same for any relabelling
+of its atoms that maps the bond graph onto itself: the hydrogens of one methyl group, and CHD's ring read the other
+way round (C1 <-> C6, C2 <-> C5, C3 <-> C4). So accuracy is judged after the best rotation, translation, optional
+reflection and the best such relabelling: the symmetry-corrected RMSD of docking and conformer benchmarks (as
+RDKit's ``GetBestRMS`` and spyrmsd compute it), with reflection allowed as well.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import itertools
 import numpy as np
 from ase import Atoms
 
-__all__ = ["dihedral", "equivalent_groups", "kabsch", "puckering_amplitude", "rmsd"]
+__all__ = ["dihedral", "equivalent_groups", "kabsch", "puckering_amplitude", "relabelled", "rmsd"]
 
 
 def kabsch(a: np.ndarray, b: np.ndarray, *, allow_reflection: bool) -> tuple[np.ndarray, float]:
@@ -69,12 +71,28 @@ def rmsd(
         a, b: structures with the same atoms in the same order.
         heavy_only: compare only non-hydrogen atoms (the superposition is fitted on them too).
         allow_reflection: allow mirror images (the default: isotropic patterns cannot tell them apart).
-        permute_equivalent: allow relabelling equivalent terminal atoms (see :func:`equivalent_groups`), found by
-            alternating superposition and assignment until it no longer improves.
+        permute_equivalent: allow relabelling ``b``'s atoms by the molecule's graph automorphisms: each of its
+            skeleton automorphisms (``MoleculeGraph.skeleton_automorphisms``: CHD's ring reversal, say) is tried,
+            and within it equivalent terminal atoms (see :func:`equivalent_groups`) by alternating superposition
+            and assignment until it no longer improves. ``False`` compares the atoms as labelled.
 
     Raises:
         ValueError: different atoms, or nothing to compare.
     """
+    return _best_superposition(a, b, heavy_only, allow_reflection, permute_equivalent)[0]
+
+
+def relabelled(b: Atoms, like: Atoms, *, heavy_only: bool = False, allow_reflection: bool = True) -> Atoms:
+    """``b`` under the relabelling by the molecule's graph automorphisms that brings it closest to ``like`` (the one
+    :func:`rmsd` finds), positions unchanged, so that per-atom quantities of the two (a distance i-j, a torsion)
+    refer to the same atoms: e.g. a true structure relabelled like a retrieved one, whose labels the pattern did not
+    fix (CHD's ring read either way scatters alike). Raises as :func:`rmsd`."""
+    order = _best_superposition(like, b, heavy_only, allow_reflection, True)[1]
+    return b[order.tolist()]
+
+
+def _best_superposition(a: Atoms, b: Atoms, heavy_only: bool, allow_reflection: bool, permute_equivalent: bool):
+    """(RMSD in A, relabelling order (n,) of b) of :func:`rmsd`."""
     if len(a) != len(b) or not np.array_equal(a.numbers, b.numbers):
         raise ValueError(
             f"structures differ: {a.get_chemical_formula()} ({len(a)} atoms) vs "
@@ -85,21 +103,30 @@ def rmsd(
         raise ValueError("no atoms to compare (heavy_only=True on a molecule with only hydrogen)")
     pa = a.positions - a.positions[mask].mean(axis=0)
     pb = b.positions - b.positions[mask].mean(axis=0)
-    groups = equivalent_groups(a) if permute_equivalent else []
-    groups = [g for g in groups if mask[g].all()]
-    best = np.inf
-    for mirror in (False, True) if allow_reflection else (False,):
-        qb = pb * np.array([1.0, 1.0, -1.0]) if mirror else pb
-        order = np.arange(len(a))
-        previous = np.inf
-        for _ in range(10):
-            rotation, value = kabsch(pa[mask], qb[order][mask], allow_reflection=False)
-            if not groups or value >= previous - 1e-12:
-                break
-            previous = value
-            order = _best_permutation(pa, qb @ rotation, groups)
-        best = min(best, value, previous)
-    return best
+    if permute_equivalent:
+        from xfit.chem._graph import MoleculeGraph
+
+        graph = MoleculeGraph.from_atoms(a)
+        groups = [g for g in graph.equivalent_groups if mask[g].all()]
+        skeleton = graph.skeleton_automorphisms
+    else:
+        groups, skeleton = [], np.arange(len(a))[None]
+    best, best_order = np.inf, np.arange(len(a))
+    for relabel in skeleton:
+        for mirror in (False, True) if allow_reflection else (False,):
+            qb = pb[relabel] * np.array([1.0, 1.0, -1.0]) if mirror else pb[relabel]
+            order = np.arange(len(a))
+            for _ in range(10):  # alternate superposition and assignment within the groups while it improves
+                rotation, value = kabsch(pa[mask], qb[order][mask], allow_reflection=False)
+                if value < best - 1e-12:
+                    best, best_order = value, relabel[order]
+                if not groups:
+                    break
+                new = _best_permutation(pa, qb @ rotation, groups)
+                if np.array_equal(new, order):
+                    break
+                order = new
+    return best, best_order
 
 
 def dihedral(positions: np.ndarray, i: int, j: int, k: int, m: int) -> float | np.ndarray:

@@ -347,10 +347,25 @@ def _summarise_sample_ensemble(problem: Problem, ensemble: Ensemble, info: dict)
         heavy = problem.molecule.heavy
         starts = np.stack([_relax_start(m, ensemble.particle[t], heavy) for t, m in enumerate(modes)])
         structures = _relaxed(ensemble.relax, starts, heavy)
-    return [
-        _summarise_samples(problem, ensemble, t, info, m, x)
-        for t, (m, x) in enumerate(zip(modes, structures, strict=True))
-    ]
+    labelled = [_labelled_like_start(problem, m, x) for m, x in zip(modes, structures, strict=True)]
+    return [_summarise_samples(problem, ensemble, t, info, m, x) for t, (m, x) in enumerate(labelled)]
+
+
+def _labelled_like_start(problem: Problem, modes: _Modes, best: np.ndarray) -> tuple[_Modes, np.ndarray]:
+    """The structure ``best`` (n, 3) and its mode's samples and mean under the labelling of ``best`` closest to the
+    starting structure's (:func:`closest_labelling`). Each mode's seed was so labelled already; the structure, a
+    relaxed mean, can lie nearer the other labelling where the two are close."""
+    molecule = problem.molecule
+    order = closest_labelling(
+        best, problem.atoms.positions, molecule.heavy, molecule.skeleton_automorphisms, molecule.automorphisms()
+    )
+    if np.array_equal(order, np.arange(len(order))):
+        return modes, best
+    aligned = modes.aligned.copy()
+    chosen = modes.sample_modes == 0
+    aligned[chosen] = aligned[chosen][:, order]
+    means = [modes.means[0][order], *modes.means[1:]]
+    return dataclasses.replace(modes, aligned=aligned, means=means), best[order]
 
 
 @jax.jit
@@ -486,6 +501,21 @@ def match_labels(aligned: np.ndarray, target: np.ndarray, perms: np.ndarray) -> 
     return perms[np.argmin(cost, axis=1)]
 
 
+def closest_labelling(x: np.ndarray, reference: np.ndarray, heavy: np.ndarray, skeleton: np.ndarray, perms):
+    """The relabelling (n,) of structure x (n, 3) by a graph automorphism that brings it closest to ``reference``
+    (n, 3), ``x[order]`` being the relabelled structure: the skeleton automorphism (skeleton (K, n),
+    ``MoleculeGraph.skeleton_automorphisms``) of least heavy-atom RMSD after superposition, reflection allowed, then
+    the labels of equivalent atoms (perms (P, n), ``automorphisms``) of least all-atom distance. A pattern and the
+    prior cannot tell these labellings apart (CHD's ring read either way scatters alike), so without this the labels
+    of a retrieved structure would be those of whichever prior draw its mode grew from; with it they follow the
+    user's starting structure (a time series' previous frame, say)."""
+    aligned, rmsd = batch_kabsch(x[skeleton], reference, heavy)
+    k = int(np.argmin(rmsd))
+    if len(perms) <= 1:
+        return skeleton[k]
+    return skeleton[k][match_labels(aligned[k][None], reference - reference[heavy].mean(axis=0), perms)[0]]
+
+
 def batch_rmsd(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     """Heavy-atom RMSD (S,) in A of structures x (S, n, 3) from target (n, 3), reflection allowed."""
     return batch_kabsch(x, target, heavy)[1]
@@ -568,13 +598,15 @@ def _sample_modes(problem: Problem, ensemble: Ensemble, t: int, info: dict) -> _
     sample_modes = labels[particle]
     total = ensemble.chi2_data[t] + ensemble.penalty[t]
 
-    perms = problem.molecule.automorphisms()
+    perms, skeleton = problem.molecule.automorphisms(), problem.molecule.skeleton_automorphisms
     aligned = np.empty_like(x)
     means, chi2 = [], []
     for m, seed in enumerate(seeds):
         members = sample_modes == m
-        a, _ = batch_kabsch(x[members], optima[seed], heavy)
-        target = optima[seed] - optima[seed][heavy].mean(axis=0)  # the frame batch_kabsch aligns into
+        # Each mode under the labels closest to the starting structure's (its samples follow its seed's below).
+        seed_x = optima[seed][closest_labelling(optima[seed], problem.atoms.positions, heavy, skeleton, perms)]
+        a, _ = batch_kabsch(x[members], seed_x, heavy)
+        target = seed_x - seed_x[heavy].mean(axis=0)  # the frame batch_kabsch aligns into
         if len(perms) > 1:
             a = np.take_along_axis(a, match_labels(a, target, perms)[..., None], axis=1)
         aligned[members] = a
