@@ -189,11 +189,10 @@ SKELETON_LIMIT = 1024
 """At most this many skeleton automorphisms are enumerated (RDKit's order)."""
 
 
-@functools.lru_cache(maxsize=64)
 def _skeleton_automorphisms(graph: MoleculeGraph) -> np.ndarray:
     from rdkit import Chem
 
-    grouped = {k: (group, int(graph.numbers[k])) for group in graph.equivalent_groups for k in group}
+    grouped = {k for group in graph.equivalent_groups for k in group}
     neighbours = graph.neighbours()
     core = [k for k in range(len(graph)) if k not in grouped]
     # Each skeleton atom labelled by the groups it carries (elements and sizes), through the isotope field, which
