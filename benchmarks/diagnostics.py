@@ -28,6 +28,9 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     python benchmarks/diagnostics.py ranking --pools chd_excited_seed12.h5 --experts conformer,prior_a,prior_b
     # do a prior's own draws depend on the number of annealing levels? (one density at every level: they should not)
     python benchmarks/diagnostics.py levels --priors conformer,my_prior
+    # which labelling: the result against the truth as labelled and with CHD's ring read either way; modes that are
+    # mode 0 under the other labelling (PYTHONPATH=<another checkout> measures that checkout's xfit)
+    python benchmarks/diagnostics.py labelling --stride 4 --kind xray
 
 Shared frames: ../shared/reference (validation only, as in ``benchmarks/posterior.py``).
 """
@@ -814,6 +817,45 @@ def quantiles(args) -> None:
             )
 
 
+def labelling(args) -> None:
+    """The default call on every ``stride``-th shared frame: carbon RMSD as labelled and allowing the molecule's
+    graph symmetry (CHD's ring read the other way round), on how many frames the other labelling of the result lies
+    closer to the truth, and how many results hold a mode of mass > 0.01 that is mode 0 under the other labelling
+    (carbon RMSD to mode 0 < 0.1 A with the relabelling, > 0.15 A without). Written for xfit >= 2026-12-07; with
+    ``PYTHONPATH`` at an older checkout its retrieval runs and this file's scoring (the graph symmetry enumerated
+    here, as ``MoleculeGraph.skeleton_automorphisms`` does) measures it."""
+    import xfit
+    from xfit.chem._graph import MoleculeGraph
+
+    frames = load_frames(args.stride, None)
+    start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+    results = xfit.retrieve(patterns_of(frames, args.kind), start)
+    reverse = [list(p) for p in MoleculeGraph.from_atoms(start).automorphisms() if list(p[:6]) == [5, 4, 3, 2, 1, 0]]
+
+    def carbons(a, b, symmetric: bool) -> float:
+        same = xfit.rmsd(a, b, heavy_only=True, permute_equivalent=False)
+        return min(same, xfit.rmsd(a[reverse[0]], b, heavy_only=True, permute_equivalent=False)) if symmetric else same
+
+    labelled, either, duplicates = [], [], 0
+    for r, (_, truth) in zip(results, frames, strict=True):
+        labelled.append(carbons(r.atoms, truth, False))
+        either.append(carbons(r.atoms, truth, True))
+        duplicates += any(
+            mass > 0.01 and carbons(c, r.candidates[0], True) < 0.1 and carbons(c, r.candidates[0], False) > 0.15
+            for mass, c in zip(r.modes[1:], r.candidates[1:], strict=True)
+        )
+    labelled, either = np.array(labelled), np.array(either)
+    closed = np.array([t.get_distance(0, 5) <= 2.3 for _, t in frames])
+    print(f"{args.kind}, {len(frames)} frames (stride {args.stride}), xfit at {Path(xfit.__file__).parents[1]}")
+    print(f"  other labelling closer to the truth on {np.sum(either < labelled - 1e-9)} of {len(frames)} frames")
+    for name, m in (("all", np.ones_like(closed)), ("near-closed", closed), ("opened", ~closed)):
+        print(
+            f"  {name:<11} ({m.sum():>3}): carbon RMSD median as labelled {np.median(labelled[m]):.4f} A, "
+            f"either labelling {np.median(either[m]):.4f} A"
+        )
+    print(f"  results with a mode (mass > 0.01) that is mode 0 under the other labelling: {duplicates}")
+
+
 def paired(args) -> None:
     """Two runs of ``posterior.py`` (or ``ued.py``: ``--section sm``) compared frame by frame from their JSON files:
     medians, the fraction of frames the second run has closer to the truth (carbon RMSD by more than 1e-3 A) and
@@ -901,6 +943,9 @@ def main(argv=None) -> int:
     qua.add_argument("--priors", default="conformer", help="comma-separated prior folders or shipped names")
     qua.add_argument("--draws", type=int, default=2000, help="structures per molecule, pools and each prior")
     qua.add_argument("--seed", type=int, default=0)
+    lab = sub.add_parser("labelling", help="the result as labelled and with CHD's ring read either way; split modes")
+    lab.add_argument("--stride", type=int, default=4)
+    lab.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
     par = sub.add_parser("paired", help="two posterior.py (or ued.py) JSON files compared frame by frame")
     par.add_argument("first", type=Path)
     par.add_argument("second", type=Path)
@@ -934,6 +979,7 @@ def main(argv=None) -> int:
             "levels": levels,
             "quantiles": quantiles,
             "paired": paired,
+            "labelling": labelling,
         }
         commands[args.command](args)
     return 0
