@@ -830,11 +830,12 @@ def labelling(args) -> None:
     frames = load_frames(args.stride, None)
     start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
     results = xfit.retrieve(patterns_of(frames, args.kind), start)
-    reverse = [list(p) for p in MoleculeGraph.from_atoms(start).automorphisms() if list(p[:6]) == [5, 4, 3, 2, 1, 0]]
+    automorphisms = MoleculeGraph.from_atoms(start).automorphisms()
+    reverse = next(list(p) for p in automorphisms if list(p[:6]) == [5, 4, 3, 2, 1, 0])
 
     def carbons(a, b, symmetric: bool) -> float:
         same = xfit.rmsd(a, b, heavy_only=True, permute_equivalent=False)
-        return min(same, xfit.rmsd(a[reverse[0]], b, heavy_only=True, permute_equivalent=False)) if symmetric else same
+        return min(same, xfit.rmsd(a[reverse], b, heavy_only=True, permute_equivalent=False)) if symmetric else same
 
     labelled, either, duplicates = [], [], 0
     for r, (_, truth) in zip(results, frames, strict=True):

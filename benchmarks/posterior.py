@@ -189,7 +189,7 @@ def score(results, frames) -> dict:
 
 def summarise(rows) -> dict:
     c = np.array([r["carbon_rmsd"] for r in rows])
-    labelled = np.array([r.get("carbon_rmsd_as_labelled", np.nan) for r in rows])
+    labelled = np.array([r["carbon_rmsd_as_labelled"] for r in rows])
     closed = np.array([r["c1c6_true"] <= 2.3 for r in rows])
     z = np.array([r["z"] for r in rows])
     zt, zc = (np.array([r[k] for r in rows]) for k in ("torsion_z", "torsion_z_chosen_mode"))
