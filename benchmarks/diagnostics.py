@@ -169,7 +169,10 @@ def structure(args) -> None:
     for t in range(problem.n_patterns):
         w = ensemble.weights[t] / ensemble.weights[t].sum()
         mass = np.bincount(ensemble.particle[t], weights=w, minlength=ensemble.optima.shape[1])
-        seeds = cluster_modes(ensemble.optima[t], mass, problem.molecule.heavy, ensemble.info["mode_radius"])[2]
+        molecule = problem.molecule
+        seeds = cluster_modes(
+            ensemble.optima[t], mass, molecule.heavy, ensemble.info["mode_radius"], molecule.skeleton_automorphisms
+        )[2]
         optima.append(ensemble.optima[t][seeds[0]])
     closed = np.array([truth.get_distance(0, 5) <= 2.3 for _, truth in frames])
     choices = {

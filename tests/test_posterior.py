@@ -582,3 +582,64 @@ def test_error_of_an_angle_wraps_with_its_period():
         u.of(torsion, period=0.0)
     with pytest.raises(ValueError, match="n must be >= 0"):
         u.draw(-1)
+
+
+def test_one_structure_under_both_labellings_is_one_basin_one_mode_and_comes_back_onto_the_structure(chd):
+    # A hot CHD and the same structure with its ring read the other way round (C1 <-> C6, ..., hydrogens with their
+    # carbons), turned by an improper rotation: one mode, not two of equal mass; its basin, covariance included,
+    # comes back exactly onto the structure under the structure's labels.
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.infer._posterior import _basin_counts, _select_basins
+    from xfit.infer._result import _superposed_basins, cluster_modes
+
+    graph = MoleculeGraph.from_atoms(chd)
+    skeleton, perms = graph.skeleton_automorphisms, graph.automorphisms()
+    heavy = chd.numbers > 1
+    rng = np.random.default_rng(4)
+    x = chd.positions + 0.12 * rng.standard_normal(chd.positions.shape)
+    reverse = skeleton[1]
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])
+    turned = x[reverse] @ rotation.T + 2.0
+    other = chd.positions + 0.6 * rng.standard_normal(chd.positions.shape)  # another basin, far from both
+    optima, mass = np.stack([x, turned, other]), np.array([0.4, 0.35, 0.25])
+    radius = 0.15
+    assert (
+        xfit.rmsd(Atoms(chd.numbers, x), Atoms(chd.numbers, turned), heavy_only=True, permute_equivalent=False) > radius
+    )
+
+    labels, mode_mass, seeds = cluster_modes(optima, mass, heavy, radius, skeleton)
+    np.testing.assert_array_equal(labels, [0, 0, 1])
+    np.testing.assert_allclose(mode_mass, [0.75, 0.25])
+    np.testing.assert_array_equal(seeds, [0, 2])
+    assert len(cluster_modes(optima, mass, heavy, radius)[1]) == 3  # as labelled: the two labellings split
+    # One optimum found under both labellings shares one basin's mass between its two particles, not twice it.
+    np.testing.assert_array_equal(_basin_counts(optima[None], heavy, 0.02, skeleton), [[2, 2, 1]])
+    np.testing.assert_array_equal(_basin_counts(optima[None], heavy, 0.02), [[1, 1, 1]])
+    np.testing.assert_array_equal(_select_basins(-np.log(mass)[None], optima[None], heavy, 0.02, 2, skeleton), [[0, 2]])
+
+    a = rng.normal(size=(42, 42))
+    covariance = a @ a.T
+    flat = (3 * reverse[:, None] + np.arange(3)).ravel()
+    big = np.kron(np.eye(14), rotation)
+    moved = big @ covariance[np.ix_(flat, flat)] @ big.T  # the covariance of the relabelled, turned basin
+    back, covariances = _superposed_basins(turned[None], moved[None], x, heavy, perms, skeleton)
+    np.testing.assert_allclose(back[0], x, atol=1e-10)
+    np.testing.assert_allclose(covariances[0], covariance, atol=1e-8)
+
+
+def test_an_optimum_stands_for_as_many_basins_as_its_distinct_copies_under_relabelling_and_reflection(chd):
+    # The posterior over labelled coordinates holds every copy of a structure under CHD's ring reversal and under
+    # reflection, each of the same mass: 4 for a structure with no symmetry, 2 for CHD's C2 minimum (its reversal
+    # is a rotation), 1 for a planar C2v ring (its reversal is a rotation, its mirror image itself).
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.infer._posterior import _symmetry_copies
+
+    skeleton = MoleculeGraph.from_atoms(chd).skeleton_automorphisms
+    heavy = chd.numbers > 1
+    x = chd.positions - chd.positions[heavy].mean(axis=0)
+    normal = np.linalg.svd(x[heavy])[2][2]
+    planar = x - np.outer(x @ normal, normal)  # onto the ring's mean plane, which holds its C2 axis
+    distorted = x + 0.1 * np.random.default_rng(0).standard_normal(x.shape)
+    copies = _symmetry_copies(np.stack([distorted, x, planar]), heavy, skeleton, 0.02)
+    np.testing.assert_array_equal(copies, [4, 2, 1])

@@ -41,13 +41,17 @@ is -grad E; chi2: the likelihood with nuisance parameters profiled out), for eve
    mass): samples within each come from a Metropolis-adjusted Langevin chain preconditioned by H^-1, exact for the
    basin whatever the Gaussian misses (importance weights from the Laplace Gaussian itself collapsed to one
    effective sample per basin in trials: the prior's curvature is not that of a Gaussian). Particles that
-   converged to one optimum share its mass.
-4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection allowed; mode
-   masses; the heaviest mode's weighted mean heavy atoms, with the hydrogens of its heaviest basin, relaxed to the
-   nearest optimum of U at sigma_min (:func:`relax`), as the structure; posterior standard deviations from its
-   samples. The relaxation matters for hot structures: the basins of one mode differ in their hydrogens, and
-   their mean fitted shared CHD frames at chi2_reduced 10-20 where every basin fitted at 1; relaxed from the mean
-   hydrogens as well, it often ended in a worse optimum than from one basin's.
+   converged to one optimum share its mass, one optimum being the same structure under any relabelling that
+   leaves pattern and prior unchanged (``MoleculeGraph.skeleton_automorphisms``: CHD's ring read either way) and
+   under reflection; and each optimum's mass counts every such copy of it in labelled coordinates (the symmetry
+   number: :func:`_symmetry_copies`).
+4. Summary (``xfit.infer._result``): optima clustered into modes by heavy-atom RMSD, reflection and those
+   relabellings allowed, every sample and basin relabelled to its mode before superposition; mode masses; the
+   heaviest mode's weighted mean heavy atoms, with the hydrogens of its heaviest basin, relaxed to the nearest
+   optimum of U at sigma_min (:func:`relax`), as the structure; posterior standard deviations from its samples.
+   The relaxation matters for hot structures: the basins of one mode differ in their hydrogens, and their mean
+   fitted shared CHD frames at chi2_reduced 10-20 where every basin fitted at 1; relaxed from the mean hydrogens as
+   well, it often ended in a worse optimum than from one basin's.
 
 Noise: with sigma given, the likelihood is taken as it is. Without sigma (``relative_sigma`` assumed), the noise
 level is re-estimated from the best particle's chi2_reduced before step 3, so error bars follow the residual.
@@ -366,16 +370,20 @@ def mala(
     return jax.vmap(per_pattern, in_axes=(0, 0, 0, 0, 0))(t_index, x_star, vectors, scale, keys)
 
 
-def _same_optimum_groups(x: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
-    """Labels (S,) grouping optima x (S, n, 3) within ``tolerance`` A heavy-atom RMSD (reflection allowed)."""
-    from xfit.infer._result import batch_rmsd
+def _same_optimum_groups(x: np.ndarray, heavy: np.ndarray, tolerance: float, skeleton=None) -> np.ndarray:
+    """Labels (S,) grouping optima x (S, n, 3) within ``tolerance`` A heavy-atom RMSD (reflection allowed; under the
+    skeleton automorphism (skeleton (K, n), ``MoleculeGraph.skeleton_automorphisms``; None: as labelled) that brings
+    them closest). One structure reached under both of CHD's labellings (the ring read either way, which neither the
+    pattern nor the prior can tell apart) is one optimum: counted twice, its mass would count twice."""
+    from xfit.infer._result import skeleton_labels
 
+    skeleton = np.arange(x.shape[1])[None] if skeleton is None else np.asarray(skeleton)
     labels = np.full(len(x), -1)
     for k in range(len(x)):
         if labels[k] >= 0:
             continue
         rest = np.flatnonzero(labels < 0)
-        labels[rest[batch_rmsd(x[rest], x[k], heavy) <= tolerance]] = k
+        labels[rest[skeleton_labels(x[rest], x[k], heavy, skeleton)[1] <= tolerance]] = k
     return labels
 
 
@@ -390,29 +398,57 @@ def _noise_scale(problem: Problem, chi2: np.ndarray, finite: np.ndarray) -> np.n
     return scale
 
 
-def _select_basins(cost: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float, k: int) -> np.ndarray:
+def _select_basins(
+    cost: np.ndarray, optima: np.ndarray, heavy: np.ndarray, tolerance: float, k: int, skeleton=None
+) -> np.ndarray:
     """Indices (T, min(k, S)) of the particles whose basins get a chain, per pattern: the distinct optima
-    (``tolerance`` A apart, heavy-atom RMSD) of lowest ``cost`` (T, S) first, then, if fewer than k are distinct,
-    the lowest-cost rest (their shared basins are counted once by ``_basin_weights``)."""
+    (``tolerance`` A apart, heavy-atom RMSD under the closest skeleton automorphism: :func:`_same_optimum_groups`)
+    of lowest ``cost`` (T, S) first, then, if fewer than k are distinct, the lowest-cost rest (their shared basins
+    are counted once by ``_basin_weights``)."""
     k = min(k, cost.shape[1])
     picked = np.empty((len(cost), k), np.int64)
     for t in range(len(cost)):
         order = np.argsort(np.where(np.isnan(cost[t]), np.inf, cost[t]), kind="stable")
-        labels = _same_optimum_groups(optima[t][order], heavy, tolerance)
+        labels = _same_optimum_groups(optima[t][order], heavy, tolerance, skeleton)
         first = labels == np.arange(len(order))  # the lowest-cost member of each group
         ranked = np.concatenate([order[first], order[~first]])
         picked[t] = ranked[:k]
     return picked
 
 
-def _basin_counts(optima: np.ndarray, heavy: np.ndarray, tolerance: float) -> np.ndarray:
-    """(T, S): how many particles converged to each particle's optimum (within ``tolerance`` A) for optima
-    (T, S, n, 3). Each of them estimated that basin's whole mass, so each keeps 1/count of it."""
+def _basin_counts(optima: np.ndarray, heavy: np.ndarray, tolerance: float, skeleton=None) -> np.ndarray:
+    """(T, S): how many particles converged to each particle's optimum (within ``tolerance`` A, under either
+    labelling the skeleton automorphisms allow: :func:`_same_optimum_groups`) for optima (T, S, n, 3). Each of them
+    estimated that basin's whole mass, so each keeps 1/count of it."""
     out = np.empty(optima.shape[:2])
     for k in range(len(optima)):
-        groups = _same_optimum_groups(optima[k], heavy, tolerance)
+        groups = _same_optimum_groups(optima[k], heavy, tolerance, skeleton)
         out[k] = np.bincount(groups, minlength=len(groups))[groups]
     return out
+
+
+def _symmetry_copies(x: np.ndarray, heavy: np.ndarray, skeleton: np.ndarray, tolerance: float) -> np.ndarray:
+    """How many distinct basins (S,) each optimum of x (S, n, 3) stands for: the size of its orbit under the
+    relabellings that leave pattern and prior unchanged (skeleton (K, n), ``MoleculeGraph.skeleton_automorphisms``)
+    and reflection, 2K / |stabiliser|, the stabiliser being the (relabelling, proper or improper rotation) pairs
+    that bring the optimum within ``tolerance`` A heavy-atom RMSD of itself. The posterior over labelled
+    coordinates holds every copy, each of the same Laplace mass, and the summary counts them as one structure (it
+    superposes with reflection and relabels); a structure with no symmetry (a hot, twisted CHD: 4 copies) so holds
+    twice the mass of one that is its own ring reversal (CHD's C2 minimum: 2), as the symmetry number does in a
+    partition function."""
+    a = x[:, heavy] - x[:, heavy].mean(axis=1, keepdims=True)
+    norm = np.sum(a * a, axis=(1, 2))
+    n = int(heavy.sum())
+    fixed = np.zeros(len(x), np.int64)
+    for perm in skeleton:
+        b = x[:, perm][:, heavy]
+        b = b - b.mean(axis=1, keepdims=True)
+        u, sv, vt = np.linalg.svd(np.einsum("sni,snj->sij", b, a))
+        d = np.sign(np.linalg.det(u @ vt))
+        for trace in (sv[:, 0] + sv[:, 1] + d * sv[:, 2], sv[:, 0] + sv[:, 1] - d * sv[:, 2]):  # proper, improper
+            msd = np.clip(norm + np.sum(b * b, axis=(1, 2)) - 2.0 * trace, 0.0, None) / n
+            fixed += np.sqrt(msd) <= tolerance
+    return 2.0 * len(skeleton) / np.maximum(fixed, 1)
 
 
 def _basin_weights(log_mass: np.ndarray, counts: np.ndarray, ok: np.ndarray, beta: float = 1.0) -> np.ndarray:
@@ -522,7 +558,7 @@ class Posterior:
             where the prior has one; 0: the network at every step's own level). prune_at,
             prune_fraction: after that fraction of the steps, each pattern goes on with that fraction of its
             particles, those of lowest -log posterior, one per distinct structure (``prune_tolerance`` A
-            heavy-atom RMSD apart) first (0: no pruning).
+            heavy-atom RMSD apart, either labelling) first (0: no pruning).
         twist_moves: at the prune step, up to this many of the survivors ranked last (at most a quarter of them) are
             replaced by copies of the best ones with their terminal groups twisted by half a symmetry period about
             the bond to the chain (:func:`_twisted`: 90 degrees for a CH2, 60 for a CH3; every subset of a
@@ -543,8 +579,10 @@ class Posterior:
             alone covered the true C1-C6 within 1/2/3 sigma on 36/56/70 %; with every basin at beta 0.35, 64/83/92 %
             (two sets of 64 draws: 64/83-86/92-95 %), beta 0.25 69/84-86/92-95 %. Chosen on those draws, never on the
             shared frames.
-        duplicate_tolerance: optima closer than this (A, heavy-atom RMSD) count as one basin.
-        mode_radius: optima within this (A, heavy-atom RMSD) of a mode's best one belong to that mode.
+        duplicate_tolerance: optima closer than this (A, heavy-atom RMSD, reflection and the molecule's graph
+            symmetry allowed) count as one basin.
+        mode_radius: optima within this (A, heavy-atom RMSD, the same allowed) of a mode's best one belong to that
+            mode.
         relax_steps: Adam steps (:func:`relax`, first step 3e-3 A) taking the chosen mode's mean (heavy atoms; the
             hydrogens of its heaviest basin) to the nearest optimum of the posterior, the reported structure (0: the
             mode's mean itself).
@@ -659,7 +697,8 @@ class Posterior:
         (basins found by several particles counted once; dropped particles at zero), the effective sample size per
         pattern (T,), and the basins' weights in the error bars (T, S): their masses to the power
         ``basin_tempering``, shared the same way."""
-        counts = _basin_counts(optima, problem.molecule.heavy, self.duplicate_tolerance)
+        molecule = problem.molecule
+        counts = _basin_counts(optima, molecule.heavy, self.duplicate_tolerance, molecule.skeleton_automorphisms)
         basins = _basin_weights(log_mass, counts, ok)
         weights = np.repeat(basins[..., None] / self.draws, self.draws, axis=-1)
         ess = 1.0 / np.sum(weights.reshape(len(weights), -1) ** 2, axis=1)
@@ -716,7 +755,9 @@ class Posterior:
                 u = 0.5 * np.asarray(chi2, np.float64) + np.asarray(prior_energy, np.float64)
                 heavy = problem.molecule.heavy
                 x_np = np.asarray(x, np.float64)
-                kept = _select_basins(u, x_np, heavy, self.prune_tolerance, n_keep)
+                kept = _select_basins(
+                    u, x_np, heavy, self.prune_tolerance, n_keep, problem.molecule.skeleton_automorphisms
+                )
                 kept, moved, is_moved = _twist_survivors(x_np, kept, problem.molecule, self.twist_moves)
                 rows, index = jnp.arange(len(kept))[:, None], jnp.asarray(kept)
                 # Adam's state follows each slot's index: a twisted copy goes on with its source's moments.
@@ -739,10 +780,26 @@ class Posterior:
             log_mass, vectors, spread = laplace(
                 local, energy, jnp.asarray(safe, self.dtype), sigma_j, scale_j, floor=self.curvature_floor
             )
-            log_mass = np.where(finite, np.asarray(log_mass, np.float64), -np.inf)
+            # Each optimum stands for every copy of itself under relabelling and reflection (one structure to the
+            # summary): its mass is theirs together.
+            molecule = problem.molecule
+            copies = np.stack(
+                [
+                    _symmetry_copies(o, molecule.heavy, molecule.skeleton_automorphisms, self.duplicate_tolerance)
+                    for o in safe
+                ]
+            )
+            log_mass = np.where(finite, np.asarray(log_mass, np.float64) + np.log(copies), -np.inf)
             # Only the heaviest basins get a chain: one exp(-10) lighter than the best holds nothing a summary sees,
             # and the chains would cost as much as the annealing otherwise.
-            keep = _select_basins(-log_mass, safe, problem.molecule.heavy, self.duplicate_tolerance, self.n_basins)
+            keep = _select_basins(
+                -log_mass,
+                safe,
+                problem.molecule.heavy,
+                self.duplicate_tolerance,
+                self.n_basins,
+                problem.molecule.skeleton_automorphisms,
+            )
             rows = np.arange(t)[:, None]
             unselected = np.ones(finite.shape, bool)
             unselected[rows, keep] = False

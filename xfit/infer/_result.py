@@ -521,24 +521,43 @@ def batch_rmsd(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> np.ndarr
     return batch_kabsch(x, target, heavy)[1]
 
 
-def cluster_modes(optima: np.ndarray, mass: np.ndarray, heavy: np.ndarray, radius: float):
+def skeleton_labels(x: np.ndarray, target: np.ndarray, heavy: np.ndarray, skeleton: np.ndarray):
+    """For structures x (S, n, 3), the skeleton automorphism (skeleton (K, n), ``MoleculeGraph.
+    skeleton_automorphisms``) of each that brings it closest to ``target`` (n, 3), heavy-atom RMSD after
+    superposition, reflection allowed: (indices (S, n) such that ``x[s][index[s]]`` is structure s relabelled,
+    its heavy-atom RMSD (S,) in A). A pattern and the prior cannot tell these labellings apart (CHD's ring read
+    either way), so structures of one basin reached from different prior draws may carry either; superposing or
+    averaging them as labelled mixes atoms that are not the same."""
+    rmsd = np.stack([batch_rmsd(x[:, p], target, heavy) for p in skeleton], axis=1)  # (S, K)
+    k = np.argmin(rmsd, axis=1)
+    return skeleton[k], rmsd[np.arange(len(x)), k]
+
+
+def cluster_modes(
+    optima: np.ndarray, mass: np.ndarray, heavy: np.ndarray, radius: float, skeleton: np.ndarray | None = None
+):
     """Greedy clustering of particle optima into posterior modes.
 
     The heaviest unassigned particle seeds a mode; every unassigned particle within ``radius`` (A, heavy-atom RMSD,
-    reflection allowed) of it joins; repeated until every particle has a mode. Modes come out ordered by mass.
+    reflection allowed, under the skeleton automorphism that brings it closest: :func:`skeleton_labels`) of it
+    joins; repeated until every particle has a mode. Modes come out ordered by mass.
 
     Args:
         optima: (P, n, 3) in A. mass: (P,) posterior mass of each particle's basin. heavy: atoms of the RMSD.
+        skeleton: (K, n) relabellings that leave the pattern and the prior unchanged (``MoleculeGraph.
+            skeleton_automorphisms``); None compares the optima as labelled. Without them one structure found under
+            both of CHD's labellings came out as two modes of about equal mass.
 
     Returns:
         (labels (P,) in 0..n_modes-1, mode masses (n_modes,) descending, seed particle of each mode).
     """
+    skeleton = np.arange(optima.shape[1])[None] if skeleton is None else np.asarray(skeleton)
     labels = np.full(len(optima), -1)
     seeds = []
     while np.any(labels < 0):
         free = np.flatnonzero(labels < 0)
         seed = free[np.argmax(mass[free])]
-        labels[free[batch_rmsd(optima[free], optima[seed], heavy) <= radius]] = len(seeds)
+        labels[free[skeleton_labels(optima[free], optima[seed], heavy, skeleton)[1] <= radius]] = len(seeds)
         labels[seed] = len(seeds)
         seeds.append(seed)
     total = np.bincount(labels, weights=mass, minlength=len(seeds))
@@ -594,18 +613,22 @@ def _sample_modes(problem: Problem, ensemble: Ensemble, t: int, info: dict) -> _
     x, particle, optima = ensemble.positions[t], ensemble.particle[t], ensemble.optima[t]
     weights = ensemble.weights[t] / np.sum(ensemble.weights[t])
     mass = np.bincount(particle, weights=weights, minlength=len(optima))
-    labels, mode_mass, seeds = cluster_modes(optima, mass, heavy, info.get("mode_radius", 0.15))
+    perms, skeleton = problem.molecule.automorphisms(), problem.molecule.skeleton_automorphisms
+    labels, mode_mass, seeds = cluster_modes(optima, mass, heavy, info.get("mode_radius", 0.15), skeleton)
     sample_modes = labels[particle]
     total = ensemble.chi2_data[t] + ensemble.penalty[t]
 
-    perms, skeleton = problem.molecule.automorphisms(), problem.molecule.skeleton_automorphisms
     aligned = np.empty_like(x)
     means, chi2 = [], []
     for m, seed in enumerate(seeds):
         members = sample_modes == m
-        # Each mode under the labels closest to the starting structure's (its samples follow its seed's below).
+        # Each mode under the labels closest to the starting structure's; its samples follow its seed's: first the
+        # skeleton's (CHD's ring read the same way), then, once superposed, those of equivalent atoms.
         seed_x = optima[seed][closest_labelling(optima[seed], problem.atoms.positions, heavy, skeleton, perms)]
-        a, _ = batch_kabsch(x[members], seed_x, heavy)
+        xm = x[members]
+        if len(skeleton) > 1:
+            xm = np.take_along_axis(xm, skeleton_labels(xm, seed_x, heavy, skeleton)[0][..., None], axis=1)
+        a, _ = batch_kabsch(xm, seed_x, heavy)
         target = seed_x - seed_x[heavy].mean(axis=0)  # the frame batch_kabsch aligns into
         if len(perms) > 1:
             a = np.take_along_axis(a, match_labels(a, target, perms)[..., None], axis=1)
@@ -646,12 +669,22 @@ def _relaxed(relax, starts: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     return out
 
 
-def _superposed_basins(optima: np.ndarray, covariances: np.ndarray, best: np.ndarray, heavy: np.ndarray, perms):
-    """Basin optima (B, n, 3) and their covariances (B, 3n, 3n) in the frame of ``best`` (n, 3): equivalent atoms
-    relabelled by the graph automorphism (perms (P, n)) that brings each closest to best, then superposed on best's
-    heavy atoms (:func:`kabsch_rotations`), each 3x3 block of a covariance turned with its basin, R^T C_ij R."""
+def _superposed_basins(
+    optima: np.ndarray, covariances: np.ndarray, best: np.ndarray, heavy: np.ndarray, perms, skeleton=None
+):
+    """Basin optima (B, n, 3) and their covariances (B, 3n, 3n) in the frame of ``best`` (n, 3): relabelled as
+    the samples are (:func:`_sample_modes`), first by the skeleton automorphism (skeleton (K, n); None: none) of
+    least heavy-atom RMSD to best, then each equivalent atom by the graph automorphism (perms (P, n)) that brings it
+    closest once superposed; then superposed on best's heavy atoms (:func:`kabsch_rotations`), each 3x3 block of a
+    covariance turned with its basin, R^T C_ij R."""
+    index = np.broadcast_to(np.arange(optima.shape[1]), optima.shape[:2])
+    if skeleton is not None and len(skeleton) > 1:
+        index = skeleton_labels(optima, best, heavy, skeleton)[0]
     if len(perms) > 1:  # the basins' atoms under the labels of the structure, as for the samples
-        index = match_labels(batch_kabsch(optima, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
+        relabelled = np.take_along_axis(optima, index[..., None], axis=1)
+        within = match_labels(batch_kabsch(relabelled, best, heavy)[0], best - best[heavy].mean(axis=0), perms)
+        index = np.take_along_axis(index, within, axis=1)
+    if not np.array_equal(index, np.broadcast_to(np.arange(optima.shape[1]), index.shape)):
         optima = np.take_along_axis(optima, index[..., None], axis=1)
         flat = (3 * index[:, :, None] + np.arange(3)).reshape(len(index), -1)  # (B, 3n) coordinate order
         covariances = np.stack([c[np.ix_(f, f)] for c, f in zip(covariances, flat, strict=True)])
@@ -667,7 +700,7 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
     """Structure ``best`` (n, 3: the chosen mode's mean, relaxed or not), its fit and the posterior uncertainties
     of pattern t from its modes (float64)."""
     heavy = problem.molecule.heavy
-    x, optima, perms = ensemble.positions[t], ensemble.optima[t], problem.molecule.automorphisms()
+    optima, perms = ensemble.optima[t], problem.molecule.automorphisms()
     weights, mass, aligned, means = modes.weights, modes.mass, modes.aligned, modes.means
     sample_modes = modes.sample_modes
     chosen = sample_modes == 0
@@ -691,7 +724,12 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
         members = np.flatnonzero(w_basin > 0)
         w_basin = w_basin[members] / max(np.sum(w_basin[members]), 1e-300)
         optima_b, covariances = _superposed_basins(
-            optima[members], ensemble.optima_covariance[t][members], best, heavy, perms
+            optima[members],
+            ensemble.optima_covariance[t][members],
+            best,
+            heavy,
+            perms,
+            problem.molecule.skeleton_automorphisms,
         )
         distances = np.maximum(distances, _laplace_distance_std(optima_b, covariances, w_basin))
         optima_b = optima_b - centre
@@ -708,7 +746,7 @@ def _summarise_samples(problem: Problem, ensemble: Ensemble, t: int, info: dict,
         uncertainty=Uncertainty(
             distances=distances,
             positions=np.sqrt(np.clip(np.diag(covariance), 0, None)).reshape(-1, 3),
-            candidate_spread=_weighted_distance_std(x, weights),
+            candidate_spread=_weighted_distance_std(aligned, weights),  # every sample under the same labels
             n_comparable=len(means),
             covariance=covariance,
             reference_positions=best - centre,
