@@ -866,8 +866,7 @@ def paired(args) -> None:
     farther, the mean difference, over all frames, near-closed (C1-C6 <= 2.3 A) and opened ones, and the opened
     frames more than 0.5 A off; then, for near-closed frames, each run's mean, how many lie within 0.075 A (issue
     12's target for their median, which sits on a gap between two clusters of frames), and the true ring's
-    bond-length alternation (mean C1-C2, C3-C4, C5-C6 minus mean C2-C3, C4-C5: +0.15 A at the ground state's
-    minimum) of the frames within 0.075 A against the rest."""
+    bond-length alternation (:func:`alternation_index`) of the frames within 0.075 A against the rest."""
     import json
 
     def rows(path):
@@ -888,12 +887,7 @@ def paired(args) -> None:
             f"{d.mean():+.4f} A; > 0.5 A: {np.sum(ca[m] > 0.5)} -> {np.sum(cb[m] > 0.5)}"
         )
     truths = dict(load_frames(1, None))
-
-    def alternation(atoms) -> float:
-        d = atoms.get_distance
-        return np.mean([d(0, 1), d(2, 3), d(4, 5)]) - np.mean([d(1, 2), d(3, 4)])
-
-    alt = np.array([alternation(truths[k]) for k in frames])[closed]
+    alt = alternation_index(np.stack([truths[k].positions for k in frames]))[closed]
     for name, c in ((args.first, ca[closed]), (args.second, cb[closed])):
         good = c <= 0.075
         print(
