@@ -628,6 +628,32 @@ def test_one_structure_under_both_labellings_is_one_basin_one_mode_and_comes_bac
     np.testing.assert_allclose(covariances[0], covariance, atol=1e-8)
 
 
+
+def test_closest_labelling_takes_a_structure_back_to_the_reference_labels(chd):
+    # A hot CHD with its ring read the other way round, the two hydrogens of one CH2 swapped on top, turned by an
+    # improper rotation and moved: the relabelling found brings every atom back onto the reference's, which needs both
+    # steps, the skeleton's (the ring) and then the equivalent atoms' (the CH2's hydrogens).
+    from xfit.chem._graph import MoleculeGraph
+    from xfit.infer._result import closest_labelling
+
+    graph = MoleculeGraph.from_atoms(chd)
+    skeleton, perms = graph.skeleton_automorphisms, graph.automorphisms()
+    heavy = chd.numbers > 1
+    rng = np.random.default_rng(7)
+    x = chd.positions + 0.1 * rng.standard_normal(chd.positions.shape)
+    pair = next(g for g in graph.equivalent_groups if len(g) == 2)
+    order = np.asarray(skeleton[1]).copy()
+    where = [int(np.flatnonzero(order == h)[0]) for h in pair]
+    order[where] = order[where[::-1]]  # the CH2's hydrogens swapped as well
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])
+    y = x[order] @ rotation.T + 1.5
+    found = closest_labelling(y, x, heavy, skeleton, perms)
+    assert xfit.rmsd(Atoms(chd.numbers, y[found]), Atoms(chd.numbers, x), permute_equivalent=False) < 1e-10
+    # the ring alone leaves the hydrogens swapped
+    ring_only = closest_labelling(y, x, heavy, skeleton, perms[:1])
+    assert xfit.rmsd(Atoms(chd.numbers, y[ring_only]), Atoms(chd.numbers, x), permute_equivalent=False) > 0.1
+
 def test_an_optimum_stands_for_as_many_basins_as_its_distinct_copies_under_relabelling_and_reflection(chd):
     # The posterior over labelled coordinates holds every copy of a structure under CHD's ring reversal and under
     # reflection, each of the same mass: 4 for a structure with no symmetry, 2 for CHD's C2 minimum (its reversal

@@ -509,11 +509,11 @@ def closest_labelling(x: np.ndarray, reference: np.ndarray, heavy: np.ndarray, s
     prior cannot tell these labellings apart (CHD's ring read either way scatters alike), so without this the labels
     of a retrieved structure would be those of whichever prior draw its mode grew from; with it they follow the
     user's starting structure (a time series' previous frame, say)."""
-    aligned, rmsd = batch_kabsch(x[skeleton], reference, heavy)
-    k = int(np.argmin(rmsd))
+    order = skeleton_labels(x[None], reference, heavy, skeleton)[0][0]
     if len(perms) <= 1:
-        return skeleton[k]
-    return skeleton[k][match_labels(aligned[k][None], reference - reference[heavy].mean(axis=0), perms)[0]]
+        return order
+    aligned, _ = batch_kabsch(x[order][None], reference, heavy)
+    return order[match_labels(aligned, reference - reference[heavy].mean(axis=0), perms)[0]]
 
 
 def batch_rmsd(x: np.ndarray, target: np.ndarray, heavy: np.ndarray) -> np.ndarray:
