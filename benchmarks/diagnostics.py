@@ -31,6 +31,9 @@ exit), so they are for developers; the figures they print are quoted in benchmar
     # which labelling: the result against the truth as labelled and with CHD's ring read either way; modes that are
     # mode 0 under the other labelling (PYTHONPATH=<another checkout> measures that checkout's xfit)
     python benchmarks/diagnostics.py labelling --stride 4 --kind xray
+    # near-closed: does the pattern prefer the truth to the reported structure? alternation, its error bars, other
+    # point estimates from the same posterior (shared frames, or a pool of xfit's own: --pool)
+    python benchmarks/diagnostics.py identifiability --kinds sm,elastic --pool chd_excited_seed12.h5
 
 Shared frames: ../shared/reference (validation only, as in ``benchmarks/posterior.py``).
 """
@@ -860,6 +863,136 @@ def labelling(args) -> None:
     print(f"  results with a mode (mass > 0.01) that is mode 0 under the other labelling: {duplicates}")
 
 
+def identifiability(args) -> None:
+    """Near-closed CHD: do the pattern and the prior tell the truth from the reported structure? The default call on
+    the shared near-closed frames (``--pool``: instead every ``stride``-th near-closed structure of a CHD pool of
+    xfit's own, e.g. ``xfit pool CHD --method excited -n 96 --q 0.2:8:16 --seed 12``, never the shared frames), then
+    per kind:
+
+    - the optimum of U = chi2/2 + E(x, sigma_min) nearest the truth (the truth relaxed, as in :func:`basins`) against
+      the reported structure: U's difference split into the data's, (chi2(nearest) - chi2(reported))/2 (negative:
+      the data prefer the truth's basin), and the prior's, E(nearest) - E(reported) (positive: the prior prefers
+      the reported one), in nats; chi2 with scale and background profiled (float64);
+    - CHD's bond-length alternation (:func:`alternation_index`) of truth and result, and how often a truth whose
+      alternation is inverted (A < 0, the excited state's bond orders) comes back with the ground state's (A > +0.05);
+    - the error bars: the six ring bonds and A within 1/2/3 sigma (``uncertainty.distance``, ``uncertainty.of``);
+    - other point estimates from the same posterior: the chosen mode's sample mean and the mean of every kept basin
+      (``uncertainty.basins``, weights the Laplace masses to the power beta), heavy atoms, the hydrogens as reported:
+      carbon RMSD, chi2_reduced and the fraction of frames closer than the reported structure."""
+    import jax.numpy as jnp
+
+    import xfit
+    from xfit.infer import _result
+    from xfit.infer._posterior import relax
+
+    if args.pool:
+        start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
+        frames = pool_truths(args.pool, args.stride, start)[1]
+        frames = [f for f in frames if f[1].get_distance(0, 5) <= 2.3]
+    else:
+        start = xfit.read_structures(CHD / "chd_reference.xyz")[0]
+        frames = near_closed_frames(args.stride)
+    truths = [t for _, t in frames]
+    a_truth = alternation_index(np.stack([t.positions for t in truths]))
+    ring = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0)]
+    betas = [1.0, 0.35]
+    defaults = {f.name: f.default for f in dataclasses.fields(xfit.Posterior)}
+    tempering = parse_fields(args.set).get("basin_tempering", defaults["basin_tempering"])  # of the basins' weights
+    prior = xfit.load_conformer_prior()
+    print(
+        f"{args.pool or 'shared frames'}{args.set_text}: {len(frames)} near-closed structures (stride {args.stride}); "
+        f"true alternation 5/50/95 % {np.percentile(a_truth, [5, 50, 95]).round(3).tolist()} A, < 0 on "
+        f"{np.mean(a_truth < 0):.0%}",
+        flush=True,
+    )
+    pct = lambda a: "/".join(f"{100 * np.mean(a <= k):.0f}" for k in (1, 2, 3)) + " %"  # noqa: E731
+    q = lambda a: "/".join(f"{v:+.1f}" for v in np.percentile(a, [5, 50, 95]))  # noqa: E731
+    for kind in args.kinds.split(","):
+        store = {}
+        with captured_summary(store):
+            results = xfit.retrieve(patterns_of(frames, kind), start)
+        problem = store["problem"]
+        heavy, dof = problem.molecule.heavy, problem.likelihood.dof
+        energy, sigma = prior.energy_fn(problem.molecule), prior.sigma_min
+        truth_x = np.stack([xfit.relabelled(t, r.atoms).positions for t, r in zip(truths, results, strict=True)])
+        nearest = np.asarray(
+            relax(problem.likelihood, energy, jnp.asarray(truth_x), jnp.asarray(sigma), steps=600, learning_rate=3e-3),
+            np.float64,
+        )
+        best = np.stack([r.atoms.positions for r in results])
+        chi2 = {
+            name: np.array([_result._fit(problem, t, x[t])[2] for t in range(len(x))])
+            for name, x in (("reported", best), ("nearest", nearest))
+        }
+        e = {
+            name: np.asarray(energy(jnp.asarray(x, jnp.float32), sigma), np.float64)
+            for name, x in (("reported", best), ("nearest", nearest))
+        }
+        data, prior_part = 0.5 * (chi2["nearest"] - chi2["reported"]), e["nearest"] - e["reported"]
+        reported = np.array([carbon_rmsd(r.atoms, t) for r, t in zip(results, truths, strict=True)])
+        near = np.array([carbon_rmsd(_with(start, x), t) for x, t in zip(nearest, truths, strict=True)])
+        a_result = alternation_index(best)
+        z_bonds, z_a = [], []
+        others = {"chosen mode's sample mean": []} | {f"every basin, mass^{b:g}": [] for b in betas}
+        for t, (r, truth) in enumerate(zip(results, truths, strict=True)):
+            z_bonds.append(
+                [
+                    abs(r.atoms.get_distance(i, j) - np.linalg.norm(truth_x[t, i] - truth_x[t, j]))
+                    / r.uncertainty.distance(i, j)
+                    for i, j in ring
+                ]
+            )
+            sigma_a = r.uncertainty.of(lambda x: float(alternation_index(x)))
+            z_a.append(abs(a_result[t] - float(alternation_index(truth_x[t]))) / sigma_a)
+            optima, _, w = r.uncertainty.basins
+            log_w = np.log(np.maximum(w, 1e-300)) / tempering  # back to the untempered masses
+            xs, w0 = r.uncertainty.samples
+            means = [np.einsum("s,sij->ij", w0, xs)]
+            for beta in betas:
+                wb = np.exp(beta * (log_w - log_w.max()))
+                means.append(np.einsum("b,bij->ij", wb / wb.sum(), optima))
+            for values, mean in zip(others.values(), means, strict=True):
+                x = best[t].copy()
+                x[heavy] = mean[heavy] + best[t].mean(axis=0)
+                values.append((carbon_rmsd(_with(start, x), truth), _result._fit(problem, t, x)[2] / dof))
+        z_bonds, z_a = np.array(z_bonds), np.array(z_a)
+        inverted = a_truth < 0
+        print(
+            f"{kind:>8}: reported C-RMSD median {np.median(reported):.4f} A ({np.sum(reported <= 0.075)} of "
+            f"{len(reported)} within 0.075 A); the optimum nearest the truth {np.median(near):.4f} A from it",
+            flush=True,
+        )
+        print(
+            f"          nearest - reported, 5/50/95 %: data (chi2/2) {q(data)}, prior (E) {q(prior_part)}, U "
+            f"{q(data + prior_part)} nats; the data prefer the nearest on {np.mean(data < 0):.0%} (by > 2 nats on "
+            f"{np.mean(data < -2):.0%}), the prior the reported on {np.mean(prior_part > 0):.0%}"
+        )
+        print(
+            f"          alternation of the result 5/50/95 % {np.percentile(a_result, [5, 50, 95]).round(3).tolist()} A "
+            f"(correlation with the truth's {np.corrcoef(a_result, a_truth)[0, 1]:+.2f}); truths with A < 0 reported "
+            f"with A > +0.05 A: {np.sum(a_result[inverted] > 0.05)} of {inverted.sum()}; C-RMSD median on truths "
+            f"with A < +0.05 A {np.median(reported[a_truth < 0.05]):.4f}, the rest "
+            f"{np.median(reported[a_truth >= 0.05]):.4f} A"
+        )
+        print(f"          within 1/2/3 sigma: ring bonds {pct(z_bonds)}, alternation {pct(z_a)}")
+        for name, values in others.items():
+            c, chi2r = np.array(values).T
+            print(
+                f"          {name}: C-RMSD median {np.median(c):.4f} A ({np.sum(c <= 0.075)} within 0.075 A), closer "
+                f"than reported on {np.mean(c < reported - 1e-6):.0%}; chi2_reduced median {np.median(chi2r):.2f}, "
+                f"> 1.5 on {np.mean(chi2r > 1.5):.0%} (reported: "
+                f"{np.mean([r.chi2_reduced > 1.5 for r in results]):.0%})",
+                flush=True,
+            )
+
+
+def _with(atoms, x):
+    """A copy of ``atoms`` at positions x (n, 3)."""
+    out = atoms.copy()
+    out.positions = x
+    return out
+
+
 def paired(args) -> None:
     """Two runs of ``posterior.py`` (or ``ued.py``: ``--section sm``) compared frame by frame from their JSON files:
     medians, the fraction of frames the second run has closer to the truth (carbon RMSD by more than 1e-3 A) and
@@ -960,20 +1093,29 @@ def main(argv=None) -> int:
     lab = sub.add_parser("labelling", help="the result as labelled and with CHD's ring read either way; split modes")
     lab.add_argument("--stride", type=int, default=4)
     lab.add_argument("--kind", default="xray", choices=["xray", "sm", "elastic"])
+    ide = sub.add_parser("identifiability", help="near-closed: the truth's chi2 against the result's; alternation")
+    ide.add_argument("--kinds", default="xray,sm,elastic", help="comma-separated: xray, sm, elastic")
+    ide.add_argument("--stride", type=int, default=1)
+    ide.add_argument("--pool", help="a CHD pool of xfit's own instead of the shared frames")
     par = sub.add_parser("paired", help="two posterior.py (or ued.py) JSON files compared frame by frame")
     par.add_argument("first", type=Path)
     par.add_argument("second", type=Path)
     par.add_argument("--section", help="ued.py: the kind (sm, elastic, ...); posterior.py: leave out")
     args = parser.parse_args(argv)
     args.set_text = f" (--set {args.set})" if args.set else ""
-    if not CHD.exists() and args.command not in (
-        "radius",
-        "calibration",
-        "heldout",
-        "ranking",
-        "levels",
-        "quantiles",
-        "paired",
+    if (
+        not CHD.exists()
+        and not getattr(args, "pool", None)
+        and args.command
+        not in (
+            "radius",
+            "calibration",
+            "heldout",
+            "ranking",
+            "levels",
+            "quantiles",
+            "paired",
+        )
     ):
         print(f"{CHD} not found: nothing to diagnose")
         return 0
@@ -994,6 +1136,7 @@ def main(argv=None) -> int:
             "quantiles": quantiles,
             "paired": paired,
             "labelling": labelling,
+            "identifiability": identifiability,
         }
         commands[args.command](args)
     return 0
