@@ -628,7 +628,6 @@ def test_one_structure_under_both_labellings_is_one_basin_one_mode_and_comes_bac
     np.testing.assert_allclose(covariances[0], covariance, atol=1e-8)
 
 
-
 def test_closest_labelling_takes_a_structure_back_to_the_reference_labels(chd):
     # A hot CHD with its ring read the other way round, the two hydrogens of one CH2 swapped on top, turned by an
     # improper rotation and moved: the relabelling found brings every atom back onto the reference's, which needs both
@@ -653,6 +652,7 @@ def test_closest_labelling_takes_a_structure_back_to_the_reference_labels(chd):
     # the ring alone leaves the hydrogens swapped
     ring_only = closest_labelling(y, x, heavy, skeleton, perms[:1])
     assert xfit.rmsd(Atoms(chd.numbers, y[ring_only]), Atoms(chd.numbers, x), permute_equivalent=False) > 0.1
+
 
 def test_an_optimum_stands_for_as_many_basins_as_its_distinct_copies_under_relabelling_and_reflection(chd):
     # The posterior over labelled coordinates holds every copy of a structure under CHD's ring reversal and under
