@@ -875,7 +875,8 @@ def identifiability(args) -> None:
       the reported one), in nats; chi2 with scale and background profiled (float64);
     - CHD's bond-length alternation (:func:`alternation_index`) of truth and result, and how often a truth whose
       alternation is inverted (A < 0, the excited state's bond orders) comes back with the ground state's (A > +0.05);
-    - the error bars: the six ring bonds and A within 1/2/3 sigma (``uncertainty.distance``, ``uncertainty.of``);
+    - the error bars: the six ring bonds and A within 1/2/3 sigma (``uncertainty.distance``, ``uncertainty.of``), and
+      whether the nearest optimum is among the basins they are made of (``uncertainty.basins``), at what weight;
     - other point estimates from the same posterior: the chosen mode's sample mean and the mean of every kept basin
       (``uncertainty.basins``, weights the Laplace masses to the power beta), heavy atoms, the hydrogens as reported:
       carbon RMSD, chi2_reduced and the fraction of frames closer than the reported structure."""
@@ -932,7 +933,7 @@ def identifiability(args) -> None:
         reported = np.array([carbon_rmsd(r.atoms, t) for r, t in zip(results, truths, strict=True)])
         near = np.array([carbon_rmsd(_with(start, x), t) for x, t in zip(nearest, truths, strict=True)])
         a_result = alternation_index(best)
-        z_bonds, z_a = [], []
+        z_bonds, z_a, held = [], [], []
         others = {"chosen mode's sample mean": []} | {f"every basin, mass^{b:g}": [] for b in betas}
         for t, (r, truth) in enumerate(zip(results, truths, strict=True)):
             z_bonds.append(
@@ -945,6 +946,8 @@ def identifiability(args) -> None:
             sigma_a = r.uncertainty.of(lambda x: float(alternation_index(x)))
             z_a.append(abs(a_result[t] - float(alternation_index(truth_x[t]))) / sigma_a)
             optima, _, w = r.uncertainty.basins
+            gap = [carbon_rmsd(_with(start, o), _with(start, nearest[t])) for o in optima]
+            held.append((min(gap), w[int(np.argmin(gap))], carbon_rmsd(r.atoms, _with(start, nearest[t]))))
             log_w = np.log(np.maximum(w, 1e-300)) / tempering  # back to the untempered masses
             xs, w0 = r.uncertainty.samples
             means = [np.einsum("s,sij->ij", w0, xs)]
@@ -975,6 +978,13 @@ def identifiability(args) -> None:
             f"{np.median(reported[a_truth >= 0.05]):.4f} A"
         )
         print(f"          within 1/2/3 sigma: ring bonds {pct(z_bonds)}, alternation {pct(z_a)}")
+        gap, weight, apart = np.array(held).T
+        other, inside = apart > 0.03, (gap < 0.03) & (apart > 0.03)
+        print(
+            f"          where the nearest optimum is not the reported one (> 0.03 A apart, {other.sum()} of "
+            f"{len(other)}), it is among the error bars' basins (< 0.03 A) on {inside.sum()}, at tempered weight "
+            f"median {np.median(weight[inside]) if inside.any() else float('nan'):.2f}"
+        )
         for name, values in others.items():
             c, chi2r = np.array(values).T
             print(
