@@ -137,6 +137,17 @@ def carbon_rmsd(atoms, truth) -> float:
     return xfit.rmsd(atoms, truth, heavy_only=True)
 
 
+def nearest_optima(likelihood, energy, truths: np.ndarray, sigma: float) -> np.ndarray:
+    """The optimum of U = chi2/2 + E(x, sigma) nearest each truth (T, n, 3) in A: the truth relaxed by 600 Adam steps
+    (first step 3e-3 A, float32), as (T, n, 3) float64."""
+    import jax.numpy as jnp
+
+    from xfit.infer._posterior import relax
+
+    x = relax(likelihood, energy, jnp.asarray(truths, jnp.float32), jnp.asarray(sigma), steps=600, learning_rate=3e-3)
+    return np.asarray(x, np.float64)
+
+
 def seed_truth(args) -> None:
     import xfit
 
@@ -251,7 +262,6 @@ def basins(args) -> None:
     import jax.numpy as jnp
 
     import xfit
-    from xfit.infer._posterior import relax
 
     frames = select_frames(args.stride, args.frames)
     patterns = patterns_of(frames, args.kind, args.noise)
@@ -264,9 +274,7 @@ def basins(args) -> None:
     energy, likelihood, sigma = prior.energy_fn(problem.molecule), problem.likelihood, prior.sigma_min
     truth = np.stack([t.positions for _, t in frames])
     reported = np.stack([r.atoms.positions for r in results])
-    optimum = np.asarray(
-        relax(likelihood, energy, jnp.asarray(truth), jnp.asarray(sigma), steps=600, learning_rate=3e-3)
-    )
+    optimum = nearest_optima(likelihood, energy, truth, sigma)
 
     chi2, u = [], []
     for x in (jnp.asarray(reported, jnp.float32), jnp.asarray(optimum, jnp.float32)):
@@ -401,14 +409,12 @@ def truth_basin_masses(problem, prior, truths: np.ndarray, results) -> None:
     import jax.numpy as jnp
 
     import xfit
-    from xfit.infer._posterior import laplace, relax
+    from xfit.infer._posterior import laplace
     from xfit.infer._result import batch_rmsd
 
     energy, likelihood, sigma = prior.energy_fn(problem.molecule), problem.likelihood, prior.sigma_min
     heavy = problem.molecule.heavy
-    optimum = np.asarray(
-        relax(likelihood, energy, jnp.asarray(truths, jnp.float32), sigma, steps=600, learning_rate=3e-3)
-    )
+    optimum = nearest_optima(likelihood, energy, truths, sigma)
     reported = np.stack([r.atoms.positions for r in results])
     pair = jnp.asarray(np.stack([reported, optimum], axis=1), jnp.float32)
     scale = jnp.ones(len(truths), jnp.float32)  # sigma given: the likelihood as it is
@@ -884,7 +890,6 @@ def identifiability(args) -> None:
 
     import xfit
     from xfit.infer import _result
-    from xfit.infer._posterior import relax
 
     if args.pool:
         start = xfit.read_structures(ROOT / "examples" / "data" / "chd.xyz")[0]
@@ -916,10 +921,7 @@ def identifiability(args) -> None:
         heavy, dof = problem.molecule.heavy, problem.likelihood.dof
         energy, sigma = prior.energy_fn(problem.molecule), prior.sigma_min
         truth_x = np.stack([xfit.relabelled(t, r.atoms).positions for t, r in zip(truths, results, strict=True)])
-        nearest = np.asarray(
-            relax(problem.likelihood, energy, jnp.asarray(truth_x), jnp.asarray(sigma), steps=600, learning_rate=3e-3),
-            np.float64,
-        )
+        nearest = nearest_optima(problem.likelihood, energy, truth_x, sigma)
         best = np.stack([r.atoms.positions for r in results])
         chi2 = {
             name: np.array([_result._fit(problem, t, x[t])[2] for t in range(len(x))])

@@ -14,6 +14,13 @@ import xfit
 from xfit.infer._posterior import Posterior
 
 
+def improper_rotation(rng) -> np.ndarray:
+    """A random rotation followed by a reflection (3, 3), determinant -1: what a superposition that allows mirror
+    images must undo."""
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])
+
+
 @dataclasses.dataclass(frozen=True)
 class BondPrior:
     """An analytic prior over the bond length d of a diatomic: a mixture of Gaussians in d, E(x) = -log p(d),
@@ -528,8 +535,7 @@ def test_basins_are_superposed_with_their_covariances():
     best = rng.normal(size=(5, 3))
     a = rng.normal(size=(15, 15))
     covariance = a @ a.T
-    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])  # a reflection
+    rotation = improper_rotation(rng)  # a reflection
     turned = (best - best.mean(axis=0)) @ rotation.T + 3.0
     big = np.kron(np.eye(5), rotation)  # x -> R x for each atom's coordinates
     heavy = np.ones(5, bool)
@@ -598,8 +604,7 @@ def test_one_structure_under_both_labellings_is_one_basin_one_mode_and_comes_bac
     rng = np.random.default_rng(4)
     x = chd.positions + 0.12 * rng.standard_normal(chd.positions.shape)
     reverse = skeleton[1]
-    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])
+    rotation = improper_rotation(rng)
     turned = x[reverse] @ rotation.T + 2.0
     other = chd.positions + 0.6 * rng.standard_normal(chd.positions.shape)  # another basin, far from both
     optima, mass = np.stack([x, turned, other]), np.array([0.4, 0.35, 0.25])
@@ -644,8 +649,7 @@ def test_closest_labelling_takes_a_structure_back_to_the_reference_labels(chd):
     order = np.asarray(skeleton[1]).copy()
     where = [int(np.flatnonzero(order == h)[0]) for h in pair]
     order[where] = order[where[::-1]]  # the CH2's hydrogens swapped as well
-    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    rotation = rotation * np.sign(np.linalg.det(rotation)) * np.array([1.0, 1.0, -1.0])
+    rotation = improper_rotation(rng)
     y = x[order] @ rotation.T + 1.5
     found = closest_labelling(y, x, heavy, skeleton, perms)
     assert xfit.rmsd(Atoms(chd.numbers, y[found]), Atoms(chd.numbers, x), permute_equivalent=False) < 1e-10
